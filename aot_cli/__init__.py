@@ -1,0 +1,2 @@
+"""aot: align language models with AOT."""
+__version__ = "0.1.0"

@@ -1,0 +1,41 @@
+"""The `aot` command line: one thin command per step (parse -> config -> call the step).
+
+Each step module exposes a config dataclass and a ``run(config)`` function; this file only wires
+them to typer. Step modules import torch/transformers/datasets lazily so ``aot --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from aot_cli import __version__
+from aot_cli.config import command
+
+app = typer.Typer(
+    name="aot",
+    help="Align language models on preference data with AOT (Alignment via Optimal Transport).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"aot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Align language models on preference data with AOT (Alignment via Optimal Transport)."""
+
+
+# Commands are registered below, one line each: command(app, Config, run, name=..., help=...).
+# --- commands ---
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,40 @@
+"""Where output goes: progress and messages on stderr, result tables on stdout."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def progress(*extra_columns, transient: bool = False) -> Progress:
+    """A rich progress bar on stderr: description, bar, n/total, elapsed, ETA, then `extra_columns`."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        *extra_columns,
+        console=err_console,
+        transient=transient,
+    )
+
+
+def info(message: str) -> None:
+    """A one-line status message on stderr."""
+    err_console.print(message, highlight=False)
+
+
+def warn(message: str) -> None:
+    """A warning the user should read, in plain words, on stderr."""
+    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)

@@ -1,0 +1,65 @@
+"""Shared fixtures: offline mode, one torch thread, a tiny model built on the spot, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+torch.set_num_threads(1)
+
+DATA = Path(__file__).parent / "data"
+REAL = DATA / "real"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """tests/data: small fixtures (real public files under real/, with their provenance note)."""
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random-init Llama (hidden 64, 2 layers) with a BPE tokenizer trained on the real
+    fixtures and a ChatML template; built once per test session, never downloaded."""
+    from aot_cli.tiny_model import _corpus_from, build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    corpus = _corpus_from([str(p) for p in sorted(REAL.glob("*.json"))])
+    return build_tiny_model(out, corpus=corpus)
+
+
+class AotResult:
+    """What one `aot` invocation returned: exit code, stdout, stderr."""
+
+    def __init__(self, result):
+        self.exit_code = result.exit_code
+        self.stdout = result.stdout
+        self.stderr = result.stderr
+        self.exception = result.exception
+
+    def __repr__(self) -> str:
+        return f"AotResult(exit_code={self.exit_code}, stderr={self.stderr[-2000:]!r})"
+
+
+@pytest.fixture
+def aot():
+    """Run the real `aot` app in-process: ``aot("prepare", src, "-o", out)`` -> AotResult."""
+    from aot_cli.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args) -> AotResult:
+        return AotResult(runner.invoke(app, [str(a) for a in args], catch_exceptions=True))
+
+    return invoke
