@@ -63,3 +63,9 @@ def aot():
         return AotResult(runner.invoke(app, [str(a) for a in args], catch_exceptions=True))
 
     return invoke
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Caches (tokenization, reference log-probs) go to a per-session temp dir, not ~/.cache."""
+    os.environ["AOT_CACHE_DIR"] = str(tmp_path_factory.mktemp("aot-cache"))
