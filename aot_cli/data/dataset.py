@@ -1,0 +1,42 @@
+"""Read a prepared dataset artifact (made by ``aot prepare``) for the steps that consume it.
+
+The artifact is a directory saved by ``DatasetDict.save_to_disk`` with ``train`` and ``test``
+splits and a ``manifest.json`` of kind "dataset" (CONTRACTS.md). Readers go through
+``load_prepared`` so a missing manifest, a wrong kind or a broken save is one clear error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aot_cli.artifacts import read_manifest
+from aot_cli.errors import UserError
+
+PAIRED_COLUMNS = ("prompt", "chosen", "rejected")
+UNPAIRED_COLUMNS = ("prompt", "completion", "label")
+
+
+def load_prepared(path: str | Path) -> tuple[Any, dict]:
+    """``(DatasetDict with train and test, manifest)`` of a prepared dataset directory.
+
+    Raises UserError when `path` is not a finished dataset artifact (no manifest, another kind,
+    missing splits or columns), naming what was expected and how to make one.
+    """
+    from datasets import DatasetDict, load_from_disk
+
+    path = Path(path)
+    manifest = read_manifest(path, kind="dataset")
+    try:
+        data = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(f"{path}: not a saved dataset ({exc}); make one with `aot prepare SOURCE -o {path}`") from None
+    if not isinstance(data, DatasetDict) or set(data) < {"train", "test"}:
+        found = sorted(data) if isinstance(data, DatasetDict) else "a single split"
+        raise UserError(f"{path}: expected splits 'train' and 'test', found {found}")
+    expected = PAIRED_COLUMNS if manifest.get("summary", {}).get("paired", True) else UNPAIRED_COLUMNS
+    missing = [c for c in expected if c not in data["train"].column_names]
+    if missing:
+        raise UserError(f"{path}: train split lacks column(s) {', '.join(missing)} "
+                        f"(found {', '.join(data['train'].column_names)})")
+    return data, manifest
