@@ -209,14 +209,15 @@ def soft_sort(x: torch.Tensor, eps: float) -> torch.Tensor:
         raise ValueError(f"soft_sort_eps must be > 0; got {eps}")
     n = x.numel()
     a = torch.sort(x).values
-    z = torch.arange(n - 1, -1, -1, dtype=torch.float64, device=x.device) / eps
-    blocks = _pav_blocks((z + a.detach().double()).tolist())
-    seg = torch.tensor(blocks, dtype=torch.long, device=x.device)
-    counts = torch.bincount(seg).to(a.dtype)
+    # Block structure and the ramp mean_B(z) - z do not depend on gradients: plain float64 on the
+    # CPU (z reaches n/eps, which float32 could not resolve), one transfer back.
+    z = torch.arange(n - 1, -1, -1, dtype=torch.float64) / eps
+    seg = torch.tensor(_pav_blocks((z + a.detach().double().cpu()).tolist()))
+    counts = torch.bincount(seg)
+    ramp = (torch.zeros(len(counts), dtype=torch.float64).index_add(0, seg, z) / counts)[seg] - z
+    seg, counts, ramp = seg.to(x.device), counts.to(x.device, a.dtype), ramp.to(x.device, a.dtype)
     mean_a = torch.zeros_like(counts).index_add(0, seg, a) / counts
-    z = z.to(a.dtype)
-    mean_z = torch.zeros_like(counts).index_add(0, seg, z) / counts
-    return mean_a[seg] + (mean_z[seg] - z)
+    return mean_a[seg] + ramp
 
 
 def _pav_blocks(y: list[float]) -> list[int]:

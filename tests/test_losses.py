@@ -178,6 +178,7 @@ def test_soft_sort_hand_numbers_and_limits():
         assert out.mean().item() == pytest.approx(y.mean().item())  # mean is preserved
         assert bool((out.diff() >= -1e-12).all())  # output is sorted
     assert soft_sort(y, 1e9).std().item() < 1e-6  # eps -> inf: everything at the mean
+    assert torch.allclose(soft_sort(y.float(), 1.0).double(), soft_sort(y, 1.0), atol=1e-5)
 
 
 def test_soft_sort_aot_tends_to_hard_aot():
