@@ -1,0 +1,243 @@
+"""Tokenization exactly as training sees it: chat template, prompt/completion boundary, truncation.
+
+One example becomes ``prompt ids + completion ids``:
+
+- The chat template is always applied. A string prompt is one user turn, a string completion one
+  assistant turn. Prompt text = the templated prompt with the generation prompt (the assistant
+  header); completion text = the rest of the templated conversation. Both are tokenized separately
+  with ``add_special_tokens=False``, so the prompt ids are exactly what the model sees at generation
+  time and the boundary is exact (TRL tokenizes the same way).
+- No double BOS: BOS is prepended only when the tokenizer normally adds one (its post-processor
+  does) and the templated prompt does not already start with it (Llama-3 style templates write
+  ``{{ bos_token }}`` themselves).
+- EOS exactly once, nothing after it: a templated completion that ends in EOS followed only by
+  whitespace (ChatML writes ``<|im_end|>\\n``) is cut right after the EOS; one without EOS gets it
+  appended.
+- When the templated prompt is not a prefix of the templated conversation (templates that render a
+  turn differently once an answer follows, e.g. a system prompt merged only into the *last* user
+  turn), the prompt stays the templated prompt (what generation sees) and the completion starts
+  where the first completion message's content starts in the conversation. ``Encoded.template_prefix``
+  records it and ``aot inspect`` warns.
+- Truncation (``TokenizeSettings``): the prompt is cut from the LEFT to ``max_prompt_length``; then,
+  if the total exceeds ``max_length``, the completion is cut from the END, keeping at least one
+  token; only if the prompt alone leaves no room for that token is the prompt cut further. A leading
+  BOS always survives left truncation. A truncated completion does not get EOS re-added: the model
+  must not learn to stop where the text was merely cut.
+
+``tokenize_split`` maps this over a dataset split and caches the result on disk under
+``cache_dir("tokenized")``, keyed by fingerprints of the data, the tokenizer and the settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from aot_cli.artifacts import fingerprint
+from aot_cli.cache import cache_dir
+from aot_cli.errors import UserError
+
+# Bump when the encoding logic changes, so cached tokenizations made by older code are not reused.
+ENCODING_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TokenizeSettings:
+    """Length limits in tokens; None means no limit."""
+
+    max_length: int | None = None
+    max_prompt_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_length is not None and self.max_length < 2:
+            raise UserError(f"--max-length {self.max_length} leaves no room for a prompt token and a "
+                            "completion token (use at least 2)")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise UserError(f"--max-prompt-length must be at least 1, got {self.max_prompt_length}")
+
+
+@dataclass
+class Encoded:
+    """One tokenized example: ``input_ids[:prompt_len]`` is the prompt, the rest the completion."""
+
+    input_ids: list[int]
+    prompt_len: int
+    truncated_prompt: bool
+    truncated_completion: bool
+    template_prefix: bool = True   # False: the templated prompt is not a prefix of the conversation
+    eos_added: bool = False        # True: the template did not end the completion with EOS
+
+
+@dataclass(frozen=True)
+class _Specials:
+    """What the tokenizer does with BOS and EOS, found once per tokenizer."""
+
+    bos_id: int | None
+    eos_id: int | None
+    eos_token: str | None
+    adds_bos: bool
+
+
+def _specials(tokenizer: Any) -> _Specials:
+    # Ask the tokenizer rather than trusting `add_bos_token`: fast tokenizers add BOS in their
+    # post-processor whatever that attribute says.
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    bos_id = tokenizer.bos_token_id
+    adds_bos = bos_id is not None and len(with_special) > len(without) and with_special[0] == bos_id
+    return _Specials(bos_id, tokenizer.eos_token_id, tokenizer.eos_token, adds_bos)
+
+
+def load_tokenizer(name_or_path: str | Path, chat_template_file: Path | None = None,
+                   trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a model, ready for ``encode_example``.
+
+    `chat_template_file` (a Jinja file) replaces the tokenizer's chat template. A tokenizer with no
+    chat template and none given is a UserError: aot always applies one. A tokenizer without a pad
+    token gets EOS as its pad token; padded positions are masked out (attention and labels), so the
+    choice never reaches the loss.
+    """
+    from transformers import AutoTokenizer
+
+    template = None
+    if chat_template_file is not None:
+        path = Path(chat_template_file)
+        if not path.is_file():
+            raise UserError(f"{path}: chat template file not found")
+        template = path.read_text(encoding="utf-8")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{name_or_path}: cannot load a tokenizer ({str(exc).splitlines()[0]})") from None
+    if template is not None:
+        tokenizer.chat_template = template
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{name_or_path}: the tokenizer has no chat template; give one with "
+                        "--chat-template FILE (a Jinja template, e.g. aot_cli/templates/chatml.jinja)")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def as_messages(value: Any, role: str, field: str) -> list[dict]:
+    """A string becomes one `role` turn; a message list is returned as is."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, (list, tuple)) and all(isinstance(m, dict) and "role" in m for m in value):
+        return list(value)
+    raise UserError(f"field {field!r}: expected a string or a list of messages "
+                    f"[{{'role', 'content'}}], got {type(value).__name__}")
+
+
+def _template(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
+    except TemplateError as exc:
+        raise UserError(f"the chat template failed on this conversation ({exc})") from None
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def split_text(tokenizer: Any, prompt: Any, completion: Any, eos_token: str | None) -> tuple[str, str, bool]:
+    """``(prompt text, completion text, prompt is a prefix)`` of one templated example.
+
+    The completion text is cut right after its last EOS when only whitespace follows it.
+    """
+    prompt_msgs = as_messages(prompt, "user", "prompt")
+    completion_msgs = as_messages(completion, "assistant", "completion")
+    prompt_text = _template(tokenizer, prompt_msgs, generation_prompt=True)
+    full_text = _template(tokenizer, prompt_msgs + completion_msgs, generation_prompt=False)
+    is_prefix = full_text.startswith(prompt_text)
+    if is_prefix:
+        completion_text = full_text[len(prompt_text):]
+    else:
+        content = str(completion_msgs[0].get("content") or "")
+        start = full_text.find(content, _common_prefix_len(prompt_text, full_text)) if content else -1
+        if start < 0:
+            raise UserError("the templated prompt is not a prefix of the templated conversation and the "
+                            "completion's text is not found in it; the chat template rewrites the answer "
+                            "(fix the template or give another one with --chat-template)")
+        completion_text = full_text[start:]
+    if eos_token:
+        end = completion_text.rfind(eos_token)
+        if end >= 0 and not completion_text[end + len(eos_token):].strip():
+            completion_text = completion_text[:end + len(eos_token)]
+    return prompt_text, completion_text, is_prefix
+
+
+def _truncate_left(ids: list[int], length: int, bos_id: int | None) -> list[int]:
+    """The last `length` tokens of `ids`, keeping a leading BOS in front."""
+    if len(ids) <= length:
+        return ids
+    if bos_id is not None and ids and ids[0] == bos_id:
+        return [bos_id] + (ids[len(ids) - length + 1:] if length > 1 else [])
+    return ids[len(ids) - length:]
+
+
+def _assemble(specials: _Specials, prompt_ids: list[int], completion_ids: list[int],
+              settings: TokenizeSettings, template_prefix: bool) -> Encoded:
+    """BOS, EOS and truncation on the two token lists of one example."""
+    if specials.adds_bos and (not prompt_ids or prompt_ids[0] != specials.bos_id):
+        prompt_ids = [specials.bos_id] + prompt_ids
+    eos_added = False
+    if specials.eos_id is not None and (not completion_ids or completion_ids[-1] != specials.eos_id):
+        completion_ids = completion_ids + [specials.eos_id]
+        eos_added = True
+    truncated_prompt = truncated_completion = False
+    if settings.max_prompt_length is not None and len(prompt_ids) > settings.max_prompt_length:
+        prompt_ids = _truncate_left(prompt_ids, settings.max_prompt_length, specials.bos_id)
+        truncated_prompt = True
+    if settings.max_length is not None and len(prompt_ids) + len(completion_ids) > settings.max_length:
+        if len(prompt_ids) + 1 > settings.max_length:
+            prompt_ids = _truncate_left(prompt_ids, settings.max_length - 1, specials.bos_id)
+            truncated_prompt = True
+        keep = settings.max_length - len(prompt_ids)
+        if keep < len(completion_ids):
+            completion_ids = completion_ids[:keep]
+            truncated_completion = True
+    return Encoded(prompt_ids + completion_ids, len(prompt_ids), truncated_prompt, truncated_completion,
+                   template_prefix, eos_added)
+
+
+def _encode_texts(tokenizer: Any, specials: _Specials, texts: list[tuple[str, str, bool]],
+                  settings: TokenizeSettings) -> list[Encoded]:
+    """Tokenize split texts in one batched call per side, then assemble each example."""
+    if not texts:
+        return []
+    prompt_ids = tokenizer([t[0] for t in texts], add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer([t[1] for t in texts], add_special_tokens=False)["input_ids"]
+    return [_assemble(specials, p, c, settings, t[2]) for p, c, t in zip(prompt_ids, completion_ids, texts)]
+
+
+def encode_example(tokenizer: Any, prompt: Any, completion: Any, settings: TokenizeSettings) -> Encoded:
+    """Tokenize one (prompt, completion) pair as training does (see the module docstring)."""
+    specials = _specials(tokenizer)
+    texts = [split_text(tokenizer, prompt, completion, specials.eos_token)]
+    return _encode_texts(tokenizer, specials, texts, settings)[0]
+
+
+def encode_many(tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any],
+                settings: TokenizeSettings, *, first_row: int = 0, field: str = "completion") -> list[Encoded]:
+    """``encode_example`` over many rows; errors name the row (1-based, from `first_row`) and `field`."""
+    specials = _specials(tokenizer)
+    texts = []
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        try:
+            texts.append(split_text(tokenizer, prompt, completion, specials.eos_token))
+        except UserError as exc:
+            raise UserError(f"row {first_row + i + 1} ({field}): {exc}") from None
+    return _encode_texts(tokenizer, specials, texts, settings)

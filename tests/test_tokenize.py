@@ -1,0 +1,205 @@
+"""Tokenization as training sees it, on the tiny tokenizer (which sets the double-BOS and ChatML-EOS traps).
+
+Expected ids are spelled out from the tokenizer's own pieces: BOS id, the templated text tokenized
+without special tokens, the EOS id.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from aot_cli.data.tokenize import (
+    TokenizeSettings,
+    encode_example,
+    load_tokenizer,
+)
+from aot_cli.errors import UserError
+
+NO_LIMIT = TokenizeSettings()
+PROMPT_TEXT = "<s><|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture
+def tok(tiny_model_dir):
+    """A fresh tokenizer per test (tests change its chat template)."""
+    return load_tokenizer(tiny_model_dir)
+
+
+def ids(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_tiny_tokenizer_sets_the_double_bos_trap(tok):
+    # The premise of the tests below: the template writes BOS and the tokenizer adds one too.
+    templated = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert templated.startswith("<s>")
+    assert tok(templated)["input_ids"][:2] == [tok.bos_token_id] * 2
+
+
+def test_string_example_exact_ids(tok):
+    enc = encode_example(tok, "What is the capital of France?", "Paris.", NO_LIMIT)
+    expected_prompt = ids(tok, PROMPT_TEXT)
+    expected = expected_prompt + ids(tok, "Paris.") + [tok.eos_token_id]
+    assert enc.input_ids == expected
+    assert enc.prompt_len == len(expected_prompt)
+    assert enc.input_ids.count(tok.bos_token_id) == 1 and enc.input_ids[0] == tok.bos_token_id
+    assert enc.input_ids.count(tok.eos_token_id) == 2  # end of the user turn, end of the answer
+    assert enc.input_ids[-1] == tok.eos_token_id  # "<|im_end|>\n": the trailing newline is cut
+    assert tok.decode(enc.input_ids[:enc.prompt_len]) == PROMPT_TEXT
+    assert tok.decode(enc.input_ids[enc.prompt_len:]) == "Paris.<|im_end|>"
+    assert not (enc.truncated_prompt or enc.truncated_completion or enc.eos_added)
+    assert enc.template_prefix
+
+
+def test_messages_equal_strings(tok):
+    as_strings = encode_example(tok, "What is the capital of France?", "Paris.", NO_LIMIT)
+    as_messages = encode_example(tok, [{"role": "user", "content": "What is the capital of France?"}],
+                                 [{"role": "assistant", "content": "Paris."}], NO_LIMIT)
+    assert as_messages == as_strings
+
+
+def test_multi_turn_prompt_boundary(tok):
+    prompt = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "What is 1 2 3?"},
+    ]
+    enc = encode_example(tok, prompt, [{"role": "assistant", "content": "4 5 6"}], NO_LIMIT)
+    templated = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    assert templated.count("<|im_start|>") == 5
+    assert enc.input_ids[:enc.prompt_len] == ids(tok, templated)
+    assert enc.input_ids[enc.prompt_len:] == ids(tok, "4 5 6") + [tok.eos_token_id]
+    assert enc.input_ids.count(tok.bos_token_id) == 1
+
+
+def test_bos_added_once_when_template_does_not_write_it(tok):
+    tok.chat_template = tok.chat_template.replace("{{ bos_token }}", "")
+    enc = encode_example(tok, "hi", "yes", NO_LIMIT)
+    assert enc.input_ids[0] == tok.bos_token_id and enc.input_ids.count(tok.bos_token_id) == 1
+    assert enc.input_ids[1:enc.prompt_len] == ids(tok, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_no_bos_when_tokenizer_does_not_add_one(tok):
+    # Qwen-like: neither the template nor the tokenizer puts a BOS in front.
+    from tokenizers import processors
+
+    tok.chat_template = tok.chat_template.replace("{{ bos_token }}", "")
+    tok.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    enc = encode_example(tok, "hi", "yes", NO_LIMIT)
+    assert tok.bos_token_id not in enc.input_ids
+    assert enc.input_ids[:enc.prompt_len] == ids(tok, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_eos_appended_when_template_has_none(tok):
+    tok.chat_template = tok.chat_template.replace("'<|im_end|>' + ", "'<|end|>' + ")
+    enc = encode_example(tok, "hi", "yes", NO_LIMIT)
+    assert enc.eos_added
+    assert enc.input_ids[enc.prompt_len:] == ids(tok, "yes<|end|>\n") + [tok.eos_token_id]
+    assert enc.input_ids.count(tok.eos_token_id) == 1
+
+
+def test_template_prompt_not_a_prefix(tok):
+    # Mistral-like: the system prompt is merged into the user turn only when that turn is the last.
+    tok.chat_template = (
+        "{% for m in messages %}{% if m.role == 'user' %}[INST] "
+        "{% if loop.last and messages[0].role == 'system' %}{{ messages[0].content }}\n\n{% endif %}"
+        "{{ m.content }} [/INST]{% elif m.role == 'assistant' %}{{ m.content }}{{ eos_token }}{% endif %}"
+        "{% endfor %}"
+    )
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    enc = encode_example(tok, prompt, "yes", NO_LIMIT)
+    assert not enc.template_prefix
+    assert tok.decode(enc.input_ids[:enc.prompt_len]) == "<s>[INST] Be brief.\n\nhi [/INST]"
+    assert tok.decode(enc.input_ids[enc.prompt_len:]) == "yes<|im_end|>"
+
+
+def test_template_that_rewrites_the_answer_is_a_user_error(tok):
+    tok.chat_template = ("{% for m in messages %}{% if m.role == 'user' %}U: {{ m.content }}\n"
+                         "{% else %}A: {{ m.content | upper }}\n{% endif %}{% endfor %}"
+                         "{% if add_generation_prompt %}X: {% endif %}")
+    with pytest.raises(UserError, match="rewrites the answer"):
+        encode_example(tok, "hi", "yes", NO_LIMIT)
+
+
+def test_truncation_prompt_from_the_left_keeps_bos(tok):
+    enc_full = encode_example(tok, "What is the capital of France?", "Paris.", NO_LIMIT)
+    prompt, completion = enc_full.input_ids[:enc_full.prompt_len], enc_full.input_ids[enc_full.prompt_len:]
+    enc = encode_example(tok, "What is the capital of France?", "Paris.", TokenizeSettings(max_prompt_length=6))
+    assert enc.prompt_len == 6
+    assert enc.input_ids == [tok.bos_token_id] + prompt[-5:] + completion
+    assert enc.truncated_prompt and not enc.truncated_completion
+
+
+def test_truncation_completion_from_the_end_without_eos(tok):
+    enc_full = encode_example(tok, "hi", "The quick brown fox jumps over the lazy dog.", NO_LIMIT)
+    p = enc_full.prompt_len
+    completion = enc_full.input_ids[p:]
+    assert len(completion) > 4
+    enc = encode_example(tok, "hi", "The quick brown fox jumps over the lazy dog.",
+                         TokenizeSettings(max_length=p + 3))
+    assert len(enc.input_ids) == p + 3 and enc.prompt_len == p
+    assert enc.input_ids[p:] == completion[:3]  # keeps its first tokens, no EOS re-added
+    assert enc.input_ids[-1] != tok.eos_token_id
+    assert enc.truncated_completion and not enc.truncated_prompt
+
+
+def test_truncation_prompt_first_then_completion(tok):
+    text = "The quick brown fox jumps over the lazy dog."
+    enc_full = encode_example(tok, text, text, NO_LIMIT)
+    prompt, completion = enc_full.input_ids[:enc_full.prompt_len], enc_full.input_ids[enc_full.prompt_len:]
+    enc = encode_example(tok, text, text, TokenizeSettings(max_length=10, max_prompt_length=6))
+    assert enc.input_ids == [tok.bos_token_id] + prompt[-5:] + completion[:4]
+    assert enc.prompt_len == 6 and enc.truncated_prompt and enc.truncated_completion
+
+
+def test_truncation_never_drops_the_completion(tok):
+    enc_full = encode_example(tok, "What is the capital of France?", "Paris.", NO_LIMIT)
+    prompt, completion = enc_full.input_ids[:enc_full.prompt_len], enc_full.input_ids[enc_full.prompt_len:]
+    enc = encode_example(tok, "What is the capital of France?", "Paris.", TokenizeSettings(max_length=4))
+    assert enc.input_ids == [tok.bos_token_id] + prompt[-2:] + completion[:1]
+    assert enc.prompt_len == 3
+    enc = encode_example(tok, "What is the capital of France?", "Paris.", TokenizeSettings(max_length=2))
+    assert enc.input_ids == [tok.bos_token_id, completion[0]] and enc.prompt_len == 1
+
+
+def test_impossible_lengths_are_user_errors():
+    with pytest.raises(UserError, match="--max-length 1 leaves no room"):
+        TokenizeSettings(max_length=1)
+    with pytest.raises(UserError, match="--max-prompt-length"):
+        TokenizeSettings(max_prompt_length=0)
+
+
+def test_bad_field_type_is_a_user_error(tok):
+    with pytest.raises(UserError, match="field 'completion': expected a string or a list of messages"):
+        encode_example(tok, "hi", 3, NO_LIMIT)
+
+
+def test_load_tokenizer_without_chat_template(tiny_model_dir, tmp_path):
+    bare = tmp_path / "bare"
+    tokenizer = load_tokenizer(tiny_model_dir)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(bare)
+    with pytest.raises(UserError, match="no chat template; give one with --chat-template"):
+        load_tokenizer(bare)
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}"
+                        "{% if add_generation_prompt %}<assistant>{% endif %}")
+    tokenizer = load_tokenizer(bare, template)
+    enc = encode_example(tokenizer, "hi", "yes", NO_LIMIT)
+    assert tokenizer.decode(enc.input_ids) == "<s><user>hi<|im_end|><assistant>yes<|im_end|>"
+    with pytest.raises(UserError, match="chat template file not found"):
+        load_tokenizer(bare, tmp_path / "missing.jinja")
+
+
+def test_load_tokenizer_sets_pad_to_eos(tiny_model_dir, tmp_path):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    assert tokenizer.pad_token == "<pad>"  # an existing pad token is kept
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path / "nopad")
+    assert load_tokenizer(tmp_path / "nopad").pad_token == tokenizer.eos_token
+
+
+def test_load_tokenizer_missing_path(tmp_path):
+    with pytest.raises(UserError, match="cannot load a tokenizer"):
+        load_tokenizer(tmp_path / "nowhere")
