@@ -34,6 +34,10 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 # Commands are registered below, one line each: command(app, Config, run, name=..., help=...).
 # --- commands ---
+from aot_cli import merge as _merge  # noqa: E402
+
+command(app, _merge.MergeConfig, _merge.run, name="merge",
+        help="Merge a run's LoRA adapter into its base model (or re-export a full run) as a plain model dir.")
 
 
 def main() -> None:
