@@ -1,0 +1,143 @@
+"""The gradient of one optimizer step, with the sort set either the whole global batch or each micro-batch.
+
+``global_scope_step`` (the default) is exact gradient caching (GradCache, Gao et al. 2021, applied
+to AOT). A preference loss L depends on the parameters only through the per-sample log-probs
+r = (policy_a, policy_b) of the G samples of the step, so dL/dtheta = sum_i (dL/dr_i) dr_i/dtheta:
+
+1. a no-grad forward of every micro-batch gives r; ranks all_gather it into the global vector;
+2. L(r) is computed once on the whole vector and g = dL/dr by autograd on those 2G numbers
+   (cheap: a sort of G numbers);
+3. each micro-batch runs forward + backward of sum_i g_i r_i(theta), accumulating exactly dL/dtheta.
+
+This holds for any loss that is a function of the log-probs: paired and unpaired AOT, every
+surrogate, hard and soft sort, DPO and IPO. Dropout would make pass 1 and pass 3 see different
+networks; the torch RNG state is recorded before each pass-1 forward and replayed before its
+pass-3 forward (GradCache's ``RandContext``), so both passes draw the same dropout masks. The
+logged loss is the true global-batch loss.
+
+``micro_scope_step`` is TRL's behaviour (loss per micro-batch, averaged), kept for comparison.
+Both leave the summed gradient in ``.grad``; the caller clips and steps the optimizer.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from aot_cli.train.batching import MicroBatch
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class StepOutput:
+    """The step's loss and the global (all-rank) log-prob vectors, detached, for metrics."""
+
+    loss: torch.Tensor
+    policy_a: torch.Tensor
+    policy_b: torch.Tensor
+    ref_a: torch.Tensor
+    ref_b: torch.Tensor
+    n_tokens: int  # tokens this rank ran through the model (both passes)
+
+
+def policy_logps(model, batch: MicroBatch, chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs of the batch's side-A rows and side-B rows (one forward)."""
+    from aot_cli.train.logprobs import model_sequence_logps
+
+    logps = model_sequence_logps(model, batch.input_ids, batch.attention_mask, batch.labels, chunk_size=chunk_size)
+    return logps[:batch.size], logps[batch.size:]
+
+
+class _RngReplay:
+    """Record the torch RNG state now; ``replay()`` restores it (same dropout masks again)."""
+
+    def __init__(self):
+        self.cpu = torch.random.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def replay(self) -> None:
+        torch.random.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+def _sync_context(accelerator, model, last: bool):
+    """Skip DDP's gradient all-reduce on every micro-batch but the last of the step."""
+    return nullcontext() if last or accelerator is None else accelerator.no_sync(model)
+
+
+def _gather(accelerator, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if accelerator is None or accelerator.num_processes == 1 else accelerator.gather(tensor)
+
+
+def _backward(accelerator, loss: torch.Tensor) -> None:
+    if accelerator is None:
+        loss.backward()
+    else:
+        accelerator.backward(loss)
+
+
+def global_scope_step(model, micro_batches: list[MicroBatch], loss_fn: LossFn, *, chunk_size: int | None = 1024,
+                      accelerator=None) -> StepOutput:
+    """Gradient of the loss over the whole global batch (all micro-batches of all ranks)."""
+    world = 1 if accelerator is None else accelerator.num_processes
+    rank = 0 if accelerator is None else accelerator.process_index
+    rngs, parts_a, parts_b = [], [], []
+    with torch.no_grad():
+        for batch in micro_batches:
+            rngs.append(_RngReplay())
+            a, b = policy_logps(model, batch, chunk_size)
+            parts_a.append(a)
+            parts_b.append(b)
+    local_a, local_b = torch.cat(parts_a), torch.cat(parts_b)
+    ref_a = _gather(accelerator, torch.cat([mb.ref_a for mb in micro_batches]).float())
+    ref_b = _gather(accelerator, torch.cat([mb.ref_b for mb in micro_batches]).float())
+    policy_a = _gather(accelerator, local_a).requires_grad_(True)
+    policy_b = _gather(accelerator, local_b).requires_grad_(True)
+    loss = loss_fn(policy_a, policy_b, ref_a, ref_b)
+    grad_a, grad_b = torch.autograd.grad(loss, [policy_a, policy_b])
+    n_local = len(local_a)
+    # DDP averages gradients over ranks; each rank holds its share of a sum, so undo the mean.
+    grad_a = grad_a[rank * n_local:(rank + 1) * n_local] * world
+    grad_b = grad_b[rank * n_local:(rank + 1) * n_local] * world
+    offset, n_tokens = 0, 0
+    for j, batch in enumerate(micro_batches):
+        rngs[j].replay()
+        with _sync_context(accelerator, model, last=j == len(micro_batches) - 1):
+            a, b = policy_logps(model, batch, chunk_size)
+            window = slice(offset, offset + batch.size)
+            surrogate = (grad_a[window] * a).sum() + (grad_b[window] * b).sum()
+            _backward(accelerator, surrogate)
+        offset += batch.size
+        n_tokens += 2 * batch.n_tokens
+    return StepOutput(loss.detach(), policy_a.detach(), policy_b.detach(), ref_a, ref_b, n_tokens)
+
+
+def micro_scope_step(model, micro_batches: list[MicroBatch], loss_fn: LossFn, *, chunk_size: int | None = 1024,
+                     accelerator=None) -> StepOutput:
+    """TRL's step: the loss of each micro-batch on its own, averaged over micro-batches and ranks."""
+    losses, parts_a, parts_b, n_tokens = [], [], [], 0
+    for j, batch in enumerate(micro_batches):
+        with _sync_context(accelerator, model, last=j == len(micro_batches) - 1):
+            a, b = policy_logps(model, batch, chunk_size)
+            loss = loss_fn(a, b, batch.ref_a.float(), batch.ref_b.float())
+            _backward(accelerator, loss / len(micro_batches))
+        losses.append(loss.detach())
+        parts_a.append(a.detach())
+        parts_b.append(b.detach())
+        n_tokens += batch.n_tokens
+    loss = _gather(accelerator, torch.stack(losses)).mean()
+    gather_cat = (lambda parts: _gather(accelerator, torch.cat(parts)))
+    return StepOutput(loss, gather_cat(parts_a), gather_cat(parts_b),
+                      gather_cat([mb.ref_a.float() for mb in micro_batches]),
+                      gather_cat([mb.ref_b.float() for mb in micro_batches]), n_tokens)
+
+
+def step_gradient(scope: str, model, micro_batches: list[MicroBatch], loss_fn: LossFn, **kwargs) -> StepOutput:
+    """Dispatch on ``--sort-scope``."""
+    step = global_scope_step if scope == "global" else micro_scope_step
+    return step(model, micro_batches, loss_fn, **kwargs)
