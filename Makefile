@@ -26,5 +26,13 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# aot train against TRL's DPOTrainer(loss_type="aot"), side by side (docs/performance.md); about 20 min for
+# the small config on 2 CPU cores, a minute for BENCH_CONFIG=tiny.
+BENCH_CONFIG ?= small
+BENCH_OUT ?= bench-out
+bench: install
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/train_bench.py --config $(BENCH_CONFIG) --out $(BENCH_OUT)/$(BENCH_CONFIG)
+
 clean:
 	rm -rf $(DEMO) .pytest_cache

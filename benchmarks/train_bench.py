@@ -1,0 +1,226 @@
+"""Benchmark `aot train` against TRL's ``DPOTrainer(loss_type="aot")``, side by side, in one command.
+
+    python benchmarks/train_bench.py --config tiny|small [--steps N] [--out bench-out]
+
+Builds a random-init Llama of the config's shape and a synthetic paired dataset locally (no
+downloads), then runs, one after the other and each in its own process (so each peak RSS is its
+own, read with ``os.wait4``):
+
+1. ``trl``: TRL's DPOTrainer, loss_type "aot", full fine-tuning, TRL's defaults (online reference
+   model, gradient checkpointing) but fp32 on CPU;
+2. ``aot micro``: ``aot train --full --sort-scope micro`` (TRL's sort set: one micro-batch);
+3. ``aot global``: ``aot train --full --sort-scope global`` with the same micro-batch and enough
+   accumulation for a sort set of 64.
+
+Same model, micro-batch, max_length, learning rate, beta, dtype and number of samples per run
+(each dataset is exactly one epoch of the run, so every run sees the same rows and tokens). Timed:
+the steady-state optimizer steps, from the end of step ``--warmup`` to the end of the last step,
+by one optimizer hook in both tools (step_clock.py). Prints a table with samples/s, peak memory and
+the ratios; writes ``OUT/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from bench_setup import CONFIGS, BenchConfig, build_dataset, build_model
+
+HERE = Path(__file__).resolve().parent
+SORT_SET = 64
+DEFAULT_STEPS = {"smoke": 2, "tiny": 8, "small": 6}
+TARGETS = {"speed_vs_trl": 2.5, "memory_vs_trl": 0.5, "global_time_vs_micro": 1.4}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
+    parser.add_argument("--steps", type=int, help="Optimizer steps of the TRL and micro-scope runs "
+                        "(default: 8 tiny, 6 small).")
+    parser.add_argument("--global-steps", type=int, default=2, help="Optimizer steps of the global-scope run "
+                        f"(each one is {SORT_SET} samples).")
+    parser.add_argument("--warmup", type=int, default=1, help="Leading optimizer steps left out of the timing.")
+    parser.add_argument("--runs", default="trl,micro,global", help="Comma-separated subset of trl,micro,global.")
+    parser.add_argument("--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                        help="TRL's gradient checkpointing (on by default in TRL's DPOConfig).")
+    parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--beta", type=float, default=0.01)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    args = parser.parse_args(argv)
+    args.steps = args.steps or DEFAULT_STEPS[args.config]
+    if args.warmup < 1 or args.warmup >= min(args.steps, args.global_steps):
+        parser.error("--warmup must be >= 1 and below --steps and --global-steps (a timed step must remain)")
+    args.runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    return args
+
+
+def _child_env(cache: Path) -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", AOT_CACHE_DIR=str(cache))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_child(name: str, cmd: list[str], out: Path) -> dict:
+    """Run one benchmark process; return its wall time and peak RSS (``wait4``: this child only)."""
+    log = out / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cache = out / "cache" / name
+    shutil.rmtree(cache, ignore_errors=True)  # a fresh reference-log-prob cache: the pass is measured
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        handle.write(" ".join(cmd) + "\n")
+        handle.flush()
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=_child_env(cache))
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+        raise SystemExit(f"{name} failed (exit {code}); last lines of {log}:\n{tail}")
+    return {"wall_s": wall, "peak_rss_bytes": usage.ru_maxrss * 1024, "load_1min_before": load_before,
+            "command": cmd}
+
+
+def summarize(marks: dict, samples_per_step: int, warmup: int) -> dict:
+    """Steady-state throughput from the optimizer-step end times."""
+    ends = marks["step_ends"]
+    timed_steps = len(ends) - warmup
+    if timed_steps < 1:
+        raise SystemExit(f"only {len(ends)} optimizer steps were recorded; need more than --warmup {warmup}")
+    timed_s = ends[-1] - ends[warmup - 1]
+    samples = timed_steps * samples_per_step
+    return {
+        "steps": len(ends), "timed_steps": timed_steps, "timed_s": timed_s, "samples_per_step": samples_per_step,
+        "samples_per_s": samples / timed_s, "s_per_sample": timed_s / samples,
+        "first_step_end_s": ends[0], "cuda_peak_bytes": marks["cuda_peak_bytes"], "threads": marks["threads"],
+    }
+
+
+def run_trl(args, cfg: BenchConfig, model: Path, data: Path, out: Path) -> dict:
+    spec = {
+        "model": str(model), "data": str(data), "out": str(out / "trl-run"), "result": str(out / "trl.json"),
+        "dtype": "fp32", "seed": args.seed, "beta": args.beta, "lr": args.lr, "batch": cfg.batch, "grad_accum": 1,
+        "steps": args.steps, "max_length": cfg.max_length,
+        "gradient_checkpointing": args.trl_gradient_checkpointing, "precompute_ref": False,
+    }
+    (out / "trl-spec.json").write_text(json.dumps(spec, indent=1))
+    proc = run_child("trl", [sys.executable, str(HERE / "run_trl.py"), str(out / "trl-spec.json")], out)
+    marks = json.loads((out / "trl.json").read_text())
+    return {"settings": spec, **proc, **summarize(marks, cfg.batch, args.warmup)}
+
+
+def run_aot(args, cfg: BenchConfig, model: Path, data: Path, out: Path, scope: str) -> dict:
+    accum = 1 if scope == "micro" else SORT_SET // cfg.batch
+    steps = args.steps if scope == "micro" else args.global_steps
+    result = out / f"aot-{scope}.json"
+    train_args = [
+        "--model", str(model), "--data", str(data), "-o", str(out / f"aot-{scope}-run"), "--overwrite",
+        "--loss", "aot", "--full", "--sort-scope", scope, "--batch-size", str(cfg.batch),
+        "--grad-accum", str(accum), "--max-steps", str(steps), "--max-length", str(cfg.max_length),
+        "--max-prompt-length", str(cfg.max_length), "--lr", str(args.lr), "--beta", str(args.beta),
+        "--warmup-ratio", "0", "--dtype", "fp32", "--seed", str(args.seed), "--save-steps", "0",
+    ]
+    cmd = [sys.executable, str(HERE / "run_aot.py"), str(result), "--", *train_args]
+    proc = run_child(f"aot-{scope}", cmd, out)
+    marks = json.loads(result.read_text())
+    return {"settings": {"aot_train_args": train_args}, **proc, **summarize(marks, cfg.batch * accum, args.warmup)}
+
+
+def machine() -> dict:
+    import torch
+
+    from aot_cli.artifacts import library_versions
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "platform": platform.platform(), "versions": library_versions(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+
+
+def ratios(runs: dict) -> dict:
+    """The issue's targets, each as measured/target (speed up, memory down, global cost)."""
+    found = {}
+    if "trl" in runs and "micro" in runs:
+        found["speed_vs_trl"] = runs["micro"]["samples_per_s"] / runs["trl"]["samples_per_s"]
+        found["memory_vs_trl"] = runs["micro"]["peak_rss_bytes"] / runs["trl"]["peak_rss_bytes"]
+    if "trl" in runs and "global" in runs:
+        found["global_speed_vs_trl"] = runs["global"]["samples_per_s"] / runs["trl"]["samples_per_s"]
+        found["global_memory_vs_trl"] = runs["global"]["peak_rss_bytes"] / runs["trl"]["peak_rss_bytes"]
+    if "micro" in runs and "global" in runs:
+        found["global_time_vs_micro"] = runs["global"]["s_per_sample"] / runs["micro"]["s_per_sample"]
+    return found
+
+
+def print_table(cfg: BenchConfig, runs: dict, found: dict) -> None:
+    from rich.table import Table
+
+    from aot_cli.console import out_console
+
+    table = Table(title=f"aot train vs TRL DPOTrainer(loss_type='aot'), config {cfg.name}")
+    for column in ("run", "sort set", "timed steps", "samples/s", "s/sample", "peak RSS", "speed/TRL", "RSS/TRL"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    trl = runs.get("trl")
+    for name, run in runs.items():
+        table.add_row(
+            name, str(run["samples_per_step"] if name == "global" else cfg.batch), str(run["timed_steps"]),
+            f"{run['samples_per_s']:.3f}", f"{run['s_per_sample']:.2f}", f"{run['peak_rss_bytes'] / 2**30:.2f} GiB",
+            f"{run['samples_per_s'] / trl['samples_per_s']:.2f}x" if trl else "-",
+            f"{run['peak_rss_bytes'] / trl['peak_rss_bytes']:.2f}x" if trl else "-",
+        )
+    out_console.print(table)
+    for key, target in TARGETS.items():
+        if key in found:
+            ok = found[key] >= target if key == "speed_vs_trl" else found[key] <= target
+            sign = ">=" if key == "speed_vs_trl" else "<="
+            out_console.print(f"{key}: {found[key]:.2f} (target {sign} {target}) {'met' if ok else 'NOT met'}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cfg = CONFIGS[args.config]
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    model = out / f"model-{cfg.name}"
+    if not (model / "config.json").is_file():
+        model.mkdir(exist_ok=True)
+        build_model(model, cfg, seed=args.seed)
+    data_micro = out / "data-micro"
+    data_global = out / "data-global"
+    for path, rows in ((data_micro, args.steps * cfg.batch), (data_global, args.global_steps * SORT_SET)):
+        shutil.rmtree(path, ignore_errors=True)
+        build_dataset(path, model, cfg, rows, seed=args.seed)
+
+    runs = {}
+    if "trl" in args.runs:
+        runs["trl"] = run_trl(args, cfg, model, data_micro, out)
+    if "micro" in args.runs:
+        runs["micro"] = run_aot(args, cfg, model, data_micro, out, "micro")
+    if "global" in args.runs:
+        runs["global"] = run_aot(args, cfg, model, data_global, out, "global")
+    found = ratios(runs)
+    report = {
+        "config": asdict(cfg), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "warmup_steps": args.warmup, "machine": machine(), "load_1min_after": os.getloadavg()[0],
+        "runs": runs, "ratios": found, "targets": TARGETS,
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_table(cfg, runs, found)
+    return report
+
+
+if __name__ == "__main__":
+    main()
