@@ -11,7 +11,11 @@ import pytest
 from aot_cli.data.tokenize import (
     TokenizeSettings,
     encode_example,
+    length_stats,
     load_tokenizer,
+    tokenize_split,
+    tokenizer_fingerprint,
+    truncation_counts,
 )
 from aot_cli.errors import UserError
 
@@ -203,3 +207,115 @@ def test_load_tokenizer_sets_pad_to_eos(tiny_model_dir, tmp_path):
 def test_load_tokenizer_missing_path(tmp_path):
     with pytest.raises(UserError, match="cannot load a tokenizer"):
         load_tokenizer(tmp_path / "nowhere")
+
+
+@pytest.fixture
+def paired_split():
+    import datasets
+
+    return datasets.Dataset.from_dict({
+        "prompt": ["hi", "What is the capital of France?", "hi"],
+        "chosen": ["yes", "Paris.", "The quick brown fox jumps over the lazy dog."],
+        "rejected": ["no", "The quick brown fox jumps over the lazy dog.", "no"],
+    })
+
+
+def test_tokenize_split_paired_columns_match_encode_example(tok, paired_split):
+    settings = TokenizeSettings(max_length=20)
+    out = tokenize_split(paired_split, tok, settings, paired=True)
+    assert out.column_names == ["chosen_input_ids", "chosen_prompt_len", "rejected_input_ids",
+                                "rejected_prompt_len", "truncated_prompt", "truncated_completion"]
+    for i, row in enumerate(paired_split):
+        for side in ("chosen", "rejected"):
+            enc = encode_example(tok, row["prompt"], row[side], settings)
+            assert out[i][f"{side}_input_ids"] == enc.input_ids
+            assert out[i][f"{side}_prompt_len"] == enc.prompt_len
+    # Row 2 (a 23-token prompt) has its prompt cut to 19 and both completions to 1 token; row 3
+    # keeps its 11-token prompt and cuts only the long chosen answer.
+    assert out["truncated_prompt"][:] == [False, True, False]
+    assert out["truncated_completion"][:] == [False, True, True]
+    assert truncation_counts(out) == {"rows": 3, "prompt": 1, "completion": 2, "any": 2}
+
+
+def test_tokenize_split_unpaired_keeps_label(tok):
+    import datasets
+
+    split = datasets.Dataset.from_dict({"prompt": ["hi", "hi"], "completion": ["yes", "no"], "label": [True, False]})
+    out = tokenize_split(split, tok, NO_LIMIT, paired=False)
+    assert out.column_names == ["input_ids", "prompt_len", "truncated_prompt", "truncated_completion", "label"]
+    assert out["label"][:] == [True, False]
+    assert out[1]["input_ids"] == encode_example(tok, "hi", "no", NO_LIMIT).input_ids
+
+
+def test_tokenize_split_cache_hit_and_invalidation(tok, paired_split, monkeypatch):
+    from aot_cli.cache import cache_dir
+    from aot_cli.data import tokenize as module
+
+    calls = []
+    real = module.encode_many
+    monkeypatch.setattr(module, "encode_many", lambda *a, **k: calls.append(1) or real(*a, **k))
+    settings = TokenizeSettings(max_length=64)
+    first = tokenize_split(paired_split, tok, settings, paired=True, fingerprint="uf/train")
+    assert len(calls) == 2  # one batch, chosen and rejected
+    second = tokenize_split(paired_split, tok, settings, paired=True, fingerprint="uf/train")
+    assert len(calls) == 2 and second[:] == first[:]
+    entries = set(p.name for p in cache_dir("tokenized").iterdir())
+    tokenize_split(paired_split, tok, TokenizeSettings(max_length=32), paired=True, fingerprint="uf/train")
+    assert len(calls) == 4
+    tok.chat_template = tok.chat_template.replace("{{ bos_token }}", "")
+    changed = tokenize_split(paired_split, tok, settings, paired=True, fingerprint="uf/train")
+    assert len(calls) == 6  # a new template is a new key (here the ids agree: BOS is re-added once)
+    assert changed[:] == first[:]
+    tokenize_split(paired_split, tok, settings, paired=True, fingerprint="uf/test")
+    assert len(calls) == 8
+    assert len(set(p.name for p in cache_dir("tokenized").iterdir()) - entries) == 3
+    assert not [p for p in cache_dir("tokenized").iterdir() if p.name.startswith(".")]
+
+
+def test_tokenize_split_error_names_the_row(tok):
+    import datasets
+
+    split = datasets.Dataset.from_dict({"prompt": ["hi", "hi"], "chosen": ["yes", "ok"], "rejected": ["no", "no"]})
+    tok.chat_template = "{{ raise_exception('roles must alternate') }}"
+    with pytest.raises(UserError, match=r"row 1 \(chosen\): the chat template failed.*roles must alternate"):
+        tokenize_split(split, tok, NO_LIMIT, paired=True)
+
+
+def test_tokenizer_fingerprint(tiny_model_dir, tok):
+    assert tokenizer_fingerprint(tok) == tokenizer_fingerprint(load_tokenizer(tiny_model_dir))
+    before = tokenizer_fingerprint(tok)
+    tok.chat_template += " "
+    assert tokenizer_fingerprint(tok) != before
+
+
+def test_length_stats(tok, paired_split):
+    stats = length_stats(paired_split, tok, TokenizeSettings(max_length=20), paired=True)
+    prompt = [encode_example(tok, p, "x", NO_LIMIT).prompt_len for p in paired_split["prompt"]]
+    assert prompt == [11, 23, 11]
+    chosen = [len(ids(tok, c)) + 1 for c in paired_split["chosen"]]
+    rejected = [len(ids(tok, r)) + 1 for r in paired_split["rejected"]]
+    # Nearest rank on 3 values: p50 is the 2nd smallest, p95 and max the largest.
+    assert stats.lengths["prompt"] == {"p50": 11, "p95": 23, "max": 23}
+    assert stats.lengths["chosen"] == {"p50": sorted(chosen)[1], "p95": max(chosen), "max": max(chosen)}
+    assert stats.lengths["rejected"] == {"p50": sorted(rejected)[1], "p95": max(rejected), "max": max(rejected)}
+    totals = sorted(p + max(c, r) for p, c, r in zip(prompt, chosen, rejected))
+    assert stats.lengths["total"] == {"p50": totals[1], "p95": totals[2], "max": totals[2]}
+    assert stats.rows == 3 and stats.truncated == sum(t > 20 for t in totals) == 2
+    assert stats.prompt_too_long == 1  # 23 prompt tokens + 1 completion token > 20
+    assert (stats.double_bos, stats.eos_added, stats.missing_eos, stats.not_prefix) == (0, 0, 0, 0)
+    tight = length_stats(paired_split, tok, TokenizeSettings(max_length=12, max_prompt_length=15), paired=True)
+    assert tight.truncated == 3 and tight.prompt_too_long == 1  # the 23-token prompt, cut to 15, leaves no room
+
+
+def test_length_stats_flags_template_problems(tok, paired_split):
+    tok.chat_template = "{{ bos_token }}" + tok.chat_template.replace("'<|im_end|>' + ", "")
+    stats = length_stats(paired_split, tok, NO_LIMIT, paired=True)
+    assert (stats.double_bos, stats.eos_added, stats.missing_eos, stats.not_prefix) == (3, 3, 0, 0)
+
+
+def test_percentile_nearest_rank():
+    from aot_cli.data.tokenize import _percentile
+
+    values = list(range(1, 21))  # 1..20
+    assert [_percentile(values, q) for q in (50, 95, 100)] == [10, 19, 20]
+    assert _percentile([], 50) == 0 and _percentile([7], 95) == 7

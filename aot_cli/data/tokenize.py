@@ -31,6 +31,7 @@ One example becomes ``prompt ids + completion ids``:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -39,8 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from aot_cli.artifacts import fingerprint
+from aot_cli.artifacts import fingerprint as _fingerprint_of
 from aot_cli.cache import cache_dir
+from aot_cli.console import progress
 from aot_cli.errors import UserError
 
 # Bump when the encoding logic changes, so cached tokenizations made by older code are not reused.
@@ -241,3 +243,178 @@ def encode_many(tokenizer: Any, prompts: Sequence[Any], completions: Sequence[An
         except UserError as exc:
             raise UserError(f"row {first_row + i + 1} ({field}): {exc}") from None
     return _encode_texts(tokenizer, specials, texts, settings)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything about a tokenizer that changes token ids: vocabulary, merges, normalizer,
+    pre- and post-processor, added and special tokens, and the chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return _fingerprint_of({
+        "class": type(tokenizer).__name__,
+        "model": hashlib.sha256(model.encode()).hexdigest(),
+        "special": tokenizer.special_tokens_map,
+        "chat_template": tokenizer.chat_template,
+    })
+
+
+def _columns(paired: bool) -> dict[str, str]:
+    """Output column prefix -> the dataset field holding that completion."""
+    return {"chosen_": "chosen", "rejected_": "rejected"} if paired else {"": "completion"}
+
+
+def _features(split: Any, paired: bool) -> Any:
+    from datasets import Features, Sequence, Value
+
+    features = {}
+    for prefix in _columns(paired):
+        features[f"{prefix}input_ids"] = Sequence(Value("int32"))
+        features[f"{prefix}prompt_len"] = Value("int32")
+    features["truncated_prompt"] = Value("bool")
+    features["truncated_completion"] = Value("bool")
+    if not paired:
+        features["label"] = split.features["label"]
+    return Features(features)
+
+
+def tokenize_split(split: Any, tokenizer: Any, settings: TokenizeSettings, *, paired: bool,
+                   fingerprint: str | None = None) -> Any:
+    """Tokenize a prepared split (CONTRACTS.md) into id columns, cached on disk.
+
+    Paired: ``chosen_input_ids``, ``chosen_prompt_len``, ``rejected_input_ids``,
+    ``rejected_prompt_len``; unpaired: ``input_ids``, ``prompt_len``, ``label``. Both also carry
+    ``truncated_prompt`` and ``truncated_completion`` (either side of a pair), summed by
+    ``truncation_counts``. The cache key is (`fingerprint` or the split's datasets fingerprint, row
+    count, tokenizer fingerprint, settings, encoding version): pass the dataset manifest's
+    fingerprint plus the split name as `fingerprint` when the split is the saved one, unchanged.
+    """
+    import datasets
+
+    key = _fingerprint_of({
+        "encoding": ENCODING_VERSION, "data": fingerprint or split._fingerprint, "rows": split.num_rows,
+        "tokenizer": tokenizer_fingerprint(tokenizer), "settings": dataclasses.asdict(settings),
+        "paired": paired,
+    })
+    entry = cache_dir("tokenized") / key
+    if (entry / "data.arrow").is_file():
+        return datasets.Dataset.from_file(str(entry / "data.arrow"))
+    columns = _columns(paired)
+    tmp = entry.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    bars_were_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        with progress(transient=True) as bar:
+            task = bar.add_task("Tokenizing", total=split.num_rows)
+
+            def encode_batch(batch: dict, indices: list[int]) -> dict:
+                out: dict[str, list] = {"truncated_prompt": [False] * len(indices),
+                                        "truncated_completion": [False] * len(indices)}
+                for prefix, field in columns.items():
+                    encoded = encode_many(tokenizer, batch["prompt"], batch[field], settings,
+                                          first_row=indices[0], field=field)
+                    out[f"{prefix}input_ids"] = [e.input_ids for e in encoded]
+                    out[f"{prefix}prompt_len"] = [e.prompt_len for e in encoded]
+                    for i, e in enumerate(encoded):
+                        out["truncated_prompt"][i] |= e.truncated_prompt
+                        out["truncated_completion"][i] |= e.truncated_completion
+                bar.advance(task, len(indices))
+                return out
+
+            split.map(encode_batch, batched=True, with_indices=True, features=_features(split, paired),
+                      remove_columns=[c for c in split.column_names if paired or c != "label"],
+                      cache_file_name=str(tmp / "data.arrow"), new_fingerprint=key, load_from_cache_file=False)
+        if entry.exists():  # another process finished the same work first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, entry)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if not bars_were_disabled:
+            datasets.enable_progress_bars()
+    return datasets.Dataset.from_file(str(entry / "data.arrow"))
+
+
+def truncation_counts(tokenized: Any) -> dict[str, int]:
+    """Rows of a ``tokenize_split`` result whose prompt, completion, or either was truncated."""
+    prompt = list(tokenized["truncated_prompt"])
+    completion = list(tokenized["truncated_completion"])
+    return {"rows": len(prompt), "prompt": sum(prompt), "completion": sum(completion),
+            "any": sum(p or c for p, c in zip(prompt, completion))}
+
+
+@dataclass
+class LengthStats:
+    """Token lengths of a split before truncation, and what the settings and template would do to it.
+
+    `lengths` maps prompt, chosen, rejected (or completion) and total (prompt + the longest
+    completion of the row) to their p50, p95 and max. Counts are rows: `truncated` (the settings
+    cut the prompt or a completion), `prompt_too_long` (the prompt leaves no room for one completion
+    token within max_length, so it is cut further than max_prompt_length), `double_bos` (ids start
+    with BOS twice: the template itself writes it twice), `eos_added` (the template does not end the
+    answer with EOS; aot appends it), `missing_eos` (the tokenizer has no EOS token), `not_prefix`
+    (templated prompt not a prefix of prompt + completion).
+    """
+
+    rows: int
+    lengths: dict[str, dict[str, int]]
+    truncated: int
+    prompt_too_long: int
+    double_bos: int
+    eos_added: int
+    missing_eos: int
+    not_prefix: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _percentile(sorted_values: list[int], percent: int) -> int:
+    """Nearest-rank percentile: the smallest value with at least `percent`% of the values at or
+    below it (an actual length, never an interpolated one)."""
+    if not sorted_values:
+        return 0
+    rank = max(1, -(-percent * len(sorted_values) // 100))  # ceil without floats
+    return sorted_values[rank - 1]
+
+
+def _summary(values: list[int]) -> dict[str, int]:
+    values = sorted(values)
+    return {"p50": _percentile(values, 50), "p95": _percentile(values, 95), "max": _percentile(values, 100)}
+
+
+def length_stats(split: Any, tokenizer: Any, settings: TokenizeSettings, paired: bool,
+                 batch_size: int = 1000) -> LengthStats:
+    """Token-length statistics of a prepared split as training would tokenize it (used by
+    ``aot inspect`` and ``aot prepare --tokenizer --max-length``); nothing is cached."""
+    specials = _specials(tokenizer)
+    columns = list(_columns(paired).values())
+    lengths: dict[str, list[int]] = {"prompt": [], **{c: [] for c in columns}, "total": []}
+    counts = dict.fromkeys(("truncated", "prompt_too_long", "double_bos", "eos_added", "missing_eos",
+                            "not_prefix"), 0)
+    mpl, ml = settings.max_prompt_length, settings.max_length
+    with progress(transient=True) as bar:
+        task = bar.add_task("Measuring", total=split.num_rows)
+        for start, batch in zip(range(0, split.num_rows, batch_size), split.iter(batch_size=batch_size)):
+            sides = [encode_many(tokenizer, batch["prompt"], batch[c], TokenizeSettings(),
+                                 first_row=start, field=c) for c in columns]
+            for row in zip(*sides):
+                prompt_len = row[0].prompt_len
+                completion_lens = [len(e.input_ids) - e.prompt_len for e in row]
+                lengths["prompt"].append(prompt_len)
+                lengths["total"].append(prompt_len + max(completion_lens))
+                for column, n in zip(columns, completion_lens):
+                    lengths[column].append(n)
+                kept_prompt = min(prompt_len, mpl) if mpl else prompt_len
+                counts["truncated"] += bool((mpl and prompt_len > mpl) or
+                                            (ml and kept_prompt + max(completion_lens) > ml))
+                counts["prompt_too_long"] += bool(ml and kept_prompt + 1 > ml)
+                counts["double_bos"] += row[0].input_ids[:2] == [specials.bos_id] * 2
+                counts["eos_added"] += any(e.eos_added for e in row)
+                counts["missing_eos"] += any(specials.eos_id is None or e.input_ids[-1] != specials.eos_id
+                                             for e in row)
+                counts["not_prefix"] += any(not e.template_prefix for e in row)
+            bar.advance(task, len(batch["prompt"]))
+    return LengthStats(rows=split.num_rows, lengths={k: _summary(v) for k, v in lengths.items()}, **counts)
