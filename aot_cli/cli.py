@@ -34,6 +34,10 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 # Commands are registered below, one line each: command(app, Config, run, name=..., help=...).
 # --- commands ---
+from aot_cli import inspect as _inspect  # noqa: E402
+
+command(app, _inspect.InspectConfig, _inspect.run, name="inspect",
+        help="Show a prepared dataset as training will tokenize it: templated text, token counts, truncation.")
 from aot_cli import merge as _merge  # noqa: E402
 
 command(app, _merge.MergeConfig, _merge.run, name="merge",

@@ -77,8 +77,8 @@ class Encoded:
 
 
 @dataclass(frozen=True)
-class _Specials:
-    """What the tokenizer does with BOS and EOS, found once per tokenizer."""
+class Specials:
+    """What a tokenizer does with BOS and EOS (`adds_bos`: its post-processor prepends BOS)."""
 
     bos_id: int | None
     eos_id: int | None
@@ -86,14 +86,14 @@ class _Specials:
     adds_bos: bool
 
 
-def _specials(tokenizer: Any) -> _Specials:
+def specials_of(tokenizer: Any) -> Specials:
     # Ask the tokenizer rather than trusting `add_bos_token`: fast tokenizers add BOS in their
     # post-processor whatever that attribute says.
     with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
     without = tokenizer("a", add_special_tokens=False)["input_ids"]
     bos_id = tokenizer.bos_token_id
     adds_bos = bos_id is not None and len(with_special) > len(without) and with_special[0] == bos_id
-    return _Specials(bos_id, tokenizer.eos_token_id, tokenizer.eos_token, adds_bos)
+    return Specials(bos_id, tokenizer.eos_token_id, tokenizer.eos_token, adds_bos)
 
 
 def load_tokenizer(name_or_path: str | Path, chat_template_file: Path | None = None,
@@ -190,7 +190,7 @@ def _truncate_left(ids: list[int], length: int, bos_id: int | None) -> list[int]
     return ids[len(ids) - length:]
 
 
-def _assemble(specials: _Specials, prompt_ids: list[int], completion_ids: list[int],
+def _assemble(specials: Specials, prompt_ids: list[int], completion_ids: list[int],
               settings: TokenizeSettings, template_prefix: bool) -> Encoded:
     """BOS, EOS and truncation on the two token lists of one example."""
     if specials.adds_bos and (not prompt_ids or prompt_ids[0] != specials.bos_id):
@@ -215,7 +215,7 @@ def _assemble(specials: _Specials, prompt_ids: list[int], completion_ids: list[i
                    template_prefix, eos_added)
 
 
-def _encode_texts(tokenizer: Any, specials: _Specials, texts: list[tuple[str, str, bool]],
+def _encode_texts(tokenizer: Any, specials: Specials, texts: list[tuple[str, str, bool]],
                   settings: TokenizeSettings) -> list[Encoded]:
     """Tokenize split texts in one batched call per side, then assemble each example."""
     if not texts:
@@ -227,7 +227,7 @@ def _encode_texts(tokenizer: Any, specials: _Specials, texts: list[tuple[str, st
 
 def encode_example(tokenizer: Any, prompt: Any, completion: Any, settings: TokenizeSettings) -> Encoded:
     """Tokenize one (prompt, completion) pair as training does (see the module docstring)."""
-    specials = _specials(tokenizer)
+    specials = specials_of(tokenizer)
     texts = [split_text(tokenizer, prompt, completion, specials.eos_token)]
     return _encode_texts(tokenizer, specials, texts, settings)[0]
 
@@ -235,7 +235,7 @@ def encode_example(tokenizer: Any, prompt: Any, completion: Any, settings: Token
 def encode_many(tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any],
                 settings: TokenizeSettings, *, first_row: int = 0, field: str = "completion") -> list[Encoded]:
     """``encode_example`` over many rows; errors name the row (1-based, from `first_row`) and `field`."""
-    specials = _specials(tokenizer)
+    specials = specials_of(tokenizer)
     texts = []
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
         try:
@@ -380,7 +380,8 @@ def _percentile(sorted_values: list[int], percent: int) -> int:
     return sorted_values[rank - 1]
 
 
-def _summary(values: list[int]) -> dict[str, int]:
+def summarize_lengths(values: list[int]) -> dict[str, int]:
+    """p50, p95 (nearest rank) and max of a list of lengths."""
     values = sorted(values)
     return {"p50": _percentile(values, 50), "p95": _percentile(values, 95), "max": _percentile(values, 100)}
 
@@ -389,7 +390,7 @@ def length_stats(split: Any, tokenizer: Any, settings: TokenizeSettings, paired:
                  batch_size: int = 1000) -> LengthStats:
     """Token-length statistics of a prepared split as training would tokenize it (used by
     ``aot inspect`` and ``aot prepare --tokenizer --max-length``); nothing is cached."""
-    specials = _specials(tokenizer)
+    specials = specials_of(tokenizer)
     columns = list(_columns(paired).values())
     lengths: dict[str, list[int]] = {"prompt": [], **{c: [] for c in columns}, "total": []}
     counts = dict.fromkeys(("truncated", "prompt_too_long", "double_bos", "eos_added", "missing_eos",
@@ -417,4 +418,4 @@ def length_stats(split: Any, tokenizer: Any, settings: TokenizeSettings, paired:
                                              for e in row)
                 counts["not_prefix"] += any(not e.template_prefix for e in row)
             bar.advance(task, len(batch["prompt"]))
-    return LengthStats(rows=split.num_rows, lengths={k: _summary(v) for k, v in lengths.items()}, **counts)
+    return LengthStats(rows=split.num_rows, lengths={k: summarize_lengths(v) for k, v in lengths.items()}, **counts)
