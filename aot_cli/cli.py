@@ -34,6 +34,10 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 # Commands are registered below, one line each: command(app, Config, run, name=..., help=...).
 # --- commands ---
+from aot_cli import prepare as _prepare  # noqa: E402
+
+command(app, _prepare.PrepareConfig, _prepare.run, name="prepare",
+        help="Normalize preference data (hub id, files, or a prepared dataset) into a dataset artifact.")
 from aot_cli import inspect as _inspect  # noqa: E402
 
 command(app, _inspect.InspectConfig, _inspect.run, name="inspect",

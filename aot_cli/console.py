@@ -27,6 +27,8 @@ def progress(*extra_columns, transient: bool = False) -> Progress:
         *extra_columns,
         console=err_console,
         transient=transient,
+        # A transient bar shows nothing off a terminal but would leave a blank line on stderr.
+        disable=transient and not err_console.is_interactive,
     )
 
 

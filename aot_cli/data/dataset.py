@@ -40,3 +40,40 @@ def load_prepared(path: str | Path) -> tuple[Any, dict]:
         raise UserError(f"{path}: train split lacks column(s) {', '.join(missing)} "
                         f"(found {', '.join(data['train'].column_names)})")
     return data, manifest
+
+
+def features(paired: bool, conversational: bool) -> Any:
+    """The Arrow schema of a prepared split (CONTRACTS.md): strings or message lists."""
+    from datasets import Features, List, Value
+
+    text = List({"role": Value("string"), "content": Value("string")}) if conversational else Value("string")
+    if paired:
+        return Features({"prompt": text, "chosen": text, "rejected": text})
+    return Features({"prompt": text, "completion": text, "label": Value("bool")})
+
+
+def to_dataset(rows: list[dict], paired: bool, conversational: bool) -> Any:
+    """Normalized rows -> a ``datasets.Dataset`` (through Arrow directly: ~3x faster than from_list)."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    schema = features(paired, conversational)
+    table = pa.Table.from_pylist(rows, schema=schema.arrow_schema)
+    return Dataset(table)
+
+
+def content_fingerprint(data: Any, operations: list[dict]) -> str:
+    """A hash of the saved rows (train then test, in order) and the operations that made them, so
+    caches downstream (tokenization, reference log-probs) key on content, not paths."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(operations, sort_keys=True).encode())
+    for name in ("train", "test"):
+        digest.update(f"\0split:{name}\0".encode())
+        for batch in data[name].iter(batch_size=2000):
+            columns = list(batch)
+            for values in zip(*(batch[c] for c in columns)):
+                digest.update(json.dumps(dict(zip(columns, values)), sort_keys=True, ensure_ascii=False).encode())
+                digest.update(b"\n")
+    return digest.hexdigest()[:16]

@@ -1,0 +1,260 @@
+"""Read a preference-data source into raw rows, keeping where each row came from.
+
+A source is a hub dataset id, a local file (.json, .jsonl, .parquet, .csv), a directory of such
+files, or a prepared dataset (a directory with a ``manifest.json`` of kind "dataset"). Local JSON
+is parsed here, line by line, rather than by ``datasets``: raw files are heterogeneous (a field
+that is a string in one row and a list in the next), and a user needs ``FILE:LINE`` for a broken
+line, not an Arrow schema error. Every raw row keeps its origin so later checks can name it.
+
+Test splits: a hub dataset's split named ``test`` (or the ``--split`` name with "train" replaced by
+"test", e.g. ``train_prefs`` -> ``test_prefs``) is kept as the test split; in a directory, files
+whose name contains "test" form the test split and all others the train split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from aot_cli.artifacts import MANIFEST, describe_input
+from aot_cli.errors import UserError
+
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+@dataclass
+class RawPart:
+    """Rows from one file or one hub split; `lines` holds JSONL line numbers when known."""
+
+    label: str
+    rows: Sequence[dict]
+    lines: list[int] | None = None
+
+    def where(self, index: int) -> str:
+        """Where row `index` (0-based) came from: ``FILE:LINE`` or ``FILE: row N``."""
+        if self.lines is not None:
+            return f"{self.label}:{self.lines[index]}"
+        return f"{self.label}: row {index + 1}"
+
+    def __iter__(self) -> Iterator[dict]:
+        if isinstance(self.rows, list):
+            yield from self.rows
+            return
+        for batch in self.rows.iter(batch_size=1000):  # a datasets.Dataset: fast batched reads
+            names = list(batch)
+            for values in zip(*(batch[n] for n in names)):
+                yield dict(zip(names, values))
+
+
+@dataclass
+class Source:
+    """Raw rows per split ("train", and "test" when the source has one) plus provenance."""
+
+    kind: str  # "hub" | "files" | "prepared"
+    splits: dict[str, list[RawPart]]
+    record: dict
+    inputs: list[dict]
+    prepared: Any = None  # (DatasetDict, manifest) for a prepared dataset
+    columns: set[str] = field(default_factory=set)
+
+
+def load_source(source: str, *, subset: str | None = None, split: str | None = None,
+                revision: str | None = None, limit: int | None = None) -> Source:
+    """Read `source` (see the module docstring); `limit` keeps the first N rows of each split."""
+    path = Path(source)
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            return _load_prepared_source(path, limit)
+        return _load_directory(path, limit)
+    if path.is_file():
+        part = _limit(read_file(path), limit)
+        return _files_source({"train": [part]}, [path], source)
+    if path.suffix.lower() in SUFFIXES or source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise UserError(f"{source}: no such file or directory (give a local .json/.jsonl/.parquet/.csv "
+                        "file, a directory of them, a prepared dataset, or a hub id like org/name)")
+    return _load_hub(source, subset=subset, split=split, revision=revision, limit=limit)
+
+
+def _limit(part: RawPart, limit: int | None) -> RawPart:
+    if limit is None or len(part.rows) <= limit:
+        return part
+    rows = part.rows[:limit] if isinstance(part.rows, list) else part.rows.select(range(limit))
+    return RawPart(part.label, rows, part.lines[:limit] if part.lines is not None else None)
+
+
+def _files_source(splits: dict[str, list[RawPart]], files: list[Path], source: str) -> Source:
+    columns = {key for parts in splits.values() for part in parts for row in part.rows for key in row}
+    record = {"type": "files", "path": source, "files": [str(f) for f in files]}
+    return Source("files", splits, record, [describe_input(f) for f in files], columns=columns)
+
+
+def _load_directory(path: Path, limit: int | None) -> Source:
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in SUFFIXES)
+    if not files:
+        found = ", ".join(sorted(f.name for f in path.iterdir())[:10]) or "nothing"
+        raise UserError(f"{path}: no .json/.jsonl/.parquet/.csv files in this directory (found: {found})")
+    splits: dict[str, list[RawPart]] = {}
+    for f in files:
+        splits.setdefault("test" if "test" in f.stem.lower() else "train", []).append(read_file(f))
+    if "train" not in splits:
+        raise UserError(f"{path}: every file looks like a test split (names contain 'test'); "
+                        "add a training file")
+    for name, parts in splits.items():
+        splits[name] = _limit_parts(parts, limit)
+    return _files_source(splits, files, str(path))
+
+
+def _limit_parts(parts: list[RawPart], limit: int | None) -> list[RawPart]:
+    """Keep the first `limit` rows across `parts` (in file order)."""
+    if limit is None:
+        return parts
+    kept, left = [], limit
+    for part in parts:
+        if left <= 0:
+            break
+        kept.append(_limit(part, left))
+        left -= len(kept[-1].rows)
+    return kept
+
+
+def _load_prepared_source(path: Path, limit: int | None) -> Source:
+    from aot_cli.data.dataset import load_prepared
+
+    data, manifest = load_prepared(path)
+    if limit is not None:
+        data = data.__class__({k: v.select(range(min(limit, len(v)))) for k, v in data.items()})
+    record = {"type": "prepared", "path": str(path),
+              "fingerprint": manifest.get("summary", {}).get("fingerprint"),
+              "source": manifest.get("summary", {}).get("source")}
+    splits = {name: [RawPart(f"{path}[{name}]", data[name])] for name in ("train", "test")}
+    return Source("prepared", splits, record, [describe_input(path)], prepared=(data, manifest),
+                  columns=set(data["train"].column_names))
+
+
+def _hub_splits(source: str, subset: str | None, split: str | None, revision: str | None) -> dict[str, str]:
+    """Which hub splits become our train and test splits: ``{"train": name, "test": name}``."""
+    from datasets import get_dataset_split_names
+
+    try:
+        names = get_dataset_split_names(source, subset, revision=revision)
+    except Exception as exc:  # noqa: BLE001 -- the hub client raises many types; all mean "cannot read it"
+        raise UserError(f"{source}: not a local path, and not readable as a hub dataset "
+                        f"({type(exc).__name__}: {exc}); check the path or the id, --subset and --revision, "
+                        "and that the hub is reachable") from None
+    if split is not None and split not in names:
+        raise UserError(f"{source}: no split {split!r} (available: {', '.join(names)})")
+    train = split or next((n for n in names if n == "train"), None) or \
+        next((n for n in names if n.startswith("train")), None)
+    if train is None:
+        raise UserError(f"{source}: no train split among {', '.join(names)} (choose one with --split)")
+    test_candidates = [train.replace("train", "test")] if "train" in train else []
+    test_candidates += ["test", "test_prefs"]
+    test = next((n for n in test_candidates if n in names and n != train), None)
+    return {"train": train, "test": test} if test else {"train": train}
+
+
+def _load_hub(source: str, *, subset: str | None, split: str | None, revision: str | None,
+              limit: int | None) -> Source:
+    from datasets import load_dataset
+
+    chosen = _hub_splits(source, subset, split, revision)
+    splits: dict[str, list[RawPart]] = {}
+    for ours, theirs in chosen.items():
+        try:
+            ds = load_dataset(source, subset, split=theirs, revision=revision)
+        except Exception as exc:  # noqa: BLE001 -- see _hub_splits
+            raise UserError(f"{source}: cannot load split {theirs!r} ({type(exc).__name__}: {exc})") from None
+        splits[ours] = [_limit(RawPart(f"{source}[{theirs}]", ds), limit)]
+    record = {"type": "hub", "id": source, "subset": subset, "revision": revision, "splits": chosen}
+    inputs = [{"hub_id": source, "subset": subset, "revision": revision, "splits": chosen}]
+    return Source("hub", splits, record, inputs, columns=set(splits["train"][0].rows.column_names))
+
+
+# --- local files -------------------------------------------------------------------------------
+
+
+def read_file(path: Path) -> RawPart:
+    """Parse one local file into rows (dicts); UserError names the file and line on bad input."""
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UserError(f"{path}: unsupported file type {suffix or '(none)'!r} (use {', '.join(SUFFIXES)})")
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    text = _read_text(path)
+    if suffix == ".csv":
+        return _read_csv(path, text)
+    if suffix == ".jsonl":
+        return _read_jsonl(path, text)
+    return _read_json(path, text)
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
+                        "re-encode the file as UTF-8") from None
+
+
+def _read_jsonl(path: Path, text: str) -> RawPart:
+    rows, lines = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
+        rows.append(row)
+        lines.append(number)
+    return RawPart(str(path), rows, lines)
+
+
+def _read_json(path: Path, text: str) -> RawPart:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # JSON Lines saved with a .json name (as `datasets` writes them)
+            return _read_jsonl(path, text)
+        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
+        lengths = {len(v) for v in data.values()}
+        if len(lengths) != 1:
+            raise UserError(f"{path}: columns have different lengths ({sorted(lengths)})")
+        names = list(data)
+        data = [dict(zip(names, values)) for values in zip(*data.values())]
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a list of JSON objects, got {type(data).__name__}")
+    for index, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: row {index + 1}: expected a JSON object, got {type(row).__name__}")
+    return RawPart(str(path), data)
+
+
+def _read_csv(path: Path, text: str) -> RawPart:
+    reader = csv.DictReader(text.splitlines())
+    try:
+        rows = [dict(row) for row in reader]
+    except csv.Error as exc:
+        raise UserError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+    return RawPart(str(path), rows)
+
+
+def _read_parquet(path: Path) -> RawPart:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{path}: not a readable parquet file ({exc})") from None
+    return RawPart(str(path), table.to_pylist())

@@ -1,0 +1,381 @@
+"""``aot prepare``: any common preference-data shape in, one normalized dataset artifact out.
+
+The step reads the source (``data.sources``), recognizes its shape and normalizes each row
+(``data.formats``), turns scores into pairs or labels, drops unusable rows, splits, optionally
+unpairs and filters by token length (``data.operations``), and saves a DatasetDict with ``train``
+and ``test`` plus a manifest that says how many rows each operation dropped and a content
+fingerprint that later caches key on. Every bad input stops before OUT is touched.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aot_cli.config import arg, opt, to_dict
+from aot_cli.errors import UserError
+
+FORMATS = ("auto", "paired-strings", "paired-messages", "hh", "sharegpt", "ultrafeedback", "scored", "pku", "labelled")
+DEFAULT_SCORES = {"ultrafeedback": "overall_score", "scored": "helpfulness"}
+
+
+@dataclass
+class PrepareConfig:
+    """Options of ``aot prepare`` (also the keys of its --config YAML)."""
+
+    source: str = arg(help="Hub dataset id, local .json/.jsonl/.parquet/.csv file, directory of them, "
+                           "or a prepared dataset", metavar="SOURCE")
+    output: Path = opt(None, "-o", "--output", help="Output directory (the dataset artifact)", required=True)
+    format: str = opt("auto", help="Data shape; auto recognizes it by its columns", choices=FORMATS)
+    split: str | None = opt(None, help="Hub split to read as train (its test counterpart is kept as test)")
+    subset: str | None = opt(None, help="Hub dataset configuration (subset) name")
+    revision: str | None = opt(None, help="Hub dataset revision (branch, tag or commit)")
+    binarize: str | None = opt(None, help="Pick pairs from scored responses (default best-vs-worst for "
+                                          "ultrafeedback and scored data)",
+                               choices=("best-vs-worst", "best-vs-random"))
+    score: str | None = opt(None, help="Score for --binarize: a field or a weighted sum like "
+                                       "'0.7*helpfulness + 0.3*honesty' (default overall_score / helpfulness)")
+    min_margin: float = opt(0.0, help="Drop pairs whose score difference is below this")
+    prefer: str = opt("better", help="PKU-SafeRLHF: which preference id picks the chosen response",
+                      choices=("better", "safer"))
+    unpair: bool = opt(False, help="Turn pairs into unpaired rows (chosen -> label true, rejected -> false)")
+    disjoint_prompts: bool = opt(False, help="With --unpair: no prompt gives both a positive and a "
+                                             "negative; balanced counts (the paper's unpaired setting)")
+    label_field: str | None = opt(None, help="Field holding the label (a flag, or a score with "
+                                             "--label-threshold); default label / is_safe")
+    label_threshold: float | None = opt(None, help="Label = (label field >= this)")
+    test_size: float = opt(0.1, help="Test split when the source has none: a fraction (< 1) or a count")
+    tokenizer: str | None = opt(None, help="Model or tokenizer path: record token-length stats with its "
+                                           "chat template")
+    max_length: int | None = opt(None, help="With --tokenizer: drop rows longer than this many tokens")
+    limit: int | None = opt(None, help="Read only the first N rows of each source split (quick runs)")
+    overwrite: bool = opt(False, help="Replace OUT if it exists")
+    seed: int = opt(42, help="Seed for the split, best-vs-random and --disjoint-prompts")
+
+
+def _check_flags(config: PrepareConfig) -> None:
+    """Flag combinations that cannot work, before any data is read."""
+    if config.disjoint_prompts and not config.unpair:
+        raise UserError("--disjoint-prompts needs --unpair")
+    if config.max_length is not None and config.tokenizer is None:
+        raise UserError("--max-length needs --tokenizer (the lengths are counted in that model's tokens)")
+    if config.max_length is not None and config.max_length < 2:
+        raise UserError(f"--max-length must be at least 2, got {config.max_length}")
+    if config.label_threshold is not None and config.label_field is None:
+        raise UserError("--label-threshold needs --label-field (the field the threshold applies to)")
+    if config.binarize and config.label_field:
+        raise UserError("--binarize and --label-field exclude each other: scores become pairs or labels, not both")
+    if config.min_margin < 0:
+        raise UserError(f"--min-margin must be >= 0, got {config.min_margin:g}")
+    if config.test_size < 0:
+        raise UserError(f"--test-size must be >= 0, got {config.test_size:g}")
+    if config.limit is not None and config.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {config.limit}")
+
+
+def run(config: PrepareConfig) -> dict:
+    """Prepare the dataset artifact at ``config.output``; returns its manifest."""
+    import datasets
+
+    from aot_cli.artifacts import atomic_output, check_output, write_manifest
+    from aot_cli.data.dataset import content_fingerprint
+
+    _check_flags(config)
+    check_output(config.output, config.overwrite)
+    bars = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        prepared = _prepare(config)
+        data = datasets.DatasetDict(prepared.splits)
+        summary = prepared.summary(content_fingerprint(data, prepared.operations))
+        with atomic_output(config.output, config.overwrite) as tmp:
+            # An empty split needs an explicit shard, or datasets saves one it cannot load back.
+            data.save_to_disk(str(tmp), num_shards={k: 1 for k, v in data.items() if len(v) == 0})
+            manifest = write_manifest(tmp, kind="dataset", config=to_dict(config), inputs=prepared.inputs,
+                                      summary=summary)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    _report(config.output, summary)
+    return manifest
+
+
+@dataclass
+class _Prepared:
+    """What the pipeline made: the splits and everything the manifest says about them."""
+
+    splits: dict[str, Any]
+    paired: bool
+    format: str
+    read: dict[str, int]
+    dropped: Counter
+    operations: list[dict]
+    source: dict
+    inputs: list[dict]
+    token_lengths: dict | None = None
+
+    def summary(self, fingerprint: str) -> dict:
+        summary = {"paired": self.paired, "format": self.format, "conversational": _conversational(self.splits),
+                   "counts": {k: len(v) for k, v in self.splits.items()}, "read": self.read,
+                   "dropped": dict(sorted(self.dropped.items())), "fingerprint": fingerprint,
+                   "source": self.source, "operations": self.operations}
+        if not self.paired:
+            summary["label_balance"] = {
+                name: {"positive": sum(split["label"]), "negative": len(split) - sum(split["label"])}
+                for name, split in self.splits.items()}
+        if self.token_lengths is not None:
+            summary["token_lengths"] = self.token_lengths
+        return summary
+
+
+def _conversational(splits: dict[str, Any]) -> bool:
+    return not hasattr(splits["train"].features["prompt"], "dtype")
+
+
+def _prepare(config: PrepareConfig) -> _Prepared:
+    from aot_cli.data.sources import load_source
+
+    source = load_source(config.source, subset=config.subset, split=config.split, revision=config.revision,
+                         limit=config.limit)
+    if source.kind == "prepared":
+        result = _from_prepared(config, source)
+    else:
+        result = _from_raw(config, source)
+    operations = result.operations
+    splits = result.splits
+    if "test" not in splits:
+        splits = _split(config, splits["train"], result.paired, operations)
+    if config.unpair:
+        splits = _unpair(config, splits, result.dropped, operations)
+        result.paired = False
+    result.splits = splits
+    if config.tokenizer:
+        _token_lengths(config, result)
+    if config.limit is not None:
+        operations.insert(0, {"op": "limit", "rows": config.limit})
+    if len(result.splits["train"]) == 0:
+        dropped = ", ".join(f"{reason} {n}" for reason, n in result.dropped.most_common()) or "nothing"
+        raise UserError(f"{config.source}: no training rows left (read {sum(result.read.values())} rows; "
+                        f"dropped: {dropped})")
+    return result
+
+
+def _from_prepared(config: PrepareConfig, source: Any) -> _Prepared:
+    """A prepared dataset as the source: its rows are already normalized; keep its splits."""
+    from aot_cli.data.operations import hygiene
+
+    data, manifest = source.prepared
+    summary = manifest.get("summary", {})
+    for flag, value in (("--binarize", config.binarize), ("--label-field", config.label_field),
+                        ("--format", None if config.format == "auto" else config.format)):
+        if value:
+            raise UserError(f"{config.source}: {flag} does not apply to a prepared dataset (its rows are "
+                            f"already normalized); run prepare on the original source instead")
+    paired = bool(summary.get("paired", True))
+    if config.unpair and not paired:
+        raise UserError(f"{config.source}: --unpair needs paired data, but this dataset is already unpaired")
+    dropped: Counter = Counter()
+    seen: set[str] = set()
+    test, dropped_test = hygiene(data["test"], paired, seen)
+    train, dropped_train = hygiene(data["train"], paired, seen)
+    dropped.update(dropped_test + dropped_train)
+    operations = [*summary.get("operations", []), {"op": "hygiene"}]
+    return _Prepared({"train": train, "test": test}, paired, summary.get("format", "prepared"),
+                     {k: len(v) for k, v in data.items()}, dropped, operations, source.record, source.inputs)
+
+
+def _resolve_shape(config: PrepareConfig, source: Any) -> tuple[str, Any]:
+    """(shape name, ShapeOptions) from --format or the source's columns, checking the flags fit."""
+    from aot_cli.data.formats import (SHAPES, ShapeOptions, default_label_field, detect_shape,
+                                      required_columns)
+    from aot_cli.data.operations import ScoreExpr
+
+    sample = next(iter(next(iter(source.splits["train"]))), {}) if source.splits["train"] else {}
+    if config.format == "auto":
+        shape = detect_shape(source.columns, sample, config.label_field)
+    else:
+        shape = config.format
+        missing = required_columns(shape, source.columns, config.label_field)
+        if missing:
+            raise UserError(f"{config.source}: --format {shape} needs column(s) {', '.join(missing)}; "
+                            f"found {', '.join(sorted(source.columns))}")
+    kind = SHAPES[shape].kind
+    if config.binarize and kind != "scored":
+        raise UserError(f"--binarize applies to ultrafeedback or scored data; {config.source} is {shape}")
+    if config.label_field and kind == "paired":
+        raise UserError(f"--label-field applies to labelled or scored data; {config.source} is {shape} "
+                        "(paired); use --unpair to make labels from pairs")
+    if config.prefer != "better" and shape != "pku":
+        raise UserError(f"--prefer applies to PKU-SafeRLHF-style data; {config.source} is {shape}")
+    if config.unpair and kind == "unpaired":
+        raise UserError(f"--unpair needs paired data; {config.source} is {shape} (already unpaired)")
+    label_field = default_label_field(shape, source.columns, config.label_field)
+    score = None
+    if kind == "scored" and label_field is None:
+        score = ScoreExpr(config.score or DEFAULT_SCORES[shape])
+        _check_score_fields(config, shape, score, source.columns, sample)
+    return shape, ShapeOptions(label_field, config.label_threshold, score, config.prefer)
+
+
+def _check_score_fields(config: PrepareConfig, shape: str, score: Any, columns: set[str], sample: dict) -> None:
+    """Fail early when a --score field exists nowhere (a typo), listing the fields there are."""
+    if shape == "ultrafeedback":
+        first = next((c for c in sample.get("completions") or [] if isinstance(c, dict)), {})
+        available = set(first) | set(first.get("annotations") or {})
+    else:
+        available = set(columns)
+    missing = [f for f in score.fields if f not in available]
+    if missing:
+        numeric = sorted(available - {"prompt", "response", "completion", "annotations", "model", "principle",
+                                      "custom_system_prompt", "critique"})
+        raise UserError(f"{config.source}: --score field(s) {', '.join(missing)} not found "
+                        f"(available: {', '.join(numeric)})")
+
+
+def _from_raw(config: PrepareConfig, source: Any) -> _Prepared:
+    """Normalize raw rows, binarize or label them, and clean each split."""
+    from aot_cli.data.dataset import to_dataset
+    from aot_cli.data.formats import record_kind
+    from aot_cli.data.operations import binarize, hygiene
+
+    shape, opts = _resolve_shape(config, source)
+    kind = record_kind(shape, opts)
+    operations: list[dict] = [{"op": "normalize", "format": shape}]
+    dropped: Counter = Counter()
+    records = {name: _normalize(shape, parts, opts, dropped) for name, parts in source.splits.items()}
+    read = {name: sum(len(p.rows) for p in parts) for name, parts in source.splits.items()}
+    if kind == "scored":
+        method = config.binarize or "best-vs-worst"
+        for name in records:
+            records[name], lost = binarize(records[name], method, config.min_margin, config.seed)
+            dropped.update(lost)
+        operations.append({"op": "binarize", "method": method, "score": str(opts.score),
+                           "min_margin": config.min_margin, "seed": config.seed})
+        kind = "paired"
+    elif opts.label_field is not None:
+        operations.append({"op": "labels", "field": opts.label_field, "threshold": opts.label_threshold})
+    if shape == "pku":
+        operations.append({"op": "prefer", "by": f"{opts.prefer}_response_id"})
+    paired = kind == "paired"
+    conversational = _unify(records, paired)
+    splits = {name: to_dataset(rows, paired, conversational) for name, rows in records.items()}
+    seen: set[str] = set()
+    for name in sorted(splits, key=lambda n: n != "test"):  # test first: train copies of test rows go
+        splits[name], lost = hygiene(splits[name], paired, seen)
+        dropped.update(lost)
+    operations.append({"op": "hygiene"})
+    return _Prepared(splits, paired, shape, read, dropped, operations, source.record, source.inputs)
+
+
+def _normalize(shape: str, parts: list, opts: Any, dropped: Counter) -> list[dict]:
+    """All records of one split, with a progress bar; drop reasons are counted into `dropped`."""
+    from aot_cli.console import progress
+    from aot_cli.data.formats import normalize_row
+
+    records: list[dict] = []
+    total = sum(len(p.rows) for p in parts)
+    with progress(transient=True) as bar:
+        task = bar.add_task("Normalizing", total=total)
+        for part in parts:
+            for index, row in enumerate(part):
+                result = normalize_row(shape, row, part.where(index), opts)
+                if isinstance(result, str):
+                    dropped[result] += 1
+                else:
+                    records.extend(result)
+                if index % 1000 == 999:
+                    bar.advance(task, 1000)
+        bar.update(task, completed=total)
+    return records
+
+
+def _unify(records: dict[str, list[dict]], paired: bool) -> bool:
+    """Make every text field a string, or (when any is a message list) every one a message list:
+    a dataset is one or the other (CONTRACTS.md). Returns whether it is conversational."""
+    fields = ("prompt", "chosen", "rejected") if paired else ("prompt", "completion")
+    conversational = any(isinstance(r[f], list) for rows in records.values() for r in rows for f in fields)
+    if conversational:
+        roles = {"prompt": "user", "chosen": "assistant", "rejected": "assistant", "completion": "assistant"}
+        for rows in records.values():
+            for r in rows:
+                for f in fields:
+                    if isinstance(r[f], str):
+                        r[f] = [{"role": roles[f], "content": r[f]}]
+    return conversational
+
+
+def _split(config: PrepareConfig, train: Any, paired: bool, operations: list[dict]) -> dict[str, Any]:
+    """Hold out a test split: whole prompts for paired data, stratified by label for unpaired."""
+    from aot_cli.data.operations import row_key, split_indices
+
+    if paired:
+        train_ix, test_ix = split_indices(len(train), config.test_size, config.seed,
+                                          groups=[row_key(p) for p in train["prompt"]])
+    else:
+        train_ix, test_ix = split_indices(len(train), config.test_size, config.seed, labels=train["label"])
+    operations.append({"op": "split", "test_size": config.test_size, "seed": config.seed,
+                       "by": "prompt" if paired else "label"})
+    return {"train": train.select(train_ix), "test": train.select(test_ix)}
+
+
+def _unpair(config: PrepareConfig, splits: dict[str, Any], dropped: Counter, operations: list[dict]) -> dict:
+    from aot_cli.data.operations import hygiene, unpair
+
+    out: dict[str, Any] = {}
+    seen: set[str] = set()
+    for name in ("test", "train"):
+        rows, lost = unpair(splits[name], config.disjoint_prompts, config.seed)
+        dropped.update(lost)
+        out[name], lost = hygiene(rows, paired=False, seen=seen)
+        dropped.update(lost)
+    operations.append({"op": "unpair", "disjoint_prompts": config.disjoint_prompts, "seed": config.seed})
+    return {"train": out["train"], "test": out["test"]}
+
+
+def _token_lengths(config: PrepareConfig, result: _Prepared) -> None:
+    """Token-length stats with the model's chat template; with --max-length, drop longer rows."""
+    from aot_cli.artifacts import describe_input
+    from aot_cli.data.tokenize import TokenizeSettings, encode_many, length_stats, load_tokenizer
+
+    tokenizer = load_tokenizer(config.tokenizer)
+    fields = ("chosen", "rejected") if result.paired else ("completion",)
+    if config.max_length is not None:
+        for name, split in result.splits.items():
+            totals = [0] * len(split)
+            for field in fields:
+                encoded = encode_many(tokenizer, split["prompt"], split[field], TokenizeSettings(), field=field)
+                totals = [max(t, len(e.input_ids)) for t, e in zip(totals, encoded)]
+            keep = [i for i, t in enumerate(totals) if t <= config.max_length]
+            result.dropped["too_long"] += len(split) - len(keep)
+            result.splits[name] = split.select(keep)
+        result.operations.append({"op": "max_length", "tokenizer": config.tokenizer,
+                                  "max_length": config.max_length})
+    result.token_lengths = {name: length_stats(split, tokenizer, TokenizeSettings(), result.paired).lengths
+                            for name, split in result.splits.items()}
+    result.inputs.append(describe_input(config.tokenizer))
+
+
+def _report(out: Path, summary: dict) -> None:
+    """A table of what was written (stdout) and one line naming the artifact (stderr)."""
+    from rich.table import Table
+
+    from aot_cli.console import info, out_console
+
+    table = Table(title=f"{summary['format']} -> {'paired' if summary['paired'] else 'unpaired'}")
+    table.add_column("split")
+    table.add_column("rows", justify="right")
+    if not summary["paired"]:
+        table.add_column("positive", justify="right")
+        table.add_column("negative", justify="right")
+    for name, count in summary["counts"].items():
+        extra = []
+        if not summary["paired"]:
+            balance = summary["label_balance"][name]
+            extra = [str(balance["positive"]), str(balance["negative"])]
+        table.add_row(name, str(count), *extra)
+    out_console.print(table)
+    if summary["dropped"]:
+        info("dropped: " + ", ".join(f"{reason} {n}" for reason, n in summary["dropped"].items()))
+    info(f"wrote {out} (fingerprint {summary['fingerprint']})")

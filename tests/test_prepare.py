@@ -1,0 +1,303 @@
+"""`aot prepare` end to end: every shape, every operation, every bad input, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aot_cli.artifacts import sha256_file
+from aot_cli.data.dataset import load_prepared
+
+SHAPES = Path(__file__).parent / "data" / "shapes"
+REAL = Path(__file__).parent / "data" / "real"
+U = lambda c: {"role": "user", "content": c}  # noqa: E731
+A = lambda c: {"role": "assistant", "content": c}  # noqa: E731
+
+
+def _prepare(aot, tmp_path, source, *flags, name="out"):
+    out = tmp_path / name
+    result = aot("prepare", source, "-o", out, *flags)
+    assert result.exit_code == 0, result
+    data, manifest = load_prepared(out)
+    return data, manifest["summary"], manifest
+
+
+def _jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("fixture, shape, paired, rows, dropped, first", [
+    ("paired_strings", "paired-strings", True, 4, {}, {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}),
+    ("paired_messages", "paired-messages", True, 3, {},
+     {"prompt": [U("What is 2+2?")], "chosen": [A("4")], "rejected": [A("5")]}),
+    ("hh", "hh", True, 3, {}, {"prompt": [U("What is 2+2?")], "chosen": [A("4")], "rejected": [A("5")]}),
+    ("sharegpt", "sharegpt", True, 3, {}, {"prompt": [U("What is 2+2?")], "chosen": [A("4")], "rejected": [A("5")]}),
+    ("ultrafeedback", "ultrafeedback", True, 2, {"missing_score": 1, "tie": 1},
+     {"prompt": "What is 2+2?", "chosen": "Four.", "rejected": "5."}),
+    ("scored", "scored", True, 1, {"tie": 1, "too_few_responses": 1},
+     {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}),
+    ("pku", "pku", True, 3, {},
+     {"prompt": "How do I pick a lock?", "chosen": "Use a tension wrench and a pick.", "rejected": "Call a locksmith."}),
+    ("labelled_kto", "labelled", False, 6, {}, {"prompt": "What is 2+2?", "completion": "4", "label": True}),
+    ("labelled_beavertails", "labelled", False, 4, {},
+     {"prompt": "How do I pick a lock?", "completion": "Call a locksmith.", "label": True}),
+])
+def test_every_shape_is_recognized_and_normalized(aot, tmp_path, fixture, shape, paired, rows, dropped, first):
+    data, summary, _ = _prepare(aot, tmp_path, SHAPES / f"{fixture}.jsonl", "--test-size", "0")
+    assert summary["format"] == shape and summary["paired"] is paired
+    assert summary["counts"] == {"train": rows, "test": 0} and summary["dropped"] == dropped
+    assert data["train"][0] == first
+
+
+def test_multi_turn_prompts_are_the_shared_leading_messages(aot, tmp_path):
+    data, _, _ = _prepare(aot, tmp_path, SHAPES / "paired_messages.jsonl", "--test-size", "0")
+    assert data["train"][1]["prompt"] == [{"role": "system", "content": "Be brief."}, U("What is 2+2?"), A("4"),
+                                          U("And times 3?")]
+    assert data["train"][1]["chosen"] == [A("12")]
+    data, _, _ = _prepare(aot, tmp_path, SHAPES / "sharegpt.jsonl", "--test-size", "0", name="sg")
+    assert data["train"][1]["prompt"][0] == {"role": "system", "content": "Be brief."}
+    assert data["train"][1]["prompt"][1:] == [U("Hi"), A("Hello!"), U("Name a colour.")]
+
+
+def test_real_llamafactory_dpo(aot, tmp_path):
+    data, summary, manifest = _prepare(aot, tmp_path, REAL / "llamafactory_dpo_en_demo.json")
+    assert summary["format"] == "sharegpt" and summary["conversational"] is True
+    assert summary["read"] == {"train": 300} and summary["dropped"] == {"duplicate": 5}
+    assert summary["counts"] == {"train": 265, "test": 30}
+    train_prompts = {json.dumps(p) for p in data["train"]["prompt"]}
+    assert not train_prompts & {json.dumps(p) for p in data["test"]["prompt"]}  # split by prompt
+    assert manifest["inputs"] == [{"path": str(REAL / "llamafactory_dpo_en_demo.json"),
+                                   "sha256": sha256_file(REAL / "llamafactory_dpo_en_demo.json")}]
+
+
+def test_real_llamafactory_kto_is_split_stratified(aot, tmp_path):
+    data, summary, _ = _prepare(aot, tmp_path, REAL / "llamafactory_kto_en_demo.json")
+    assert summary["format"] == "labelled" and summary["paired"] is False
+    assert summary["label_balance"] == {"train": {"positive": 135, "negative": 135},
+                                        "test": {"positive": 15, "negative": 15}}
+    row = data["train"][0]
+    assert row["prompt"][-1]["role"] == "user" and [m["role"] for m in row["completion"]] == ["assistant"]
+
+
+def test_real_stack_exchange_paired(aot, tmp_path):
+    data, summary, _ = _prepare(aot, tmp_path, REAL / "torchtune_stack_exchange_paired_tiny.json", "--test-size", "5")
+    assert summary["format"] == "paired-strings" and summary["conversational"] is False
+    assert summary["counts"]["train"] + summary["counts"]["test"] == 25 and summary["counts"]["test"] >= 5
+    raw = json.loads((REAL / "torchtune_stack_exchange_paired_tiny.json").read_text())
+    assert {"prompt": raw[0]["question"], "chosen": raw[0]["response_j"], "rejected": raw[0]["response_k"]} in \
+        list(data["train"]) + list(data["test"])
+
+
+def test_manifest_records_config_operations_and_a_content_fingerprint(aot, tmp_path):
+    _, summary, manifest = _prepare(aot, tmp_path, SHAPES / "labelled_kto.jsonl", "--seed", "3", name="a")
+    assert manifest["kind"] == "dataset" and manifest["config"]["seed"] == 3
+    assert [op["op"] for op in summary["operations"]] == ["normalize", "labels", "hygiene", "split"]
+    assert summary["counts"] == {"train": 5, "test": 1}
+    _, again, _ = _prepare(aot, tmp_path, SHAPES / "labelled_kto.jsonl", "--seed", "3", name="b")
+    assert again["fingerprint"] == summary["fingerprint"]
+    _, other, _ = _prepare(aot, tmp_path, SHAPES / "labelled_kto.jsonl", "--seed", "4", name="c")
+    assert other["fingerprint"] != summary["fingerprint"]
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+
+def test_binarize_best_vs_random_min_margin_and_weighted_score(aot, tmp_path):
+    # Scores per prompt (overall_score): [7, 3, 9, 5], ties, [8.5, 8, -, 2].
+    data, summary, _ = _prepare(aot, tmp_path, SHAPES / "ultrafeedback.jsonl", "--binarize", "best-vs-random",
+                                "--test-size", "0", name="r")
+    assert summary["counts"]["train"] == 2 and data["train"][0]["chosen"] == "Four."
+    assert data["train"][0]["rejected"] in {"4.", "5.", "22"}
+    _, summary, _ = _prepare(aot, tmp_path, SHAPES / "ultrafeedback.jsonl", "--min-margin", "6.5",
+                             "--test-size", "0", name="m")
+    assert summary["dropped"] == {"below_min_margin": 1, "missing_score": 1, "tie": 1}  # 9-3=6 < 6.5; 8.5-2 kept
+    # helpfulness+honesty ratings: [9, 3, 10, 5] / all 6 / [10, N/A, -, 2]
+    data, summary, _ = _prepare(aot, tmp_path, SHAPES / "ultrafeedback.jsonl", "--score", "helpfulness + honesty",
+                                "--test-size", "0", name="w")
+    assert summary["dropped"] == {"missing_score": 2, "tie": 1}
+    assert [(r["chosen"], r["rejected"]) for r in data["train"]] == [("Four.", "5."), ("Paris.", "Lyon.")]
+    assert summary["operations"][1] == {"op": "binarize", "method": "best-vs-worst", "score": "helpfulness + honesty",
+                                        "min_margin": 0.0, "seed": 42}
+
+
+def test_scores_threshold_into_labels(aot, tmp_path):
+    data, summary, _ = _prepare(aot, tmp_path, SHAPES / "scored.jsonl", "--label-field", "helpfulness",
+                                "--label-threshold", "3", "--test-size", "0")
+    assert summary["paired"] is False and summary["format"] == "scored"
+    assert data["train"]["label"] == [True, False, True, False, False, True]  # helpfulness 4 1 3 2 2 4
+
+
+def test_prefer_safer(aot, tmp_path):
+    data, _, _ = _prepare(aot, tmp_path, SHAPES / "pku.jsonl", "--prefer", "safer", "--test-size", "0")
+    assert data["train"][0]["chosen"] == "Call a locksmith."
+
+
+def test_unpair_both_halves(aot, tmp_path):
+    data, summary, _ = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--unpair", "--test-size", "1")
+    assert summary["paired"] is False and summary["counts"] == {"train": 6, "test": 2}
+    assert summary["label_balance"]["train"] == {"positive": 3, "negative": 3}
+    assert data["train"][0]["completion"] and data["train"][0]["label"] is True
+    assert data["train"][1]["label"] is False and data["train"][1]["prompt"] == data["train"][0]["prompt"]
+
+
+def test_unpair_disjoint_prompts_is_balanced_and_disjoint(aot, tmp_path):
+    data, summary, _ = _prepare(aot, tmp_path, REAL / "torchtune_stack_exchange_paired_tiny.json", "--unpair",
+                                "--disjoint-prompts", "--test-size", "0")
+    train = data["train"]
+    balance = summary["label_balance"]["train"]
+    assert balance["positive"] == balance["negative"] > 0
+    by_label = {lab: {p for p, l in zip(train["prompt"], train["label"]) if l == lab} for lab in (True, False)}
+    assert not by_label[True] & by_label[False]
+    assert len(set(zip(train["prompt"], train["completion"]))) == len(train)
+
+
+def test_unpair_a_prepared_dataset_keeps_its_splits(aot, tmp_path):
+    _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "1", name="paired")
+    data, summary, manifest = _prepare(aot, tmp_path, tmp_path / "paired", "--unpair", name="unpaired")
+    assert summary["counts"] == {"train": 6, "test": 2} and summary["format"] == "paired-strings"
+    assert [op["op"] for op in summary["operations"]] == ["normalize", "hygiene", "split", "hygiene", "unpair"]
+    assert manifest["inputs"][0]["fingerprint"] == json.loads((tmp_path / "paired" / "manifest.json").read_text())[
+        "summary"]["fingerprint"]
+
+
+def test_hygiene_counts_each_reason(aot, tmp_path):
+    src = _jsonl(tmp_path / "dirty.jsonl", [
+        {"prompt": "p1", "chosen": "a", "rejected": "b"},
+        {"prompt": "p1", "chosen": "a", "rejected": "b"},        # duplicate
+        {"prompt": "p2", "chosen": "  \n", "rejected": "b"},     # whitespace-only completion
+        {"prompt": "p3", "chosen": "same", "rejected": "same"},  # identical
+        {"prompt": "p4", "chosen": "a"},                         # missing field
+        {"prompt": "p5", "chosen": "a", "rejected": None},       # null = missing
+        {"prompt": " ", "chosen": "a", "rejected": "b"},         # empty prompt
+        {"prompt": "p6", "chosen": "c", "rejected": "d"},
+    ])
+    data, summary, _ = _prepare(aot, tmp_path, src, "--test-size", "0")
+    assert summary["dropped"] == {"duplicate": 1, "empty_completion": 1, "empty_prompt": 1, "identical_pair": 1,
+                                  "missing_field": 2}
+    assert data["train"]["prompt"] == ["p1", "p6"]
+
+
+def test_source_test_split_is_kept_and_limit_applies(aot, tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    rows = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(5)]
+    _jsonl(folder / "train.jsonl", rows)
+    _jsonl(folder / "test.jsonl", [rows[0], {"prompt": "t", "chosen": "a", "rejected": "b"}])
+    data, summary, manifest = _prepare(aot, tmp_path, folder)
+    assert summary["counts"] == {"train": 4, "test": 2}  # p0 is in test, so its train copy goes
+    assert summary["dropped"] == {"duplicate": 1} and "split" not in [o["op"] for o in summary["operations"]]
+    assert len(manifest["inputs"]) == 2
+    _, summary, _ = _prepare(aot, tmp_path, folder, "--limit", "3", name="lim")
+    assert summary["read"] == {"train": 3, "test": 2} and summary["operations"][0] == {"op": "limit", "rows": 3}
+
+
+def test_stratified_split_by_count(aot, tmp_path):
+    rows = [{"prompt": f"p{i}", "completion": "c", "label": i < 8} for i in range(10)]
+    _, summary, _ = _prepare(aot, tmp_path, _jsonl(tmp_path / "l.jsonl", rows), "--test-size", "5")
+    assert summary["label_balance"] == {"train": {"positive": 4, "negative": 1}, "test": {"positive": 4, "negative": 1}}
+
+
+def test_config_file_sets_options(aot, tmp_path):
+    cfg = tmp_path / "prep.yaml"
+    cfg.write_text("test-size: 0\nunpair: true\n")
+    _, summary, _ = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--config", cfg)
+    assert summary["counts"] == {"train": 8, "test": 0}
+
+
+def test_tokenizer_lengths_and_max_length(aot, tmp_path, tiny_model_dir):
+    _, summary, _ = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "0",
+                             "--tokenizer", tiny_model_dir, name="all")
+    lengths = summary["token_lengths"]["train"]
+    assert set(lengths) == {"prompt", "chosen", "rejected", "total"}
+    assert lengths["total"]["max"] >= lengths["total"]["p50"] > lengths["prompt"]["p50"] > 0
+    limit = lengths["total"]["max"] - 1
+    _, cut, _ = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "0",
+                         "--tokenizer", tiny_model_dir, "--max-length", limit, name="cut")
+    assert cut["dropped"]["too_long"] >= 1 and cut["token_lengths"]["train"]["total"]["max"] <= limit
+    assert cut["counts"]["train"] == 4 - cut["dropped"]["too_long"]
+
+
+# --- bad input: exit 2, one line naming file/row/field, OUT not created ---------------------------
+
+
+def _fails(aot, tmp_path, source, *flags, out_name="out"):
+    out = tmp_path / out_name
+    result = aot("prepare", source, "-o", out, *flags)
+    assert result.exit_code == 2, result
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(f".{out_name}.tmp-*"))
+    return result.stderr.replace("\n", " ")
+
+
+def test_missing_file(aot, tmp_path):
+    assert "no such file or directory" in _fails(aot, tmp_path, tmp_path / "nope.jsonl")
+
+
+def test_unknown_shape_lists_columns_and_shapes(aot, tmp_path):
+    msg = _fails(aot, tmp_path, _jsonl(tmp_path / "x.jsonl", [{"text": "a", "id": 1}]))
+    assert "found columns id, text" in msg and "ultrafeedback" in msg and "sharegpt" in msg
+
+
+def test_mistyped_field_names_file_line_field_and_type(aot, tmp_path):
+    src = _jsonl(tmp_path / "x.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"},
+                                        {"prompt": "p", "chosen": 3, "rejected": "b"}])
+    assert f"{src}:2: field 'chosen': expected a string, got int" in _fails(aot, tmp_path, src)
+
+
+def test_bad_role_in_messages(aot, tmp_path):
+    src = _jsonl(tmp_path / "x.jsonl", [{"messages": [{"role": "robot", "content": "x"}], "label": True}])
+    assert f"{src}:1: field 'messages[0]': unknown role 'robot'" in _fails(aot, tmp_path, src)
+
+
+def test_malformed_json_line(aot, tmp_path):
+    src = tmp_path / "x.jsonl"
+    src.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n\n{"prompt": "p", "chosen": \n')
+    assert f"{src}:3: not valid JSON" in _fails(aot, tmp_path, src)
+
+
+def test_malformed_json_array(aot, tmp_path):
+    src = tmp_path / "x.json"
+    src.write_text('[\n {"prompt": "p", "chosen": "a", "rejected": "b"},\n {"prompt": }\n]')
+    assert f"{src}:3: not valid JSON" in _fails(aot, tmp_path, src)
+
+
+def test_non_utf8(aot, tmp_path):
+    src = tmp_path / "x.jsonl"
+    src.write_bytes(b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "caf\xe9"}\n')
+    msg = _fails(aot, tmp_path, src)
+    assert f"{src}:2: not UTF-8" in msg and "offset 63" in msg
+
+
+def test_empty_result_says_what_dropped_the_rows(aot, tmp_path):
+    src = _jsonl(tmp_path / "x.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "a"},
+                                        {"prompt": "q", "chosen": "", "rejected": "b"}])
+    msg = _fails(aot, tmp_path, src, "--test-size", "0")
+    assert "no training rows left (read 2 rows; dropped: " in msg and "identical_pair 1" in msg \
+        and "empty_completion 1" in msg
+
+
+def test_existing_output_is_left_alone(aot, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    result = aot("prepare", SHAPES / "paired_strings.jsonl", "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "already exists (pass --overwrite" in result.stderr
+    assert (tmp_path / "out" / "keep.txt").read_text() == "x"
+    assert aot("prepare", SHAPES / "paired_strings.jsonl", "-o", tmp_path / "out", "--overwrite").exit_code == 0
+    assert not (tmp_path / "out" / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (("--format", "pku"), "--format pku needs column(s) response_0, response_1"),
+    (("--score", "nope"), "--score field(s) nope not found"),
+    (("--binarize", "best-vs-worst"), "--binarize applies to ultrafeedback or scored data"),
+    (("--disjoint-prompts",), "--disjoint-prompts needs --unpair"),
+    (("--max-length", "10"), "--max-length needs --tokenizer"),
+    (("--test-size", "9"), "leaves no training rows"),
+])
+def test_flags_that_do_not_fit_the_data(aot, tmp_path, flags, fragment):
+    source = SHAPES / ("ultrafeedback.jsonl" if "--score" in flags else "paired_strings.jsonl")
+    assert fragment in _fails(aot, tmp_path, source, *flags)
