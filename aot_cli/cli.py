@@ -46,6 +46,11 @@ from aot_cli import merge as _merge  # noqa: E402
 
 command(app, _merge.MergeConfig, _merge.run, name="merge",
         help="Merge a run's LoRA adapter into its base model (or re-export a full run) as a plain model dir.")
+from aot_cli.eval import evaluate as _evaluate  # noqa: E402
+
+command(app, _evaluate.EvalConfig, _evaluate.run, name="eval",
+        help="Evaluate a model: Open LLM Leaderboard suites, lm-eval tasks, AlpacaEval, reward dominance; "
+             "`aot eval compare OUT...` puts results side by side.")
 
 
 def main() -> None:

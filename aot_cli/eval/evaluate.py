@@ -1,0 +1,81 @@
+"""`aot eval MODEL --suite ... -o OUT`: one config-driven command for every suite.
+
+MODEL is a merged model directory, a run directory (a LoRA run's adapter goes to lm-eval as
+``peft=``) or a hub id (:mod:`aot_cli.eval.source`). Each suite returns its scores and the settings
+that produced them; this module writes the eval artifact around them (:mod:`aot_cli.eval.report`).
+
+``aot eval compare OUT...`` is the same command with ``--suite compare``: the word ``compare`` in
+the MODEL position selects it, so comparing stays one more suite of one command (same ``--config``
+file, same ``-o``) rather than a second command tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from aot_cli.artifacts import atomic_output, check_output, describe_input
+from aot_cli.config import arg, opt, to_dict
+from aot_cli.errors import UserError
+
+LM_EVAL_SUITES = ("openllm-v1", "openllm-v2", "lm-eval")
+SUITES = LM_EVAL_SUITES
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a model: Open LLM Leaderboard suites or any lm-eval task."""
+
+    model: Optional[list[str]] = arg(None, help="A merged model dir, a run dir, or a hub id.", metavar="MODEL")
+    output: Optional[Path] = opt(None, "-o", "--output", help="Eval directory to write.")
+    suite: Optional[str] = opt(None, "--suite", help="What to measure (default: lm-eval when --tasks is given).",
+                               choices=SUITES)
+    overwrite: bool = opt(False, "--overwrite", help="Replace an existing output directory.")
+    seed: int = opt(0, "--seed", help="Seed for few-shot sampling and generation.")
+    dtype: str = opt("auto", "--dtype", help="Weight dtype for evaluation (auto = as saved).",
+                     choices=("auto", "bf16", "fp16", "fp32"))
+    device: Optional[str] = opt(None, "--device", help="torch device (default: cuda when available, else cpu).")
+    batch_size: int = opt(8, "--batch-size", help="Examples per forward pass (lm-eval and generation).")
+    limit: Optional[int] = opt(None, "--limit", help="Evaluate only the first N examples of each task "
+                               "(quick checks; scores are then not comparable).")
+    # lm-eval
+    tasks: list[str] = opt([], "--tasks", help="lm-eval task/group names, comma-separated or repeated.")
+    include_path: Optional[Path] = opt(None, "--include-path", help="Directory of extra lm-eval task YAMLs.")
+    num_fewshot: Optional[int] = opt(None, "--num-fewshot", help="Override every task's number of shots.")
+    apply_chat_template: Optional[bool] = opt(None, "--apply-chat-template/--no-apply-chat-template",
+                                              help="Format prompts with the model's chat template (default: "
+                                                   "off for openllm-v1, on for openllm-v2 and lm-eval).")
+    fewshot_as_multiturn: Optional[bool] = opt(None, "--fewshot-as-multiturn/--no-fewshot-as-multiturn",
+                                               help="Few-shot examples as chat turns (default: with the "
+                                                    "chat template).")
+
+
+def resolve_suite(config: EvalConfig) -> str:
+    if config.suite:
+        return config.suite
+    if config.tasks:
+        return "lm-eval"
+    raise UserError(f"missing --suite (one of: {', '.join(SUITES)}), or --tasks NAME for lm-eval tasks")
+
+
+def run(config: EvalConfig) -> dict:
+    """Dispatch to the suite and write the eval artifact; returns results.json's content."""
+    from aot_cli.eval import lm_eval_suites, report
+    from aot_cli.eval.source import resolve_device, resolve_model
+
+    suite = resolve_suite(config)
+    models = config.model or []
+    if len(models) != 1:
+        raise UserError(f"expected one MODEL, got {len(models)}{': ' + ' '.join(models) if models else ''}")
+    if config.output is None:
+        raise UserError("missing -o/--output (the eval directory to write)")
+    check_output(config.output, config.overwrite)
+    source = resolve_model(models[0])
+    device = resolve_device(config.device)
+    with atomic_output(config.output, config.overwrite) as tmp:
+        scores, settings = lm_eval_suites.evaluate(config, suite, source, device, tmp)
+        settings["model_source"] = source.describe()
+        results = report.results_document(suite, source.spec, scores, settings)
+        report.write_eval(tmp, results, config=to_dict(config), inputs=[describe_input(source.spec)])
+    return results

@@ -1,0 +1,130 @@
+"""The lm-eval suites: openllm-v1, openllm-v2 and any lm-eval task (``--tasks``, ``--include-path``).
+
+All three go through one code path, ``lm_eval.simple_evaluate`` in-process with the "hf" model, so
+the offline tests on local tasks exercise exactly what the leaderboard suites run. What changes
+scores is passed explicitly and recorded (lm-eval #1841, #1645, #2322 are all about silent
+defaults): chat template on or off, few-shot as multi-turn, shots, batch size, dtype, device, limit.
+Per-suite chat-template defaults follow the leaderboards: v1 scored raw prompts, v2 applies the
+model's chat template with few-shot examples as turns; local tasks default to the chat template
+because aot trains chat models.
+
+lm-eval's TaskManager indexes every task YAML (~15 s), so it is built once per run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any
+
+from aot_cli.errors import UserError
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+V1_GROUP_FILE = TASKS_DIR / "openllm_v1.yaml"
+SUITE_TASKS = {"openllm-v1": ["aot_openllm_v1"], "openllm-v2": ["leaderboard"]}
+CHAT_TEMPLATE_DEFAULT = {"openllm-v1": False, "openllm-v2": True, "lm-eval": True}
+TORCH_DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def group_shots(path: Path = V1_GROUP_FILE) -> dict[str, int]:
+    """{task or group name: num_fewshot} of a group YAML's members (the v1 suite's shots)."""
+    import yaml
+
+    group = yaml.safe_load(path.read_text())
+    return {entry.get("task") or entry["group"]: entry["num_fewshot"] for entry in group["task"]}
+
+
+def split_task_names(values: list[str]) -> list[str]:
+    """``--tasks a,b --tasks c`` -> [a, b, c]."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def task_manager(include_path: Path | None) -> Any:
+    """One TaskManager for the run: lm-eval's tasks + the suites shipped here + the user's directory."""
+    from lm_eval.tasks import TaskManager
+
+    from aot_cli.console import info
+
+    paths = [str(TASKS_DIR)]
+    if include_path is not None:
+        if not Path(include_path).is_dir():
+            raise UserError(f"--include-path {include_path}: no such directory")
+        paths.append(str(include_path))
+    info("indexing lm-eval tasks")
+    return TaskManager(include_path=paths)
+
+
+def check_task_names(names: list[str], known: list[str]) -> None:
+    """Unknown task names are a UserError suggesting the closest known ones."""
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            raise UserError(f"--tasks: unknown lm-eval task {name!r}{hint}; local tasks need "
+                            "--include-path DIR (a directory of lm-eval task YAMLs)")
+
+
+def resolve_chat_settings(suite: str, apply_chat_template: bool | None,
+                          fewshot_as_multiturn: bool | None) -> tuple[bool, bool]:
+    """(apply_chat_template, fewshot_as_multiturn) after the suite's defaults; multi-turn needs the template."""
+    chat = CHAT_TEMPLATE_DEFAULT[suite] if apply_chat_template is None else apply_chat_template
+    multiturn = chat if fewshot_as_multiturn is None else fewshot_as_multiturn
+    if multiturn and not chat:
+        raise UserError("--fewshot-as-multiturn needs the chat template (drop --no-apply-chat-template)")
+    return chat, multiturn
+
+
+def _write_samples(samples: dict, out: Path) -> None:
+    """lm-eval's per-example records, one JSONL file per task, under OUT/samples/."""
+    folder = out / "samples"
+    folder.mkdir()
+    for task, rows in samples.items():
+        with open(folder / f"{task}.jsonl", "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+
+
+def evaluate(config: Any, suite: str, source: Any, device: str, out: Path) -> tuple[dict, dict]:
+    """Run lm-eval for `suite`; write raw results and samples into `out`; return (scores, settings)."""
+    import lm_eval
+
+    from aot_cli.eval import leaderboard
+
+    tasks = SUITE_TASKS.get(suite) or split_task_names(config.tasks)
+    if not tasks:
+        raise UserError("--suite lm-eval needs --tasks NAME[,NAME...] (and --include-path DIR for local tasks)")
+    chat, multiturn = resolve_chat_settings(suite, config.apply_chat_template, config.fewshot_as_multiturn)
+    manager = task_manager(config.include_path)
+    check_task_names(tasks, manager.all_tasks)
+
+    model_args = {"pretrained": source.pretrained, "tokenizer": source.tokenizer,
+                  "dtype": TORCH_DTYPES[config.dtype]}
+    if source.peft:
+        model_args["peft"] = source.peft
+    results = lm_eval.simple_evaluate(
+        model="hf", model_args=model_args, tasks=tasks, num_fewshot=config.num_fewshot,
+        batch_size=config.batch_size, device=device, limit=config.limit,
+        apply_chat_template=chat, fewshot_as_multiturn=multiturn, task_manager=manager,
+        log_samples=True, random_seed=config.seed, numpy_random_seed=config.seed,
+        torch_random_seed=config.seed, fewshot_random_seed=config.seed,
+    )
+    _write_samples(results.pop("samples", {}), out)
+    (out / "lm_eval_results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+    raw = results["results"]
+    if suite == "openllm-v1":
+        scores = leaderboard.v1_scores(raw)
+    elif suite == "openllm-v2":
+        scores = leaderboard.v2_scores(raw)
+    else:
+        scores = leaderboard.task_scores(raw)
+    settings = {
+        "lm_eval_version": lm_eval.__version__,
+        "tasks": tasks, "include_path": str(config.include_path) if config.include_path else None,
+        "apply_chat_template": chat, "fewshot_as_multiturn": multiturn,
+        "num_fewshot": config.num_fewshot, "n_shot": results.get("n-shot", {}),
+        "limit": config.limit, "batch_size": config.batch_size, "dtype": config.dtype, "device": device,
+        "seed": config.seed, "model_args": model_args,
+    }
+    return scores, settings

@@ -1,0 +1,69 @@
+"""The eval artifact's outputs: results.json (machine-readable), report.md, a rich table, the manifest.
+
+results.json = {"suite", "model", "scores": {task: {metric: value}}, "settings": {everything that
+changes scores}, "versions", "notes"}. Scores keep each tool's own scale (lm-eval 0-1, AlpacaEval
+win rates and leaderboard-v2 normalized scores 0-100), so they match what those tools print.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aot_cli.artifacts import library_versions, write_manifest
+
+RESULTS = "results.json"
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+    return str(value)
+
+
+def score_rows(scores: dict) -> list[tuple[str, str, Any]]:
+    """(task, metric, value) rows in the order the suite reported them."""
+    return [(task, metric, value) for task, metrics in scores.items() for metric, value in metrics.items()]
+
+
+def results_document(suite: str, model: str, scores: dict, settings: dict, notes: dict | None = None) -> dict:
+    return {"suite": suite, "model": model, "scores": scores, "settings": settings,
+            "versions": library_versions(), "notes": notes or {}}
+
+
+def markdown(results: dict) -> str:
+    """report.md: the scores table, then notes and the settings that changed them."""
+    lines = [f"# {results['suite']}: {results['model']}", "", "| task | metric | value |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {format_value(v)} |" for t, m, v in score_rows(results["scores"])]
+    if results.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {k}: {v}" for k, v in results["notes"].items()]
+    lines += ["", "## Settings", "", "```json", json.dumps(results["settings"], indent=2, default=str), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(results: dict) -> None:
+    from rich.table import Table
+
+    from aot_cli.console import out_console
+
+    table = Table(title=f"{results['suite']}: {results['model']}")
+    for column, justify in (("task", "left"), ("metric", "left"), ("value", "right")):
+        table.add_column(column, justify=justify)
+    for task, metric, value in score_rows(results["scores"]):
+        table.add_row(task, metric, format_value(value))
+    out_console.print(table)
+    for key, note in results.get("notes", {}).items():
+        out_console.print(f"{key}: {note}", highlight=False)
+
+
+def write_eval(out: Path, results: dict, *, config: dict, inputs: list[dict]) -> dict:
+    """Write results.json and report.md into `out`, then the manifest (last), and print the table."""
+    (out / RESULTS).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "report.md").write_text(markdown(results))
+    manifest = write_manifest(out, kind="eval", config=config, inputs=inputs,
+                              summary={"suite": results["suite"], "scores": results["scores"]})
+    print_table(results)
+    return manifest

@@ -1,0 +1,81 @@
+"""`aot eval --tasks`: lm-eval in-process on local task YAMLs (one multiple-choice, one
+generate_until), through the same code path as the leaderboard suites. One lm-eval run in total:
+lm-eval's task index costs ~15 s to build."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aot_cli.eval.lm_eval_suites import check_task_names, resolve_chat_settings, split_task_names
+from aot_cli.errors import UserError
+
+TASK_DIR = "tests/data/lm_eval_tasks"
+
+
+@pytest.mark.slow
+def test_lm_eval_on_a_lora_run(aot, lora_run_dir, in_repo, tmp_path):
+    out = tmp_path / "ev"
+    result = aot("eval", lora_run_dir, "-o", out, "--tasks", "aot_tiny_mc,aot_tiny_gen",
+                 "--include-path", TASK_DIR, "--limit", 3, "--batch-size", 4, "--num-fewshot", 1)
+    assert result.exit_code == 0, result
+    res = json.loads((out / "results.json").read_text())
+    assert res["suite"] == "lm-eval" and res["model"] == str(lora_run_dir)
+    settings = res["settings"]
+    assert settings["apply_chat_template"] is True and settings["fewshot_as_multiturn"] is True
+    assert settings["n_shot"] == {"aot_tiny_mc": 1, "aot_tiny_gen": 1} and settings["limit"] == 3
+    assert settings["model_args"]["peft"] == str(lora_run_dir / "adapter")
+    assert settings["lm_eval_version"] and settings["device"] == "cpu" and settings["batch_size"] == 4
+    assert set(res["versions"]) >= {"torch", "transformers", "lm_eval", "peft"}
+
+    # scores are what the per-example records say
+    mc = [json.loads(line) for line in (out / "samples" / "aot_tiny_mc.jsonl").read_text().splitlines()]
+    gen = [json.loads(line) for line in (out / "samples" / "aot_tiny_gen.jsonl").read_text().splitlines()]
+    assert len(mc) == 3 and len(gen) == 3
+    assert res["scores"]["aot_tiny_mc"]["acc"] == pytest.approx(sum(s["acc"] for s in mc) / 3)
+    assert res["scores"]["aot_tiny_mc"]["acc_norm"] == pytest.approx(sum(s["acc_norm"] for s in mc) / 3)
+    assert res["scores"]["aot_tiny_gen"]["exact_match"] == pytest.approx(sum(s["exact_match"] for s in gen) / 3)
+    # chat template applied, one few-shot turn before the question
+    prompt = gen[0]["arguments"][0][0]
+    assert prompt.count("<|im_start|>user") == 2 and prompt.endswith("<|im_start|>assistant\n")
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "eval" and manifest["summary"]["scores"] == res["scores"]
+    report = (out / "report.md").read_text()
+    assert "| aot_tiny_mc | acc |" in report and '"apply_chat_template": true' in report
+    assert "aot_tiny_gen" in result.stdout
+
+
+def test_split_task_names():
+    assert split_task_names(["a,b", " c ", "d,,"]) == ["a", "b", "c", "d"]
+
+
+def test_unknown_task_suggests_close_names():
+    with pytest.raises(UserError, match=r"unknown lm-eval task 'hellaswg' \(did you mean 'hellaswag'"):
+        check_task_names(["arc_easy", "hellaswg"], ["arc_easy", "hellaswag", "mmlu"])
+
+
+def test_chat_settings_defaults_per_suite():
+    assert resolve_chat_settings("openllm-v1", None, None) == (False, False)
+    assert resolve_chat_settings("openllm-v2", None, None) == (True, True)
+    assert resolve_chat_settings("lm-eval", None, False) == (True, False)
+    with pytest.raises(UserError, match="needs the chat template"):
+        resolve_chat_settings("lm-eval", False, True)
+
+
+def test_eval_bad_inputs(aot, tmp_path, tiny_model_dir):
+    result = aot("eval", tiny_model_dir, "-o", tmp_path / "o", "--suite", "openllm-v3")
+    assert result.exit_code == 2 and "(did you mean 'openllm-v" in result.stderr
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    result = aot("eval", empty, "-o", tmp_path / "o", "--tasks", "x")
+    assert result.exit_code == 2 and "model directory without weights" in result.stderr
+    result = aot("eval", "./no/such/dir", "-o", tmp_path / "o", "--tasks", "x")
+    assert result.exit_code == 2 and "no such directory" in result.stderr
+    result = aot("eval", tiny_model_dir, "-o", tmp_path / "o")
+    assert result.exit_code == 2 and "missing --suite" in result.stderr
+    result = aot("eval", tiny_model_dir, "-o", tmp_path / "o", "--tasks", "x", "--include-path", tmp_path / "nope")
+    assert result.exit_code == 2 and "--include-path" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
