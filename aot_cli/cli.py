@@ -42,6 +42,10 @@ from aot_cli import inspect as _inspect  # noqa: E402
 
 command(app, _inspect.InspectConfig, _inspect.run, name="inspect",
         help="Show a prepared dataset as training will tokenize it: templated text, token counts, truncation.")
+from aot_cli.train import config as _train  # noqa: E402
+
+command(app, _train.TrainConfig, _train.run, name="train",
+        help="Align a model on a prepared preference dataset with AOT (or DPO/IPO): LoRA or full, resumable.")
 from aot_cli import merge as _merge  # noqa: E402
 
 command(app, _merge.MergeConfig, _merge.run, name="merge",

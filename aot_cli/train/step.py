@@ -41,7 +41,7 @@ class StepOutput:
     policy_b: torch.Tensor
     ref_a: torch.Tensor
     ref_b: torch.Tensor
-    n_tokens: int  # tokens this rank ran through the model (both passes)
+    n_tokens: int  # non-padding tokens in this rank's micro-batches (counted once per step)
 
 
 def policy_logps(model, batch: MicroBatch, chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +113,7 @@ def global_scope_step(model, micro_batches: list[MicroBatch], loss_fn: LossFn, *
             surrogate = (grad_a[window] * a).sum() + (grad_b[window] * b).sum()
             _backward(accelerator, surrogate)
         offset += batch.size
-        n_tokens += 2 * batch.n_tokens
+        n_tokens += batch.n_tokens
     return StepOutput(loss.detach(), policy_a.detach(), policy_b.detach(), ref_a, ref_b, n_tokens)
 
 

@@ -108,4 +108,4 @@ def test_logged_loss_is_global_loss_and_metrics_cover_all_samples():
     assert out.policy_a.shape == (G,) and out.ref_b.shape == (G,)
     expected = preference_loss("aot", out.policy_a, out.policy_b, out.ref_a, out.ref_b, beta=0.5)
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert out.n_tokens == 2 * sum(b.n_tokens for b in batches)
+    assert out.n_tokens == sum(b.n_tokens for b in batches)

@@ -1,0 +1,118 @@
+"""Where per-step numbers go: ``metrics.jsonl`` (always), TensorBoard or Weights & Biases (optional
+extras), and ``training_curves.png`` at the end. Only the main process writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from aot_cli.errors import UserError
+
+METRICS = "metrics.jsonl"
+CURVES = "training_curves.png"
+_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
+
+
+def check_tracker(name: str) -> None:
+    """Fail before any work when the chosen tracker's package is not installed."""
+    if name == "none":
+        return
+    module, extra = _TRACKER_PACKAGES[name]
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"--report-to {name} needs the {module} package: pip install 'aot-cli[{extra}]'")
+
+
+class MetricsLog:
+    """Appends one JSON line per step; on resume, drops the lines after the checkpoint's step."""
+
+    def __init__(self, out: Path, *, resume_step: int = 0, tracker: str = "none", config: dict | None = None):
+        self.path = Path(out) / METRICS
+        kept = []
+        if self.path.is_file() and resume_step:
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self._handle = self.path.open("a")
+        self._tracker = _open_tracker(tracker, Path(out), config or {})
+
+    def write(self, record: dict) -> None:
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+        if self._tracker is not None:
+            self._tracker.log(record)
+
+    def close(self) -> None:
+        self._handle.close()
+        if self._tracker is not None:
+            self._tracker.close()
+
+
+class _TensorBoard:
+    def __init__(self, out: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+
+    def log(self, record: dict) -> None:
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Wandb:
+    def __init__(self, out: Path, config: dict):
+        import wandb
+
+        self.run = wandb.init(project="aot", name=out.name, dir=str(out), config=config)
+
+    def log(self, record: dict) -> None:
+        self.run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def _open_tracker(name: str, out: Path, config: dict):
+    if name == "tensorboard":
+        return _TensorBoard(out)
+    if name == "wandb":
+        return _Wandb(out, config)
+    return None
+
+
+def read_metrics(out: Path) -> list[dict]:
+    path = Path(out) / METRICS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def plot_curves(records: list[dict], path: Path) -> None:
+    """Loss, implicit rewards and accuracy / violation fraction against the step, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(steps, [r["loss"] for r in records])
+    axes[0].set_title("loss (global batch)")
+    for key, label in (("rewards/chosen", "chosen / positive"), ("rewards/rejected", "rejected / negative"),
+                       ("rewards/margins", "margin")):
+        axes[1].plot(steps, [r[key] for r in records], label=label)
+    axes[1].set_title("implicit rewards beta * log(pi/ref)")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(steps, [r["rewards/accuracies"] for r in records], label="accuracy")
+    axes[2].plot(steps, [r["rewards/violation_fraction"] for r in records], label="sorted violations")
+    axes[2].set_ylim(-0.02, 1.02)
+    axes[2].set_title("reward accuracy / dominance violations")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,181 @@
+"""Reference log-probs: computed once before training (cached on disk) or every step (``--ref online``).
+
+The reference is the starting point of training: the base model (LoRA: the policy with its adapters
+disabled, no second copy), or the base with ``--init-adapter``, or for full fine-tuning the initial
+weights. Before the first update the policy *is* that starting point, so a fresh run computes the
+precomputed log-probs with the policy itself and no second model is ever loaded; only a resumed run
+whose cache entry is gone loads a frozen copy, which is freed right after the pass.
+
+The cache key is a fingerprint of (base model, starting adapter, dataset fingerprint, tokenizer,
+tokenization settings, dtype and loading options): changing any of them recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from aot_cli.artifacts import describe_input, fingerprint, sha256_file
+from aot_cli.cache import cache_dir
+from aot_cli.train.batching import Side, collate
+
+_SAMPLE_BYTES = 1 << 20
+
+
+def model_fingerprint(model: str) -> str:
+    """A cheap fingerprint of a model directory: every file's name and size, small files' full
+    SHA-256, big files' first and last MiB (hashing a 14 GB checkpoint each run would take minutes).
+    A hub id is fingerprinted by its name."""
+    path = Path(model)
+    if not path.is_dir():
+        return fingerprint({"hub_id": model})
+    entries = []
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        size = file.stat().st_size
+        if size <= 2 * _SAMPLE_BYTES:
+            digest = sha256_file(file)
+        else:
+            with open(file, "rb") as handle:
+                sample = hashlib.sha256(handle.read(_SAMPLE_BYTES))
+                handle.seek(-_SAMPLE_BYTES, os.SEEK_END)
+                sample.update(handle.read())
+            digest = sample.hexdigest()
+        entries.append((str(file.relative_to(path)), size, digest))
+    return fingerprint(entries)
+
+
+def cache_key(config, *, data_fingerprint: str, tokenizer_fingerprint: str, settings: dict) -> str:
+    """The reference cache key of a TrainConfig's starting point on its tokenized training data."""
+    return fingerprint({
+        "model": model_fingerprint(config.model),
+        "init_adapter": describe_input(config.init_adapter) if config.init_adapter else None,
+        "data": data_fingerprint, "tokenizer": tokenizer_fingerprint, "settings": settings,
+        "dtype": config.dtype, "load_in_4bit": config.load_in_4bit, "attn": config.attn_implementation,
+    })
+
+
+def cache_path(key: str) -> Path:
+    return cache_dir("reference") / f"{key}.pt"
+
+
+def load_cached(key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    path = cache_path(key)
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return saved["a"], saved["b"]
+
+
+def save_cached(key: str, ref_a: torch.Tensor, ref_b: torch.Tensor) -> Path:
+    path = cache_path(key)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    torch.save({"a": ref_a, "b": ref_b}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+@contextmanager
+def reference_model(policy, config, *, at_start: bool) -> Iterator[torch.nn.Module]:
+    """The model that gives reference log-probs, in eval mode, restored to train mode afterwards.
+
+    LoRA without an init adapter: the policy with adapters disabled. Otherwise, at the start of a
+    run: the policy itself (nothing has changed it yet). Otherwise: a frozen copy loaded from disk.
+    """
+    from aot_cli.train.model import build_reference
+
+    was_training = policy.training
+    if config.lora and config.init_adapter is None:
+        policy.eval()
+        try:
+            with policy.disable_adapter():
+                yield policy
+        finally:
+            policy.train(was_training)
+    elif at_start:
+        policy.eval()
+        try:
+            yield policy
+        finally:
+            policy.train(was_training)
+    else:
+        frozen = build_reference(config).to(next(policy.parameters()).device)
+        try:
+            yield frozen
+        finally:
+            del frozen
+
+
+@torch.no_grad()
+def side_logps(model, side: Side, *, pad_id: int, batch_rows: int, chunk_size: int | None,
+               device, rank: int = 0, world_size: int = 1, on_batch=None) -> dict[int, float]:
+    """``{side index: summed completion log-prob}`` for this rank's share of one side, in batches of
+    similar length (rank r takes batches r, r + world_size, ...)."""
+    from aot_cli.train.logprobs import model_sequence_logps
+
+    order = np.argsort(side.lengths, kind="stable")
+    batches = [order[i:i + batch_rows] for i in range(0, len(order), batch_rows)]
+    out: dict[int, float] = {}
+    for batch in batches[rank::world_size]:
+        ids, mask, labels = collate([side.get(i) for i in batch], pad_id)
+        logps = model_sequence_logps(model, ids.to(device), mask.to(device), labels.to(device),
+                                     chunk_size=chunk_size)
+        out.update(zip(batch.tolist(), logps.float().cpu().tolist()))
+        if on_batch is not None:
+            on_batch(len(batch) * world_size)
+    return out
+
+
+def precompute(model, sides: tuple[Side, Side], *, pad_id: int, batch_rows: int, chunk_size: int | None,
+               accelerator=None, on_batch=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference log-probs of every sample of both sides; ranks split the work and share results."""
+    rank = 0 if accelerator is None else accelerator.process_index
+    world = 1 if accelerator is None else accelerator.num_processes
+    device = next(model.parameters()).device
+    results = []
+    for side in sides:
+        local = side_logps(model, side, pad_id=pad_id, batch_rows=batch_rows, chunk_size=chunk_size,
+                           device=device, rank=rank, world_size=world, on_batch=on_batch)
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            merged: dict[int, float] = {}
+            for part in gather_object([local]):
+                merged.update(part)
+            local = merged
+        values = torch.empty(len(side), dtype=torch.float32)
+        values[list(local)] = torch.tensor(list(local.values()), dtype=torch.float32)
+        results.append(values)
+    return results[0], results[1]
+
+
+class OnlineReference:
+    """``--ref online``: reference log-probs of each micro-batch, computed when it is trained on.
+
+    LoRA without an init adapter disables the policy's adapters for the pass; otherwise a frozen
+    copy of the starting point stays in memory for the whole run.
+    """
+
+    def __init__(self, policy, config, chunk_size: int | None):
+        from aot_cli.train.model import build_reference
+
+        self.policy, self.config, self.chunk_size = policy, config, chunk_size
+        self.frozen = None
+        if not (config.lora and config.init_adapter is None):
+            self.frozen = build_reference(config).to(next(policy.parameters()).device)
+
+    @torch.no_grad()
+    def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        from aot_cli.train.logprobs import model_sequence_logps
+
+        with (nullcontext(self.frozen) if self.frozen is not None
+              else reference_model(self.policy, self.config, at_start=False)) as model:
+            logps = model_sequence_logps(model, batch.input_ids, batch.attention_mask, batch.labels,
+                                         chunk_size=self.chunk_size)
+        return logps[:batch.size], logps[batch.size:]

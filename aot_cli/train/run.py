@@ -1,0 +1,292 @@
+"""`aot train`: validate everything, then build the run and train (callable without the CLI:
+``aot_cli.train.run.train(TrainConfig(...))``).
+
+Order matters for the "nothing half-written" promise: every check that can fail on user input
+(output directory, dataset kind vs loss, loss settings, model path, 4-bit, tracker package, chat
+template, lengths, batch size vs data) runs before the output directory is created. From then on
+the run directory holds checkpoints and ``metrics.jsonl`` (no manifest: incomplete, so
+``--resume auto`` continues it); the adapter or model, the curves and ``manifest.json`` (last)
+are written when training ends.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from aot_cli.artifacts import MANIFEST, describe_input, write_manifest
+from aot_cli.config import to_dict
+from aot_cli.console import info, progress, warn
+from aot_cli.errors import UserError
+from aot_cli.train.config import TrainConfig
+
+PAIRED_ONLY = ("aot", "dpo", "ipo")
+
+
+def resolve_resume(config: TrainConfig) -> Path | None:
+    """The checkpoint to continue from, or None for a fresh run; checks the output directory."""
+    from aot_cli.train.checkpoint import latest_checkpoint, read_state
+
+    out = Path(config.output)
+    if config.resume is None:
+        if out.exists() and not config.overwrite:
+            raise UserError(f"{out} already exists (pass --overwrite to replace it, or --resume auto to continue it)")
+        return None
+    if config.overwrite:
+        raise UserError("--resume and --overwrite contradict each other: choose one")
+    if (out / MANIFEST).is_file():
+        raise UserError(f"{out} is a finished run (it has {MANIFEST}); nothing to resume "
+                        "(use another -o, or --overwrite to train again)")
+    if config.resume == "auto":
+        return latest_checkpoint(out)
+    path = Path(config.resume)
+    read_state(path)
+    return path
+
+
+def make_loss_fn(config: TrainConfig):
+    """The preference loss on (policy A, policy B, reference A, reference B) log-prob vectors,
+    checked once on dummy values so bad settings fail before any work."""
+    from aot_cli.losses import preference_loss
+
+    def loss_fn(pa, pb, ra, rb):
+        return preference_loss(config.loss, pa, pb, ra, rb, beta=config.beta, surrogate=config.surrogate,
+                               label_smoothing=config.label_smoothing, sort=config.sort,
+                               soft_sort_eps=config.soft_sort_eps)
+
+    try:
+        loss_fn(*(torch.zeros(2) for _ in range(4)))
+    except ValueError as exc:
+        raise UserError(f"loss settings: {exc}") from None
+    return loss_fn
+
+
+def check_settings(config: TrainConfig) -> None:
+    """Flag combinations that are wrong whatever the data."""
+    for name in ("batch_size", "grad_accum", "lora_r"):
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {config.max_steps}")
+    if config.max_steps is None and config.epochs <= 0:
+        raise UserError(f"--epochs must be positive, got {config.epochs}")
+    if not 0 <= config.warmup_ratio < 1:
+        raise UserError(f"--warmup-ratio must be in [0, 1), got {config.warmup_ratio}")
+    if config.resume not in (None, "auto") and not Path(config.resume).exists():
+        raise UserError(f"--resume {config.resume}: no such checkpoint directory (or use --resume auto)")
+    if config.load_in_4bit and not config.lora:
+        raise UserError("--load-in-4bit trains LoRA adapters on a frozen 4-bit base; it cannot be combined with --full")
+    if config.optim == "paged_adamw_8bit":
+        from aot_cli.train.model import check_4bit
+
+        try:
+            check_4bit()
+        except UserError as exc:
+            raise UserError(str(exc).replace("--load-in-4bit", "--optim paged_adamw_8bit")) from None
+    if config.sort_scope == "global" and config.lora and config.lora_dropout > 0:
+        warn(f"--lora-dropout {config.lora_dropout} with --sort-scope global: the sort set's rewards include "
+             "dropout noise (the gradient stays exact: both passes replay the same dropout masks)")
+
+
+def check_data(config: TrainConfig, manifest: dict) -> bool:
+    """Whether the dataset is paired; an unpaired one with a paired loss is a UserError."""
+    paired = bool(manifest.get("summary", {}).get("paired", True))
+    if not paired and config.loss in PAIRED_ONLY:
+        raise UserError(f"{config.data}: unpaired data (prompt, completion, label) with --loss {config.loss}: "
+                        "use --loss aot_unpaired (or prepare paired data)")
+    return paired
+
+
+def check_lengths(tokenized, config: TrainConfig, paired: bool) -> None:
+    """Error when --max-length leaves no room after any prompt; report truncated rows."""
+    import numpy as np
+
+    from aot_cli.data.tokenize import truncation_counts
+
+    counts = truncation_counts(tokenized)
+    if config.max_length is not None:
+        prompt_lens = np.asarray(tokenized["chosen_prompt_len" if paired else "prompt_len"])
+        full = int((prompt_lens >= config.max_length - 1).sum())
+        if full == len(prompt_lens):
+            raise UserError(f"--max-length {config.max_length} is shorter than every prompt: all {full} training "
+                            "rows keep at most one completion token; raise --max-length or lower "
+                            "--max-prompt-length")
+        if full:
+            warn(f"{full} of {len(prompt_lens)} training rows: the prompt fills --max-length {config.max_length}, "
+                 "leaving one completion token")
+    if counts["any"]:
+        info(f"truncated {counts['any']} of {counts['rows']} training rows (prompt: {counts['prompt']}, "
+             f"completion: {counts['completion']}); see `aot inspect` for lengths")
+
+
+def make_optimizer(config: TrainConfig, params: list):
+    if config.optim == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optim == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_scheduler(config: TrainConfig, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+def prepare_output(config: TrainConfig, resume_from: Path | None, accelerator) -> Path:
+    """Create (or clear) the run directory; everything above must already have been checked."""
+    out = Path(config.output)
+    if accelerator.is_main_process:
+        if out.exists() and config.overwrite:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def reference_logps(config, policy, sides, *, key: str, pad_id: int, at_start: bool, accelerator):
+    """Precomputed reference log-probs of both sides, from the cache when the key matches."""
+    from aot_cli.train import reference
+
+    cached = reference.load_cached(key)
+    if cached is not None:
+        info(f"reference log-probs: cache hit ({reference.cache_path(key).name})")
+        return cached
+    total = len(sides[0]) + len(sides[1])
+    with progress(transient=True) as bar, reference.reference_model(policy, config, at_start=at_start) as model:
+        task = bar.add_task("Reference log-probs", total=total, visible=accelerator.is_local_main_process)
+        values = reference.precompute(model, sides, pad_id=pad_id, batch_rows=2 * config.batch_size,
+                                      chunk_size=config.logps_chunk_size, accelerator=accelerator,
+                                      on_batch=lambda n: bar.advance(task, n))
+    if accelerator.is_main_process:
+        reference.save_cached(key, *values)
+    accelerator.wait_for_everyone()
+    return values
+
+
+def peak_memory_bytes() -> int:
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def train(config: TrainConfig) -> dict:
+    """Train per `config`; returns the run manifest's summary."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from aot_cli.data.dataset import load_prepared
+    from aot_cli.data.tokenize import TokenizeSettings, load_tokenizer, tokenize_split, tokenizer_fingerprint
+    from aot_cli.train import reference
+    from aot_cli.train.batching import StepSampler, make_sides
+    from aot_cli.train.checkpoint import check_compatible, load_checkpoint, read_state
+    from aot_cli.train.loop import LoopState, train_loop
+    from aot_cli.train.metrics import CURVES, MetricsLog, check_tracker, plot_curves, read_metrics
+    from aot_cli.train.model import build_policy, check_model_inputs, save_trained
+
+    started = time.time()
+    accelerator = Accelerator()
+    # --- every check that can fail on user input, before the output directory exists ---
+    resume_from = resolve_resume(config)
+    check_settings(config)
+    loss_fn = make_loss_fn(config)
+    check_tracker(config.report_to)
+    data, data_manifest = load_prepared(config.data)
+    paired = check_data(config, data_manifest)
+    check_model_inputs(config.model, load_in_4bit=config.load_in_4bit, init_adapter=config.init_adapter,
+                       lora=config.lora)
+    tokenizer = load_tokenizer(config.model, config.chat_template)
+    settings = TokenizeSettings(config.max_length, config.max_prompt_length)
+    data_fp = data_manifest.get("summary", {}).get("fingerprint") or describe_input(config.data)["fingerprint"]
+    with accelerator.main_process_first():
+        tokenized = tokenize_split(data["train"], tokenizer, settings, paired=paired, fingerprint=f"{data_fp}:train")
+    check_lengths(tokenized, config, paired)
+    sides = make_sides(tokenized, paired=paired)
+    global_batch = config.batch_size * config.grad_accum * accelerator.num_processes
+    sampler = StepSampler(len(sides[0]), len(sides[1]), global_batch, config.seed, paired=paired)
+    if sampler.steps_per_epoch == 0:
+        have = f"{len(sides[0])} pairs" if paired else f"{len(sides[0])} positives and {len(sides[1])} negatives"
+        raise UserError(f"global batch {global_batch} (--batch-size {config.batch_size} x --grad-accum "
+                        f"{config.grad_accum} x {accelerator.num_processes} process(es)) is larger than the "
+                        f"training data ({have}); lower --batch-size or --grad-accum")
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * sampler.steps_per_epoch))
+    fixed = {"seed": config.seed, "global_batch": global_batch, "loss": config.loss, "data_fingerprint": data_fp,
+             "lora": config.lora, "model": config.model}
+    if resume_from is not None:
+        check_compatible(read_state(resume_from), fixed, resume_from)
+    set_seed(config.seed)
+    policy = build_policy(config)
+
+    # --- the run directory exists from here on ---
+    out = prepare_output(config, resume_from, accelerator)
+    policy = accelerator.prepare(policy)
+    unwrapped = accelerator.unwrap_model(policy)
+    pad_id = tokenizer.pad_token_id
+    ref, online_ref, key = None, None, None
+    if config.ref == "precompute":
+        key = reference.cache_key(config, data_fingerprint=f"{data_fp}:train",
+                                  tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+                                  settings={"max_length": config.max_length,
+                                            "max_prompt_length": config.max_prompt_length})
+        ref = reference_logps(config, unwrapped, sides, key=key, pad_id=pad_id, at_start=resume_from is None,
+                              accelerator=accelerator)
+    else:
+        online_ref = reference.OnlineReference(unwrapped, config, config.logps_chunk_size)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = make_optimizer(config, params)
+    scheduler = make_scheduler(config, optimizer, total_steps)
+    start_step = 0
+    if resume_from is not None:
+        start_step = load_checkpoint(resume_from, model=policy, optimizer=optimizer, scheduler=scheduler,
+                                     accelerator=accelerator)
+        info(f"resuming from {resume_from} (step {start_step} of {total_steps})")
+    n_trainable = sum(p.numel() for p in params)
+    info(f"training {'LoRA adapters' if config.lora else 'all weights'} ({n_trainable:,} parameters), "
+         f"{total_steps} steps, sort set {global_batch} ({config.sort_scope} scope), loss {config.loss}")
+    state = LoopState(config=config, accelerator=accelerator, model=policy, optimizer=optimizer,
+                      scheduler=scheduler, loss_fn=loss_fn, sides=sides, sampler=sampler, pad_id=pad_id, out=out,
+                      total_steps=total_steps, start_step=start_step, ref=ref, online_ref=online_ref,
+                      checkpoint_state=fixed)
+    metrics = None
+    if accelerator.is_main_process:
+        metrics = MetricsLog(out, resume_step=start_step, tracker=config.report_to, config=to_dict(config))
+    try:
+        train_loop(state, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+    # --- final artifact: weights, curves, manifest last ---
+    summary = {}
+    if accelerator.is_main_process:
+        save_trained(unwrapped, tokenizer, out / ("adapter" if config.lora else "model"))
+        records = read_metrics(out)
+        if records:
+            plot_curves(records, out / CURVES)
+        final = records[-1] if records else {}
+        summary = {
+            "base_model": config.model, "adapter": config.lora,
+            "init_adapter": str(config.init_adapter) if config.init_adapter else None,
+            "dataset_fingerprint": data_fp, "paired_data": paired, "steps": total_steps,
+            "global_batch": global_batch, "sort_scope": config.sort_scope, "processes": accelerator.num_processes,
+            "trainable_parameters": n_trainable, "reference": {"mode": config.ref, "cache_key": key},
+            "final": {k: v for k, v in final.items() if k not in ("step", "elapsed_s")},
+            "wall_time_s": round(time.time() - started, 2), "peak_memory_bytes": peak_memory_bytes(),
+        }
+        inputs = [describe_input(config.data),
+                  {"path": config.model, "fingerprint": reference.model_fingerprint(config.model)}]
+        if config.init_adapter:
+            inputs.append(describe_input(config.init_adapter))
+        write_manifest(out, kind="run", config=to_dict(config), inputs=inputs, summary=summary)
+        info(f"wrote {out}")
+    accelerator.wait_for_everyone()
+    return summary

@@ -1,0 +1,61 @@
+"""Fixtures for `aot train`: small learnable preference datasets written as dataset artifacts
+(CONTRACTS.md), so the training tests do not depend on `aot prepare`."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from aot_cli.artifacts import fingerprint, write_manifest
+
+WORDS = ["apple", "river", "stone", "cloud", "paper", "garden", "window", "music", "forest", "candle",
+         "bridge", "silver", "planet", "coffee", "market", "winter", "engine", "letter", "island", "pencil"]
+
+
+def preference_rows(n: int, seed: int) -> list[dict]:
+    """Prompts asking about a word; the chosen answer always starts with "Yes", the rejected one
+    with "No": a preference a tiny model learns in a few dozen steps."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        word, other = rng.sample(WORDS, 2)
+        rows.append({"prompt": f"Is the {word} near the {other}?",
+                     "chosen": f"Yes, the {word} is near the {other}.",
+                     "rejected": f"No. {other} {word} paper stone cloud."})
+    return rows
+
+
+def unpair(rows: list[dict], seed: int) -> list[dict]:
+    """Each pair gives either its chosen (label True) or its rejected (label False) answer."""
+    rng = random.Random(seed)
+    return [{"prompt": r["prompt"], "completion": r["chosen"] if rng.random() < 0.5 else r["rejected"],
+             "label": None} for r in rows]
+
+
+def write_dataset(path: Path, train: list[dict], test: list[dict], *, paired: bool) -> Path:
+    from datasets import Dataset, DatasetDict
+
+    if not paired:
+        for row in train + test:
+            row["label"] = row["completion"].startswith("Yes")
+    DatasetDict({"train": Dataset.from_list(train), "test": Dataset.from_list(test)}).save_to_disk(str(path))
+    write_manifest(path, kind="dataset", config={}, summary={
+        "paired": paired, "counts": {"train": len(train), "test": len(test)},
+        "fingerprint": fingerprint([train, test, paired])})
+    return path
+
+
+@pytest.fixture(scope="session")
+def paired_data(tmp_path_factory) -> Path:
+    """64 training and 32 test pairs."""
+    return write_dataset(tmp_path_factory.mktemp("paired") / "data", preference_rows(64, 0),
+                         preference_rows(32, 1), paired=True)
+
+
+@pytest.fixture(scope="session")
+def unpaired_data(tmp_path_factory) -> Path:
+    """The same kind of data with the pairs broken: about half positives, half negatives."""
+    return write_dataset(tmp_path_factory.mktemp("unpaired") / "data", unpair(preference_rows(128, 2), 3),
+                         unpair(preference_rows(32, 4), 5), paired=False)
