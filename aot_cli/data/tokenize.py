@@ -220,8 +220,9 @@ def _encode_texts(tokenizer: Any, specials: Specials, texts: list[tuple[str, str
     """Tokenize split texts in one batched call per side, then assemble each example."""
     if not texts:
         return []
-    prompt_ids = tokenizer([t[0] for t in texts], add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer([t[1] for t in texts], add_special_tokens=False)["input_ids"]
+    # verbose=False: no "longer than the maximum sequence length" warning; truncation is ours.
+    prompt_ids = tokenizer([t[0] for t in texts], add_special_tokens=False, verbose=False)["input_ids"]
+    completion_ids = tokenizer([t[1] for t in texts], add_special_tokens=False, verbose=False)["input_ids"]
     return [_assemble(specials, p, c, settings, t[2]) for p, c, t in zip(prompt_ids, completion_ids, texts)]
 
 
