@@ -165,7 +165,7 @@ def hygiene(ds: Any, paired: bool, seen: set[str] | None = None) -> tuple[Any, C
     return (ds if len(keep) == len(ds) else ds.select(keep)), dropped
 
 
-def test_count(n: int, test_size: float) -> int:
+def held_out_count(n: int, test_size: float) -> int:
     """How many of `n` rows go to the test split: a fraction when < 1, a count otherwise."""
     if test_size <= 0:
         return 0
@@ -183,7 +183,7 @@ def split_indices(n: int, test_size: float, seed: int, *, groups: list[str] | No
     """(train, test) row indices. With `groups` (paired data: the prompt), whole prompts go to one
     side so the test split asks nothing the training split saw; with `labels` (unpaired data) the
     split is stratified so both sides keep the label balance."""
-    count = test_count(n, test_size)
+    count = held_out_count(n, test_size)
     rng = random.Random(seed)
     test: list[int] = []
     if labels is not None:

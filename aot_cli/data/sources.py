@@ -14,6 +14,7 @@ whose name contains "test" form the test split and all others the train split.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +242,7 @@ def _read_json(path: Path, text: str) -> RawPart:
 
 
 def _read_csv(path: Path, text: str) -> RawPart:
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         rows = [dict(row) for row in reader]
     except csv.Error as exc:

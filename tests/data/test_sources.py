@@ -1,0 +1,76 @@
+"""Reading sources: file types, directories, hub ids (with the hub stubbed), and broken files."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datasets import Dataset
+
+from aot_cli.data.sources import load_source, read_file
+from aot_cli.errors import UserError
+
+ROW = {"prompt": "p", "chosen": "a", "rejected": "b"}
+
+
+def test_csv_parquet_json_columns_and_jsonl_named_json(tmp_path):
+    (tmp_path / "a.csv").write_text("prompt,chosen,rejected\np,a,b\n\"multi\nline\",c,d\n")
+    assert read_file(tmp_path / "a.csv").rows == [ROW, {"prompt": "multi\nline", "chosen": "c", "rejected": "d"}]
+    pq.write_table(pa.Table.from_pylist([ROW, ROW]), tmp_path / "a.parquet")
+    assert read_file(tmp_path / "a.parquet").rows == [ROW, ROW]
+    (tmp_path / "cols.json").write_text(json.dumps({k: [v, v] for k, v in ROW.items()}))
+    assert read_file(tmp_path / "cols.json").rows == [ROW, ROW]
+    (tmp_path / "lines.json").write_text(json.dumps(ROW) + "\n\n" + json.dumps(ROW) + "\n")
+    part = read_file(tmp_path / "lines.json")
+    assert part.rows == [ROW, ROW] and part.where(1) == f"{tmp_path / 'lines.json'}:3"
+    (tmp_path / "arr.json").write_text(json.dumps([ROW, 3]))
+    with pytest.raises(UserError, match="arr.json: row 2: expected a JSON object, got int"):
+        read_file(tmp_path / "arr.json")
+    (tmp_path / "a.parquet.bad").write_text("x")
+    with pytest.raises(UserError, match="unsupported file type '.bad'"):
+        read_file(tmp_path / "a.parquet.bad")
+    (tmp_path / "b.parquet").write_text("not parquet")
+    with pytest.raises(UserError, match="b.parquet: not a readable parquet file"):
+        read_file(tmp_path / "b.parquet")
+
+
+def test_directory_splits_by_file_name(tmp_path):
+    for name in ("train-00.jsonl", "train-01.jsonl", "my_test.jsonl"):
+        (tmp_path / name).write_text(json.dumps(ROW) + "\n")
+    (tmp_path / "notes.txt").write_text("ignored")
+    source = load_source(str(tmp_path), limit=1)
+    assert {k: sum(len(p.rows) for p in v) for k, v in source.splits.items()} == {"train": 1, "test": 1}
+    assert [i["path"] for i in source.inputs] == [str(tmp_path / n) for n in
+                                                  ("my_test.jsonl", "train-00.jsonl", "train-01.jsonl")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no .json/.jsonl/.parquet/.csv files"):
+        load_source(str(empty))
+
+
+def test_hub_source_picks_train_and_its_test_split(monkeypatch):
+    import datasets
+
+    calls = []
+    monkeypatch.setattr(datasets, "get_dataset_split_names",
+                        lambda name, subset, revision=None: ["train_prefs", "test_prefs", "train_sft"])
+
+    def fake_load(name, subset, split, revision):
+        calls.append((name, subset, split, revision))
+        return Dataset.from_list([ROW] * (3 if split.startswith("train") else 1))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    source = load_source("org/uf", subset="default", split="train_prefs", revision="abc", limit=2)
+    assert calls == [("org/uf", "default", "train_prefs", "abc"), ("org/uf", "default", "test_prefs", "abc")]
+    assert source.record["splits"] == {"train": "train_prefs", "test": "test_prefs"}
+    assert len(source.splits["train"][0].rows) == 2 and list(source.splits["test"][0]) == [ROW]
+    assert source.splits["train"][0].where(1) == "org/uf[train_prefs]: row 2"
+    with pytest.raises(UserError, match="no split 'dev' \\(available: train_prefs, test_prefs, train_sft\\)"):
+        load_source("org/uf", split="dev")
+
+
+def test_unreachable_hub_id_is_a_user_error():
+    with pytest.raises(UserError, match="not a local path, and not readable as a hub dataset"):
+        load_source("nobody/no-such-dataset-here")
