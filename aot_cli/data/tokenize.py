@@ -87,8 +87,8 @@ class Specials:
 
 
 def specials_of(tokenizer: Any) -> Specials:
-    # Ask the tokenizer rather than trusting `add_bos_token`: fast tokenizers add BOS in their
-    # post-processor whatever that attribute says.
+    """Ask the tokenizer rather than trusting `add_bos_token`: fast tokenizers add BOS in their
+    post-processor whatever that attribute says."""
     with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
     without = tokenizer("a", add_special_tokens=False)["input_ids"]
     bos_id = tokenizer.bos_token_id
