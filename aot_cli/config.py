@@ -198,7 +198,9 @@ def command(app: Any, config_cls: type, run: Callable[[Any], Any], *, name: str,
             config = resolve(config_cls, yaml_values, given, source=str(config_file or "--config"))
             run(config)
         except UserError as exc:
-            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
