@@ -1,0 +1,99 @@
+"""Bad input to `aot train`: exit code 2, a one-line error that names the fix, and no output left behind."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+
+
+def _check_error(result, out, *needles):
+    assert result.exit_code == 2, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}*"))
+
+
+def _train(aot, model, data, out, *extra):
+    return aot("train", "--model", model, "--data", data, "-o", out, "--max-steps", 1, "--batch-size", 2,
+               "--grad-accum", 2, *extra)
+
+
+def test_dataset_without_manifest(aot, tiny_model_dir, tmp_path):
+    (tmp_path / "raw").mkdir()
+    out = tmp_path / "run"
+    _check_error(_train(aot, tiny_model_dir, tmp_path / "raw", out), out, "no manifest.json")
+
+
+def test_unpaired_data_with_paired_loss(aot, tiny_model_dir, unpaired_data, tmp_path):
+    out = tmp_path / "run"
+    _check_error(_train(aot, tiny_model_dir, unpaired_data, out), out,
+                 "unpaired data", "--loss aot", "use --loss aot_unpaired")
+
+
+def test_tokenizer_without_chat_template(aot, tiny_model_dir, paired_data, tmp_path):
+    model = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    out = tmp_path / "run"
+    _check_error(_train(aot, model, paired_data, out), out, "no chat template", "--chat-template")
+
+
+def test_max_length_shorter_than_every_prompt(aot, tiny_model_dir, paired_data, tmp_path):
+    out = tmp_path / "run"
+    _check_error(_train(aot, tiny_model_dir, paired_data, out, "--max-length", 4), out,
+                 "--max-length 4 is shorter than every prompt", "all 64 training rows")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") and __import__("torch").cuda.is_available(),
+                    reason="a CUDA machine can load in 4 bits")
+def test_load_in_4bit_without_cuda(aot, tiny_model_dir, paired_data, tmp_path):
+    out = tmp_path / "run"
+    _check_error(_train(aot, tiny_model_dir, paired_data, out, "--load-in-4bit"), out, "--load-in-4bit needs a CUDA GPU")
+
+
+def test_existing_output_is_left_alone(aot, tiny_model_dir, paired_data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = _train(aot, tiny_model_dir, paired_data, out)
+    assert result.exit_code == 2 and "already exists" in result.stderr and "--resume auto" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_model_directory_without_weights(aot, tiny_model_dir, paired_data, tmp_path):
+    model = tmp_path / "empty-model"
+    model.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, model / name)
+    out = tmp_path / "run"
+    _check_error(_train(aot, model, paired_data, out), out, "no weights found")
+
+
+def test_init_adapter_that_is_not_an_adapter(aot, tiny_model_dir, paired_data, tmp_path):
+    out = tmp_path / "run"
+    _check_error(_train(aot, tiny_model_dir, paired_data, out, "--init-adapter", tmp_path), out,
+                 "no adapter_config.json")
+
+
+def test_bad_loss_settings_and_too_large_batch(aot, tiny_model_dir, paired_data, tmp_path):
+    out = tmp_path / "run"
+    _check_error(_train(aot, tiny_model_dir, paired_data, out, "--loss", "dpo", "--surrogate", "squared_hinge"),
+                 out, "surrogate")
+    _check_error(aot("train", "--model", tiny_model_dir, "--data", paired_data, "-o", out, "--batch-size", 40,
+                     "--grad-accum", 2), out, "global batch 80", "64 pairs")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed")
+def test_missing_tracker_package(aot, tiny_model_dir, paired_data, tmp_path):
+    out = tmp_path / "run"
+    _check_error(_train(aot, tiny_model_dir, paired_data, out, "--report-to", "wandb"), out, "aot-cli[wandb]")
