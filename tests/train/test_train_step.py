@@ -109,3 +109,33 @@ def test_logged_loss_is_global_loss_and_metrics_cover_all_samples():
     expected = preference_loss("aot", out.policy_a, out.policy_b, out.ref_a, out.ref_b, beta=0.5)
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert out.n_tokens == sum(b.n_tokens for b in batches)
+
+
+def test_prompt_token_logits_do_not_change_the_loss():
+    """Perturb the final hidden states (the logits' only input) at every position that does not
+    predict a completion token: log-probs and loss stay the same; perturb one that does: they move."""
+    model = _model().eval()
+    batch = _micro_batches(4)[0]
+    loss_fn = _loss_fn("aot")
+
+    def loss_with(noise_mask):
+        def perturb(module, args, output):
+            return output + 5.0 * noise_mask[..., None] * torch.randn_like(output)
+
+        handle = model.model.norm.register_forward_hook(perturb)
+        try:
+            with torch.no_grad():
+                a, b = policy_logps(model, batch, chunk_size=5)
+        finally:
+            handle.remove()
+        return a, b, loss_fn(a, b, batch.ref_a, batch.ref_b)
+
+    clean = loss_with(torch.zeros(batch.labels.shape))
+    prompt_and_padding = (batch.labels == -100).float()
+    assert prompt_and_padding.sum() > batch.attention_mask.shape[0]  # prompts and padding exist
+    masked = loss_with(prompt_and_padding)
+    assert torch.allclose(masked[0], clean[0]) and torch.allclose(masked[1], clean[1])
+    assert masked[2].item() == clean[2].item()
+    one_completion_position = torch.zeros(batch.labels.shape)
+    one_completion_position[0, (batch.labels[0] != -100).nonzero()[0, 0]] = 1.0
+    assert not torch.allclose(loss_with(one_completion_position)[0], clean[0])
