@@ -11,21 +11,22 @@ file, same ``-o``) rather than a second command tree.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from aot_cli.artifacts import atomic_output, check_output, describe_input
+from aot_cli.artifacts import MANIFEST, atomic_output, check_output, describe_input
 from aot_cli.config import arg, opt, to_dict
 from aot_cli.errors import UserError
 
 LM_EVAL_SUITES = ("openllm-v1", "openllm-v2", "lm-eval")
-SUITES = LM_EVAL_SUITES
+SUITES = (*LM_EVAL_SUITES, "alpacaeval")
 
 
 @dataclass
 class EvalConfig:
-    """Evaluate a model: Open LLM Leaderboard suites or any lm-eval task."""
+    """Evaluate a model: Open LLM Leaderboard suites, any lm-eval task, AlpacaEval."""
 
     model: Optional[list[str]] = arg(None, help="A merged model dir, a run dir, or a hub id.", metavar="MODEL")
     output: Optional[Path] = opt(None, "-o", "--output", help="Eval directory to write.")
@@ -49,6 +50,17 @@ class EvalConfig:
     fewshot_as_multiturn: Optional[bool] = opt(None, "--fewshot-as-multiturn/--no-fewshot-as-multiturn",
                                                help="Few-shot examples as chat turns (default: with the "
                                                     "chat template).")
+    # alpacaeval
+    instructions: Optional[Path] = opt(None, "--instructions", help="JSON/JSONL list of {instruction[, dataset, "
+                                       "output]} instead of the 805 AlpacaEval instructions.")
+    reference: Optional[Path] = opt(None, "--reference", help="Baseline answers {instruction, output} "
+                                    "(default: the set's GPT-4 Turbo outputs, or the instructions' 'output').")
+    judge: str = opt("weighted_alpaca_eval_gpt4_turbo", "--judge", help="alpaca-eval annotator name or YAML.")
+    judge_base_url: Optional[str] = opt(None, "--judge-base-url", help="OpenAI-compatible endpoint for the judge, "
+                                        "e.g. http://127.0.0.1:8000/v1 (key: $OPENAI_API_KEY).")
+    judge_model: Optional[str] = opt(None, "--judge-model", help="Judge model name (default: gpt-4-1106-preview).")
+    max_new_tokens: int = opt(2048, "--max-new-tokens", help="Longest generated answer, in tokens.")
+    temperature: float = opt(0.7, "--temperature", help="Sampling temperature (0 = greedy).")
 
 
 def resolve_suite(config: EvalConfig) -> str:
@@ -61,7 +73,7 @@ def resolve_suite(config: EvalConfig) -> str:
 
 def run(config: EvalConfig) -> dict:
     """Dispatch to the suite and write the eval artifact; returns results.json's content."""
-    from aot_cli.eval import lm_eval_suites, report
+    from aot_cli.eval import lm_eval_suites
     from aot_cli.eval.source import resolve_device, resolve_model
 
     suite = resolve_suite(config)
@@ -70,12 +82,39 @@ def run(config: EvalConfig) -> dict:
         raise UserError(f"expected one MODEL, got {len(models)}{': ' + ' '.join(models) if models else ''}")
     if config.output is None:
         raise UserError("missing -o/--output (the eval directory to write)")
+    if suite == "alpacaeval":
+        return _run_resumable(config, suite, models[0])
     check_output(config.output, config.overwrite)
     source = resolve_model(models[0])
     device = resolve_device(config.device)
     with atomic_output(config.output, config.overwrite) as tmp:
         scores, settings = lm_eval_suites.evaluate(config, suite, source, device, tmp)
-        settings["model_source"] = source.describe()
-        results = report.results_document(suite, source.spec, scores, settings)
-        report.write_eval(tmp, results, config=to_dict(config), inputs=[describe_input(source.spec)])
+        return _finish(tmp, config, suite, source, scores, settings)
+
+
+def _finish(out: Path, config: EvalConfig, suite: str, source, scores: dict, settings: dict,
+            notes: dict | None = None) -> dict:
+    from aot_cli.eval import report
+
+    settings["model_source"] = source.describe()
+    results = report.results_document(suite, source.spec, scores, settings, notes)
+    report.write_eval(out, results, config=to_dict(config), inputs=[describe_input(source.spec)])
     return results
+
+
+def _run_resumable(config: EvalConfig, suite: str, model: str) -> dict:
+    """AlpacaEval writes into OUT as it goes (generation is the slow part and must survive a judge
+    failure); the manifest, written last, marks it complete. An OUT without one is resumed."""
+    from aot_cli.eval import alpaca
+    from aot_cli.eval.source import resolve_device, resolve_model
+
+    out = Path(config.output)
+    if out.exists():
+        if config.overwrite:
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        elif (out / MANIFEST).is_file() or not out.is_dir():
+            raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+    source = resolve_model(model)
+    out.mkdir(parents=True, exist_ok=True)
+    scores, settings, notes = alpaca.evaluate(config, source, resolve_device(config.device), out)
+    return _finish(out, config, suite, source, scores, settings, notes)

@@ -1,0 +1,193 @@
+"""The AlpacaEval suite: generate answers, judge them against a reference, report win rates.
+
+Data: the AlpacaEval 2.0 set (805 instructions with GPT-4 Turbo's reference answers) is read as the
+JSON file it is (``alpaca_eval_gpt4_baseline.json`` of the hub dataset ``tatsu-lab/alpaca_eval``),
+not through ``datasets.load_dataset`` (AlpacaEval's loader breaks across datasets/pandas majors,
+alpaca_eval #454). ``--instructions FILE`` replaces it (a JSON/JSONL list of {"instruction",
+optional "dataset", optional "output" = reference answer}); ``--reference FILE`` gives a custom
+baseline ({"instruction", "output"} rows, matched by instruction).
+
+Judge: with ``--judge-base-url`` or without the ``alpaca`` extra, the built-in client of
+:mod:`aot_cli.eval.judge` (the weighted GPT-4 Turbo protocol against any OpenAI-compatible server).
+With the extra installed and no ``--judge-base-url``, alpaca-eval's own annotators (``--judge``
+names one or is its YAML), which also give the length-controlled win rate on the full set.
+Judge caches live in OUT, never in site-packages.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from aot_cli.errors import UserError
+from aot_cli.eval.generate import MODEL_OUTPUTS, generate_outputs, read_outputs
+from aot_cli.eval.judge import DEFAULT_JUDGE_MODEL, OPENAI_BASE_URL, JudgeClient, JudgeSettings, api_key
+
+DEFAULT_JUDGE = "weighted_alpaca_eval_gpt4_turbo"
+STANDARD_REPO, STANDARD_FILE = "tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json"
+STANDARD_SIZE = 805
+
+
+def read_rows(path: Path, what: str) -> list[dict]:
+    """A JSON list or JSONL file of objects with a non-empty "instruction"."""
+    if not path.is_file():
+        raise UserError(f"{what} {path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text) if text.lstrip().startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not str(row.get("instruction") or "").strip():
+            raise UserError(f"{path}: row {i}: expected an object with a non-empty 'instruction'")
+    return rows
+
+
+def standard_set() -> list[dict]:
+    """The 805 AlpacaEval 2.0 instructions with the GPT-4 Turbo reference outputs (hub JSON file)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(STANDARD_REPO, STANDARD_FILE, repo_type="dataset")
+    except Exception as exc:  # offline, no cache, hub down: all mean the same to the user
+        raise UserError(f"cannot get the AlpacaEval set ({STANDARD_REPO}: {STANDARD_FILE}) from the Hugging Face "
+                        f"hub ({type(exc).__name__}); fetch it once with network access, or pass "
+                        "--instructions FILE (a JSON list of {\"instruction\": ...})") from None
+    return read_rows(Path(path), "AlpacaEval set")
+
+
+def attach_references(rows: list[dict], reference: Path | None) -> list[dict]:
+    """Each row with its reference answer: from --reference (matched by instruction) or its own 'output'."""
+    by_instruction = {r["instruction"]: r for r in read_rows(reference, "--reference")} if reference else {}
+    out = []
+    for i, row in enumerate(rows, 1):
+        ref = by_instruction.get(row["instruction"], {}).get("output") if reference else row.get("output")
+        if not ref:
+            where = f"--reference {reference}" if reference else "the instructions file (field 'output')"
+            raise UserError(f"instruction {i} ({row['instruction'][:60]!r}) has no reference answer in {where}")
+        generator = by_instruction.get(row["instruction"], row).get("generator", "reference")
+        out.append({"instruction": row["instruction"], "dataset": row.get("dataset"),
+                    "reference": ref, "reference_generator": generator})
+    return out
+
+
+def win_rate_metrics(preferences: list[float], lengths: list[int]) -> dict:
+    """AlpacaEval's summary of soft preferences p in [0, 1] (P(model better)): win rate = 100 mean(p),
+    standard error = 100 std(p, ddof=1) / sqrt(n), wins / draws / losses at p >, =, < 0.5, and the
+    model outputs' mean length in characters."""
+    n = len(preferences)
+    mean = sum(preferences) / n
+    var = sum((p - mean) ** 2 for p in preferences) / (n - 1) if n > 1 else 0.0
+    return {"win_rate": 100 * mean, "standard_error": 100 * math.sqrt(var / n),
+            "n_wins": sum(p > 0.5 for p in preferences), "n_draws": sum(p == 0.5 for p in preferences),
+            "n_wins_base": sum(p < 0.5 for p in preferences), "n_total": n,
+            "avg_length": sum(lengths) / len(lengths)}
+
+
+def _alpaca_eval_installed() -> bool:
+    return importlib.util.find_spec("alpaca_eval") is not None
+
+
+def judge_builtin(config: Any, outputs: list[dict], rows: list[dict], out: Path) -> tuple[dict, list[dict], str]:
+    """Judge with the built-in client; returns (metrics, annotations, LC-null reason)."""
+    from aot_cli.console import progress
+
+    client = JudgeClient(judge_settings(config), out / "judge_cache.jsonl")
+    annotations = []
+    with progress() as bar:
+        task = bar.add_task("judging", total=len(rows))
+        for row, output in zip(rows, outputs):
+            verdict = client.judge(row["instruction"], output["output"], row["reference"])
+            annotations.append({"instruction": row["instruction"], "output": output["output"],
+                                "reference": row["reference"], "generator": output["generator"], **verdict})
+            bar.advance(task)
+    judged = [a for a in annotations if a["preference"] is not None]
+    if not judged:
+        raise UserError("the judge answered neither 'm' nor 'M' for any instruction (see "
+                        f"{out / 'judge_cache.jsonl'}); is --judge-model a chat model that returns logprobs?")
+    metrics = win_rate_metrics([a["preference"] for a in judged], [len(a["output"]) for a in judged])
+    return metrics, annotations, "needs alpaca-eval's length-control model (the alpaca extra, without --judge-base-url)"
+
+
+def judge_alpaca_eval(config: Any, outputs: list[dict], rows: list[dict], out: Path) -> tuple[dict, list[dict], str | None]:
+    """Judge through alpaca-eval's annotators (the ``alpaca`` extra); caches in OUT."""
+    import alpaca_eval
+
+    references = [{"instruction": r["instruction"], "output": r["reference"], "generator": r["reference_generator"],
+                   "dataset": r["dataset"]} for r in rows]
+    leaderboard, annotations = alpaca_eval.evaluate(
+        model_outputs=outputs, reference_outputs=references, annotators_config=config.judge,
+        name=outputs[0]["generator"], output_path=str(out / "alpaca_eval"), precomputed_leaderboard=None,
+        is_return_instead_of_print=True, caching_path=str(out / "alpaca_eval_annotations_cache.json"))
+    row = leaderboard.loc[outputs[0]["generator"]].to_dict()
+    metrics = {key: row.get(key) for key in ("win_rate", "standard_error", "n_wins", "n_draws", "n_wins_base",
+                                             "n_total", "avg_length", "length_controlled_winrate")}
+    records = annotations.to_dict(orient="records") if hasattr(annotations, "to_dict") else list(annotations)
+    return metrics, records, None
+
+
+def check_builtin_judge(config: Any) -> None:
+    """The built-in judge speaks one protocol and needs a key for OpenAI itself."""
+    if config.judge != DEFAULT_JUDGE:
+        raise UserError(f"--judge {config.judge}: only {DEFAULT_JUDGE} is built in; other annotators need the "
+                        "alpaca extra (pip install 'aot-cli[alpaca]') and no --judge-base-url")
+    api_key(judge_settings(config))
+
+
+def judge_settings(config: Any) -> JudgeSettings:
+    return JudgeSettings(base_url=config.judge_base_url or OPENAI_BASE_URL,
+                         model=config.judge_model or DEFAULT_JUDGE_MODEL, seed=config.seed)
+
+
+def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, dict, dict]:
+    """Generate (resumable) and judge; write model_outputs.json and annotations.json into `out`."""
+    from aot_cli.console import info
+    from aot_cli.eval.source import load_model
+
+    standard = config.instructions is None and config.reference is None
+    rows = standard_set() if config.instructions is None else read_rows(config.instructions, "--instructions")
+    rows = attach_references(rows[: config.limit] if config.limit else rows, config.reference)
+    builtin = config.judge_base_url is not None or not _alpaca_eval_installed()
+    if builtin:
+        check_builtin_judge(config)   # fail before generating, not after
+
+    path = out / MODEL_OUTPUTS
+    already = len({r["instruction"] for r in read_outputs(path)} & {r["instruction"] for r in rows})
+    if already:
+        info(f"resuming: {already} of {len(rows)} instructions already answered in {path}")
+    generator = Path(source.spec).name or source.spec
+    if already < len(rows):
+        model, tokenizer = load_model(source, config.dtype, device)
+        outputs = generate_outputs(model, tokenizer, rows, path, generator=generator, batch_size=config.batch_size,
+                                   max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                   seed=config.seed)
+        del model
+    else:
+        done = {r["instruction"]: r for r in read_outputs(path)}
+        outputs = [done[r["instruction"]] for r in rows]
+
+    try:
+        judge = judge_builtin if builtin else judge_alpaca_eval
+        metrics, annotations, lc_reason = judge(config, outputs, rows, out)
+    except UserError as exc:
+        raise UserError(f"{exc}; the generated outputs are kept in {path}: rerun the same command to judge them") from None
+    (out / "annotations.json").write_text(json.dumps(annotations, indent=2, ensure_ascii=False, default=str) + "\n")
+
+    notes = {}
+    if metrics.get("length_controlled_winrate") is None:
+        metrics["length_controlled_winrate"] = None
+        if not (standard and not config.limit and len(rows) == STANDARD_SIZE):
+            lc_reason = f"only defined on the full {STANDARD_SIZE}-instruction AlpacaEval set with its reference"
+        notes["length_controlled_winrate"] = f"null: {lc_reason}"
+    judge_record = ({"protocol": DEFAULT_JUDGE, "implementation": "aot built-in", **vars(judge_settings(config))}
+                    if builtin else {"annotator": config.judge, "implementation": "alpaca_eval"})
+    settings = {"judge": judge_record, "instructions": str(config.instructions) if config.instructions else
+                f"{STANDARD_REPO}/{STANDARD_FILE}", "reference": str(config.reference) if config.reference else None,
+                "n_instructions": len(rows), "max_new_tokens": config.max_new_tokens,
+                "temperature": config.temperature, "seed": config.seed, "batch_size": config.batch_size,
+                "chat_template": True, "dtype": config.dtype, "device": device, "generator": generator}
+    return {"alpacaeval": metrics}, settings, notes

@@ -1,0 +1,129 @@
+"""AlpacaEval: generation with the chat template (resumable), the built-in judge against a fake
+OpenAI-compatible server on 127.0.0.1 (retries, cache, key handling), win-rate arithmetic."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+
+import pytest
+
+from aot_cli.eval import judge
+from aot_cli.eval.alpaca import win_rate_metrics
+from aot_cli.eval.judge import model_label, preference_from_response
+
+from judge_server import JudgeServer
+
+DATA = "tests/data/alpaca_tiny.json"
+GEN = ("--max-new-tokens", 8, "--batch-size", 2, "--seed", 1)
+
+
+def test_win_rate_metrics_hand_numbers():
+    m = win_rate_metrics([0.2, 0.2, 0.2, 0.9], [10, 20, 30, 40])
+    assert m["win_rate"] == pytest.approx(37.5)
+    # std(ddof=1) = sqrt((3 * 0.175^2 + 0.525^2) / 3) = 0.35; / sqrt(4) = 0.175
+    assert m["standard_error"] == pytest.approx(17.5)
+    assert (m["n_wins"], m["n_draws"], m["n_wins_base"], m["n_total"]) == (1, 0, 3, 4)
+    assert m["avg_length"] == 25
+    assert win_rate_metrics([0.5], [3])["n_draws"] == 1 and win_rate_metrics([0.5], [3])["standard_error"] == 0
+
+
+def test_preference_from_logprobs():
+    def response(top, content="m"):
+        return {"choices": [{"message": {"content": content},
+                             "logprobs": {"content": [{"token": content, "logprob": 0.0, "top_logprobs": top}]}}]}
+
+    top = [{"token": "m", "logprob": math.log(0.6)}, {"token": "M", "logprob": math.log(0.2)},
+           {"token": "x", "logprob": math.log(0.2)}]
+    assert preference_from_response(response(top), "m") == pytest.approx(0.75)
+    assert preference_from_response(response(top), "M") == pytest.approx(0.25)
+    no_logprobs = {"choices": [{"message": {"content": "M"}}]}
+    assert preference_from_response(no_logprobs, "M") == 1.0 and preference_from_response(no_logprobs, "m") == 0.0
+    assert preference_from_response({"choices": [{"message": {"content": "?"}}]}, "m") is None
+
+
+def test_model_label_is_seeded_and_balanced():
+    labels = [model_label(f"instruction {i}", seed=0) for i in range(200)]
+    assert labels == [model_label(f"instruction {i}", seed=0) for i in range(200)]
+    assert 60 < labels.count("m") < 140
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_alpacaeval_end_to_end(aot, tiny_model_dir, in_repo, tmp_path, monkeypatch):
+    monkeypatch.setattr(judge, "BACKOFF_S", 0.01)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+    out = tmp_path / "ae"
+
+    # 1. judge unreachable: clear error after the retries, generated outputs kept, no manifest
+    dead = f"http://127.0.0.1:{_closed_port()}/v1"
+    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", out,
+                 "--judge-base-url", dead, "--judge-model", "judge-x", *GEN)
+    assert result.exit_code == 2, result
+    assert f"unreachable after {judge.RETRIES} tries" in result.stderr and "outputs are kept" in result.stderr
+    outputs = json.loads((out / "model_outputs.json").read_text())
+    assert [o["instruction"] for o in outputs] == [r["instruction"] for r in json.loads(open(DATA).read())]
+    assert all(set(o) == {"instruction", "output", "generator", "dataset"} for o in outputs)
+    assert outputs[0]["generator"] == tiny_model_dir.name and outputs[0]["dataset"] == "tiny"
+    assert not (out / "manifest.json").exists()
+
+    # 2. rerun against a judge that fails twice then answers: no generation, win rate by hand
+    def no_model(*a, **k):
+        raise AssertionError("generation should have been skipped")
+
+    monkeypatch.setattr("aot_cli.eval.source.load_model", no_model)
+    with JudgeServer(fail_first=2, require_key="sk-test-secret") as server:
+        result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", out,
+                     "--judge-base-url", server.url, "--judge-model", "judge-x", *GEN)
+    assert result.exit_code == 0, result
+    assert "resuming: 4 of 4" in result.stderr
+    assert server.failures == 2 and len(server.requests) == 4
+    body = server.requests[0]["body"]
+    assert server.requests[0]["path"] == "/v1/chat/completions"
+    assert body["model"] == "judge-x" and body["logprobs"] is True and body["max_tokens"] == 1
+    res = json.loads((out / "results.json").read_text())
+    scores = res["scores"]["alpacaeval"]
+    assert scores["win_rate"] == pytest.approx(37.5) and scores["standard_error"] == pytest.approx(17.5)
+    assert scores["n_wins"] == 1 and scores["n_total"] == 4
+    assert scores["avg_length"] == pytest.approx(sum(len(o["output"]) for o in outputs) / 4)
+    assert scores["length_controlled_winrate"] is None and "805" in res["notes"]["length_controlled_winrate"]
+    settings = res["settings"]
+    assert settings["judge"]["model"] == "judge-x" and settings["judge"]["base_url"] == server.url
+    assert settings["max_new_tokens"] == 8 and settings["temperature"] == 0.7 and settings["seed"] == 1
+    annotations = json.loads((out / "annotations.json").read_text())
+    assert sorted(a["preference"] for a in annotations) == pytest.approx([0.2, 0.2, 0.2, 0.9])
+    assert {a["model_label"] for a in annotations} <= {"m", "M"}
+    assert len((out / "judge_cache.jsonl").read_text().splitlines()) == 4
+    assert json.loads((out / "manifest.json").read_text())["kind"] == "eval"
+    for f in out.rglob("*"):
+        assert not f.is_file() or "sk-test-secret" not in f.read_text(errors="ignore"), f
+
+    # 3. a complete eval dir is not resumed: --overwrite is needed
+    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", out,
+                 "--judge-base-url", server.url)
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+
+
+def test_alpacaeval_bad_inputs(aot, tiny_model_dir, in_repo, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setattr("aot_cli.eval.alpaca._alpaca_eval_installed", lambda: False)
+    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", tmp_path / "a")
+    assert result.exit_code == 2 and "OPENAI_API_KEY" in result.stderr
+    assert not (tmp_path / "a" / "model_outputs.json").exists()
+    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "-o", tmp_path / "b",
+                 "--judge-base-url", "http://127.0.0.1:9/v1")
+    assert result.exit_code == 2 and "cannot get the AlpacaEval set" in result.stderr and "--instructions" in result.stderr
+    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", tmp_path / "c",
+                 "--judge", "alpaca_eval_gpt4", "--judge-base-url", "http://127.0.0.1:9/v1")
+    assert result.exit_code == 2 and "only weighted_alpaca_eval_gpt4_turbo is built in" in result.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"instruction": "a", "output": "b"}, {"prompt": "x"}]')
+    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", bad, "-o", tmp_path / "d",
+                 "--judge-base-url", "http://127.0.0.1:9/v1")
+    assert result.exit_code == 2 and "row 2" in result.stderr
