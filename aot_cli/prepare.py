@@ -89,10 +89,10 @@ def run(config: PrepareConfig) -> dict:
     try:
         prepared = _prepare(config)
         data = datasets.DatasetDict(prepared.splits)
-        summary = prepared.summary(content_fingerprint(data, prepared.operations))
         with atomic_output(config.output, config.overwrite) as tmp:
             # An empty split needs an explicit shard, or datasets saves one it cannot load back.
             data.save_to_disk(str(tmp), num_shards={k: 1 for k, v in data.items() if len(v) == 0})
+            summary = prepared.summary(content_fingerprint(tmp, prepared.operations))
             manifest = write_manifest(tmp, kind="dataset", config=to_dict(config), inputs=prepared.inputs,
                                       summary=summary)
     finally:
@@ -117,13 +117,15 @@ class _Prepared:
     token_lengths: dict | None = None
 
     def summary(self, fingerprint: str) -> dict:
+        from aot_cli.data.operations import column
+
         summary = {"paired": self.paired, "format": self.format, "conversational": _conversational(self.splits),
                    "counts": {k: len(v) for k, v in self.splits.items()}, "read": self.read,
                    "dropped": dict(sorted(self.dropped.items())), "fingerprint": fingerprint,
                    "source": self.source, "operations": self.operations}
         if not self.paired:
             summary["label_balance"] = {
-                name: {"positive": sum(split["label"]), "negative": len(split) - sum(split["label"])}
+                name: {"positive": sum(column(split, "label")), "negative": len(split) - sum(column(split, "label"))}
                 for name, split in self.splits.items()}
         if self.token_lengths is not None:
             summary["token_lengths"] = self.token_lengths
@@ -248,11 +250,15 @@ def _from_raw(config: PrepareConfig, source: Any) -> _Prepared:
     read = {name: sum(len(p.rows) for p in parts) for name, parts in source.splits.items()}
     if kind == "scored":
         method = config.binarize or "best-vs-worst"
+        responses = prompts = 0
         for name in records:
+            responses += len(records[name])
             records[name], lost = binarize(records[name], method, config.min_margin, config.seed)
+            prompts += len(records[name]) + lost["tie"] + lost["below_min_margin"] + lost["too_few_responses"]
             dropped.update(lost)
         operations.append({"op": "binarize", "method": method, "score": str(opts.score),
-                           "min_margin": config.min_margin, "seed": config.seed})
+                           "min_margin": config.min_margin, "seed": config.seed,
+                           "responses": responses, "prompts": prompts})
         kind = "paired"
     elif opts.label_field is not None:
         operations.append({"op": "labels", "field": opts.label_field, "threshold": opts.label_threshold})
@@ -308,13 +314,13 @@ def _unify(records: dict[str, list[dict]], paired: bool) -> bool:
 
 def _split(config: PrepareConfig, train: Any, paired: bool, operations: list[dict]) -> dict[str, Any]:
     """Hold out a test split: whole prompts for paired data, stratified by label for unpaired."""
-    from aot_cli.data.operations import row_key, split_indices
+    from aot_cli.data.operations import column, row_key, split_indices
 
     if paired:
         train_ix, test_ix = split_indices(len(train), config.test_size, config.seed,
-                                          groups=[row_key(p) for p in train["prompt"]])
+                                          groups=[row_key(p) for p in column(train, "prompt")])
     else:
-        train_ix, test_ix = split_indices(len(train), config.test_size, config.seed, labels=train["label"])
+        train_ix, test_ix = split_indices(len(train), config.test_size, config.seed, labels=column(train, "label"))
     operations.append({"op": "split", "test_size": config.test_size, "seed": config.seed,
                        "by": "prompt" if paired else "label"})
     return {"train": train.select(train_ix), "test": train.select(test_ix)}
@@ -337,6 +343,7 @@ def _unpair(config: PrepareConfig, splits: dict[str, Any], dropped: Counter, ope
 def _token_lengths(config: PrepareConfig, result: _Prepared) -> None:
     """Token-length stats with the model's chat template; with --max-length, drop longer rows."""
     from aot_cli.artifacts import describe_input
+    from aot_cli.data.operations import column
     from aot_cli.data.tokenize import TokenizeSettings, encode_many, length_stats, load_tokenizer
 
     tokenizer = load_tokenizer(config.tokenizer)
@@ -345,7 +352,8 @@ def _token_lengths(config: PrepareConfig, result: _Prepared) -> None:
         for name, split in result.splits.items():
             totals = [0] * len(split)
             for field in fields:
-                encoded = encode_many(tokenizer, split["prompt"], split[field], TokenizeSettings(), field=field)
+                encoded = encode_many(tokenizer, column(split, "prompt"), column(split, field), TokenizeSettings(),
+                                      field=field)
                 totals = [max(t, len(e.input_ids)) for t, e in zip(totals, encoded)]
             keep = [i for i, t in enumerate(totals) if t <= config.max_length]
             result.dropped["too_long"] += len(split) - len(keep)

@@ -120,7 +120,7 @@ def test_binarize_best_vs_random_min_margin_and_weighted_score(aot, tmp_path):
     assert summary["dropped"] == {"missing_score": 2, "tie": 1}
     assert [(r["chosen"], r["rejected"]) for r in data["train"]] == [("Four.", "5."), ("Paris.", "Lyon.")]
     assert summary["operations"][1] == {"op": "binarize", "method": "best-vs-worst", "score": "helpfulness + honesty",
-                                        "min_margin": 0.0, "seed": 42}
+                                        "min_margin": 0.0, "seed": 42, "responses": 12, "prompts": 3}
 
 
 def test_scores_threshold_into_labels(aot, tmp_path):

@@ -8,7 +8,6 @@ operation, so the same flags on the same data give the same artifact.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from collections import Counter
@@ -80,8 +79,17 @@ def to_label(value: Any, threshold: float | None, where: str, field: str) -> boo
 
 
 def row_key(value: Any) -> str:
-    """A stable hash of a row or field (strings and message lists alike)."""
-    return hashlib.md5(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    """A hash of a row or field (strings and message lists alike) for grouping and exact duplicates.
+
+    ``repr`` is deterministic here (normalized messages always have keys role, content in that
+    order) and several times faster than JSON on long texts.
+    """
+    return hashlib.md5(repr(value).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def column(ds: Any, name: str) -> list:
+    """One column of a Dataset as a Python list (``ds[name]`` reads it row by row: ~50x slower)."""
+    return ds.select_columns([name])[:][name]
 
 
 def binarize(records: list[dict], method: str, min_margin: float, seed: int) -> tuple[list[dict], Counter]:
@@ -154,6 +162,7 @@ def hygiene(ds: Any, paired: bool, seen: set[str] | None = None) -> tuple[Any, C
                    remove_columns=ds.column_names, desc="hygiene", load_from_cache_file=False)
     seen = set() if seen is None else seen
     keep, dropped = [], Counter()
+    flags = flags[:]
     for index, (reason, key) in enumerate(zip(flags["_drop"], flags["_key"])):
         if not reason and key in seen:
             reason = "duplicate"
@@ -228,6 +237,7 @@ def unpair(ds: Any, disjoint: bool, seed: int) -> tuple[Any, Counter]:
     so far; the larger side is then trimmed at random to the smaller (``unpair_balance``).
     Duplicates created by unpairing (one answer in several pairs) are dropped as ``duplicate``.
     """
+    import pyarrow as pa
     from datasets import Dataset, Features, Value
 
     features = Features({"prompt": ds.features["prompt"], "completion": ds.features["chosen"],
@@ -239,7 +249,7 @@ def unpair(ds: Any, disjoint: bool, seed: int) -> tuple[Any, Counter]:
                      features=features, desc="unpair", load_from_cache_file=False)
         return out, Counter()
     rng = random.Random(seed)
-    prompts, chosen, rejected = ds["prompt"], ds["chosen"], ds["rejected"]
+    prompts, chosen, rejected = (column(ds, c) for c in ("prompt", "chosen", "rejected"))
     members: dict[str, list[int]] = {}
     for i, prompt in enumerate(prompts):
         members.setdefault(row_key(prompt), []).append(i)
@@ -257,6 +267,7 @@ def unpair(ds: Any, disjoint: bool, seed: int) -> tuple[Any, Counter]:
         if len(sides[side]) > size:
             sides[side] = rng.sample(sides[side], size)
     rows = sorted([(i, not side, answer, side) for side in sides for i, answer in sides[side]])
-    out = Dataset.from_dict({"prompt": [prompts[r[0]] for r in rows], "completion": [r[2] for r in rows],
-                             "label": [r[3] for r in rows]}, features=features)
+    columns = {"prompt": [prompts[r[0]] for r in rows], "completion": [r[2] for r in rows],
+               "label": [r[3] for r in rows]}
+    out = Dataset(pa.Table.from_pydict(columns, schema=features.arrow_schema))  # ~3x faster than from_dict
     return out, Counter({"unpair_balance": extra} if extra else {})
