@@ -14,7 +14,6 @@ from typing import Optional
 from aot_cli.config import opt
 
 LOSS_CHOICES = ("aot", "aot_unpaired", "dpo", "ipo")
-UNPAIRED_LOSSES = ("aot_unpaired",)
 
 
 @dataclass
@@ -82,10 +81,6 @@ class TrainConfig:
     save_steps: int = opt(100, "--save-steps", help="Write a resumable checkpoint every N steps (0 = only at the end).")
     report_to: str = opt("none", "--report-to", help="Also log metrics to this tracker.",
                          choices=("none", "tensorboard", "wandb"))
-
-    @property
-    def paired_loss(self) -> bool:
-        return self.loss not in UNPAIRED_LOSSES
 
 
 def run(config: TrainConfig) -> None:

@@ -12,6 +12,7 @@ are written when training ends.
 from __future__ import annotations
 
 import math
+import os
 import resource
 import shutil
 import time
@@ -159,7 +160,8 @@ def reference_logps(config, policy, sides, *, key: str, pad_id: int, at_start: b
 
     cached = reference.load_cached(key)
     if cached is not None:
-        info(f"reference log-probs: cache hit ({reference.cache_path(key).name})")
+        if accelerator.is_main_process:
+            info(f"reference log-probs: cache hit ({reference.cache_path(key).name})")
         return cached
     total = len(sides[0]) + len(sides[1])
     with progress(transient=True) as bar, reference.reference_model(policy, config, at_start=at_start) as model:
@@ -179,6 +181,17 @@ def peak_memory_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def quiet_libraries() -> None:
+    """Hide library noise that says nothing to the user (per-load progress bars, deprecations
+    raised inside peft)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def train(config: TrainConfig) -> dict:
     """Train per `config`; returns the run manifest's summary."""
     from accelerate import Accelerator
@@ -194,7 +207,11 @@ def train(config: TrainConfig) -> dict:
     from aot_cli.train.model import build_policy, check_model_inputs, save_trained
 
     started = time.time()
-    accelerator = Accelerator()
+    quiet_libraries()
+    # Several processes without CUDA (torchrun / accelerate launch on CPU): gloo, via accelerate's cpu mode.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(cpu=multi_cpu)
+    say = info if accelerator.is_main_process else (lambda message: None)
     # --- every check that can fail on user input, before the output directory exists ---
     resume_from = resolve_resume(config)
     check_settings(config)
@@ -248,9 +265,9 @@ def train(config: TrainConfig) -> dict:
     if resume_from is not None:
         start_step = load_checkpoint(resume_from, model=policy, optimizer=optimizer, scheduler=scheduler,
                                      accelerator=accelerator)
-        info(f"resuming from {resume_from} (step {start_step} of {total_steps})")
+        say(f"resuming from {resume_from} (step {start_step} of {total_steps})")
     n_trainable = sum(p.numel() for p in params)
-    info(f"training {'LoRA adapters' if config.lora else 'all weights'} ({n_trainable:,} parameters), "
+    say(f"training {'LoRA adapters' if config.lora else 'all weights'} ({n_trainable:,} parameters), "
          f"{total_steps} steps, sort set {global_batch} ({config.sort_scope} scope), loss {config.loss}")
     state = LoopState(config=config, accelerator=accelerator, model=policy, optimizer=optimizer,
                       scheduler=scheduler, loss_fn=loss_fn, sides=sides, sampler=sampler, pad_id=pad_id, out=out,
@@ -287,6 +304,6 @@ def train(config: TrainConfig) -> dict:
         if config.init_adapter:
             inputs.append(describe_input(config.init_adapter))
         write_manifest(out, kind="run", config=to_dict(config), inputs=inputs, summary=summary)
-        info(f"wrote {out}")
+        say(f"wrote {out}")
     accelerator.wait_for_everyone()
     return summary
