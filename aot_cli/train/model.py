@@ -91,9 +91,14 @@ def build_policy(config) -> Any:
     if config.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=config.gradient_checkpointing)
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     if config.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Non-reentrant checkpointing needs no input-grad hook for LoRA; transformers >= 5.x renamed the API.
+        enable = getattr(base, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     base.config.use_cache = False
     if not config.lora:
         for param in base.parameters():

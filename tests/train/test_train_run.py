@@ -167,3 +167,46 @@ def test_finished_run_cannot_be_resumed_or_overwritten_silently(tiny_model_dir, 
     run.train(config(tiny_model_dir, paired_data, out, max_steps=1, overwrite=True, loss="ipo", beta=0.1))
     assert json.loads((out / "manifest.json").read_text())["config"]["loss"] == "ipo"
     shutil.rmtree(out)
+
+
+def test_init_adapter_is_the_start_and_the_reference(tiny_model_dir, paired_data, tmp_path):
+    from aot_cli.train.model import load_run_reference
+
+    sft = tmp_path / "sft"
+    run.train(config(tiny_model_dir, paired_data, sft, max_steps=2, lr=1e-2))
+    out = tmp_path / "continued"
+    summary = run.train(config(tiny_model_dir, paired_data, out, max_steps=2, init_adapter=sft / "adapter"))
+    assert summary["init_adapter"] == str(sft / "adapter")
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["rewards/margins"] == 0.0 and first["loss"] == pytest.approx(0.6931, abs=1e-4)
+    start = _weights(sft)
+    assert all(not torch.equal(start[k], v) for k, v in _weights(out).items())  # training continued from it
+    reference, _ = load_run_reference(out)
+    ids = torch.tensor([[1, 5, 9, 12, 40]])
+    from aot_cli.train.model import load_run_policy
+
+    sft_policy, _ = load_run_policy(sft)
+    with torch.no_grad():
+        assert torch.allclose(reference(ids).logits, sft_policy(ids).logits)
+
+
+def test_gradient_checkpointing_and_micro_scope_run(tiny_model_dir, paired_data, tmp_path):
+    plain = tmp_path / "plain"
+    run.train(config(tiny_model_dir, paired_data, plain, max_steps=2, sort_scope="micro"))
+    checkpointed = tmp_path / "checkpointed"
+    run.train(config(tiny_model_dir, paired_data, checkpointed, max_steps=2, sort_scope="micro",
+                     gradient_checkpointing=True))
+    a, b = _weights(plain), _weights(checkpointed)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_epochs_and_chat_template_file(tiny_model_dir, paired_data, tmp_path):
+    model = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    template = tmp_path / "chatml.jinja"
+    template.write_text((tiny_model_dir / "chat_template.jinja").read_text())
+    out = tmp_path / "run"
+    summary = run.train(config(model, paired_data, out, max_steps=None, epochs=0.25, chat_template=template))
+    assert summary["steps"] == 2  # 64 pairs / global batch 8 = 8 steps per epoch
+    assert (out / "adapter" / "chat_template.jinja").read_text() == template.read_text()
