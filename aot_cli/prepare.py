@@ -149,6 +149,8 @@ def _prepare(config: PrepareConfig) -> _Prepared:
     splits = result.splits
     if "test" not in splits:
         splits = _split(config, splits["train"], result.paired, operations)
+    else:
+        operations.append({"op": "split", "from_source": True})
     if config.unpair:
         splits = _unpair(config, splits, result.dropped, operations)
         result.paired = False
@@ -194,7 +196,7 @@ def _resolve_shape(config: PrepareConfig, source: Any) -> tuple[str, Any]:
                                       required_columns)
     from aot_cli.data.operations import ScoreExpr
 
-    sample = next(iter(next(iter(source.splits["train"]))), {}) if source.splits["train"] else {}
+    sample = _sample(source)
     if config.format == "auto":
         shape = detect_shape(source.columns, sample, config.label_field)
     else:
@@ -219,6 +221,20 @@ def _resolve_shape(config: PrepareConfig, source: Any) -> tuple[str, Any]:
         score = ScoreExpr(config.score or DEFAULT_SCORES[shape])
         _check_score_fields(config, shape, score, source.columns, sample)
     return shape, ShapeOptions(label_field, config.label_threshold, score, config.prefer)
+
+
+def _sample(source: Any, rows: int = 100) -> dict:
+    """The first non-null value of each column over the first `rows` train rows (to tell strings
+    from message lists even when the very first row has a gap)."""
+    sample: dict = {}
+    for part in source.splits["train"]:
+        for index, row in enumerate(part):
+            for key, value in row.items():
+                if sample.get(key) is None:
+                    sample[key] = value
+            if index + 1 >= rows:
+                return sample
+    return sample
 
 
 def _check_score_fields(config: PrepareConfig, shape: str, score: Any, columns: set[str], sample: dict) -> None:
@@ -334,8 +350,10 @@ def _unpair(config: PrepareConfig, splits: dict[str, Any], dropped: Counter, ope
     for name in ("test", "train"):
         rows, lost = unpair(splits[name], config.disjoint_prompts, config.seed)
         dropped.update(lost)
-        out[name], lost = hygiene(rows, paired=False, seen=seen)
-        dropped.update(lost)
+        if not config.disjoint_prompts:  # disjoint rows are distinct by construction
+            rows, lost = hygiene(rows, paired=False, seen=seen)
+            dropped.update(lost)
+        out[name] = rows
     operations.append({"op": "unpair", "disjoint_prompts": config.disjoint_prompts, "seed": config.seed})
     return {"train": out["train"], "test": out["test"]}
 

@@ -158,7 +158,8 @@ def test_unpair_a_prepared_dataset_keeps_its_splits(aot, tmp_path):
     _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "1", name="paired")
     data, summary, manifest = _prepare(aot, tmp_path, tmp_path / "paired", "--unpair", name="unpaired")
     assert summary["counts"] == {"train": 6, "test": 2} and summary["format"] == "paired-strings"
-    assert [op["op"] for op in summary["operations"]] == ["normalize", "hygiene", "split", "hygiene", "unpair"]
+    assert [op["op"] for op in summary["operations"]] == ["normalize", "hygiene", "split", "hygiene", "split",
+                                                          "unpair"]
     assert manifest["inputs"][0]["fingerprint"] == json.loads((tmp_path / "paired" / "manifest.json").read_text())[
         "summary"]["fingerprint"]
 
@@ -188,7 +189,7 @@ def test_source_test_split_is_kept_and_limit_applies(aot, tmp_path):
     _jsonl(folder / "test.jsonl", [rows[0], {"prompt": "t", "chosen": "a", "rejected": "b"}])
     data, summary, manifest = _prepare(aot, tmp_path, folder)
     assert summary["counts"] == {"train": 4, "test": 2}  # p0 is in test, so its train copy goes
-    assert summary["dropped"] == {"duplicate": 1} and "split" not in [o["op"] for o in summary["operations"]]
+    assert summary["dropped"] == {"duplicate": 1} and {"op": "split", "from_source": True} in summary["operations"]
     assert len(manifest["inputs"]) == 2
     _, summary, _ = _prepare(aot, tmp_path, folder, "--limit", "3", name="lim")
     assert summary["read"] == {"train": 3, "test": 2} and summary["operations"][0] == {"op": "limit", "rows": 3}
@@ -297,6 +298,7 @@ def test_existing_output_is_left_alone(aot, tmp_path):
     (("--disjoint-prompts",), "--disjoint-prompts needs --unpair"),
     (("--max-length", "10"), "--max-length needs --tokenizer"),
     (("--test-size", "9"), "leaves no training rows"),
+    (("--split", "train"), "--subset, --split and --revision apply to hub datasets"),
 ])
 def test_flags_that_do_not_fit_the_data(aot, tmp_path, flags, fragment):
     source = SHAPES / ("ultrafeedback.jsonl" if "--score" in flags else "paired_strings.jsonl")

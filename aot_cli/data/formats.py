@@ -190,6 +190,8 @@ def split_last_user(conversation: list[dict]) -> tuple[list, list]:
 
 def hh_messages(transcript: str) -> list[dict]:
     """An Anthropic HH transcript (``\\n\\nHuman: ...\\n\\nAssistant: ...``) as messages."""
+    if transcript.lstrip("\n").startswith(("Human:", "Assistant:")):  # some copies drop the leading blank line
+        transcript = "\n\n" + transcript.lstrip("\n")
     parts = _HH_TURN.split(transcript)
     # parts = [text before the first turn, role, content, role, content, ...]
     return [{"role": "user" if role == "Human" else "assistant", "content": content}

@@ -66,6 +66,9 @@ def load_source(source: str, *, subset: str | None = None, split: str | None = N
                 revision: str | None = None, limit: int | None = None) -> Source:
     """Read `source` (see the module docstring); `limit` keeps the first N rows of each split."""
     path = Path(source)
+    if path.exists() and (subset or split or revision):
+        raise UserError(f"{source}: --subset, --split and --revision apply to hub datasets, not local paths "
+                        "(a directory's files named *test* form its test split)")
     if path.is_dir():
         if (path / MANIFEST).is_file():
             return _load_prepared_source(path, limit)

@@ -46,6 +46,7 @@ def test_unknown_shape_names_columns_and_known_shapes():
 def test_hh_transcript_to_messages():
     text = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: 2+2?\n\nAssistant: 4\nmore"
     assert hh_messages(text) == [U("Hi there"), A("Hello!"), U("2+2?"), A("4\nmore")]
+    assert hh_messages(text.lstrip("\n")) == hh_messages(text)
 
 
 def test_shared_prompt_is_cut_back_to_the_last_user_turn():
