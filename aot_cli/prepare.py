@@ -145,6 +145,7 @@ def _prepare(config: PrepareConfig) -> _Prepared:
         result = _from_prepared(config, source)
     else:
         result = _from_raw(config, source)
+    _ensure_rows(config, result)
     operations = result.operations
     splits = result.splits
     if "test" not in splits:
@@ -159,11 +160,16 @@ def _prepare(config: PrepareConfig) -> _Prepared:
         _token_lengths(config, result)
     if config.limit is not None:
         operations.insert(0, {"op": "limit", "rows": config.limit})
+    _ensure_rows(config, result)
+    return result
+
+
+def _ensure_rows(config: PrepareConfig, result: _Prepared) -> None:
+    """An empty training split is an error that says where the rows went."""
     if len(result.splits["train"]) == 0:
         dropped = ", ".join(f"{reason} {n}" for reason, n in result.dropped.most_common()) or "nothing"
         raise UserError(f"{config.source}: no training rows left (read {sum(result.read.values())} rows; "
                         f"dropped: {dropped})")
-    return result
 
 
 def _from_prepared(config: PrepareConfig, source: Any) -> _Prepared:

@@ -276,7 +276,7 @@ def test_non_utf8(aot, tmp_path):
 def test_empty_result_says_what_dropped_the_rows(aot, tmp_path):
     src = _jsonl(tmp_path / "x.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "a"},
                                         {"prompt": "q", "chosen": "", "rejected": "b"}])
-    msg = _fails(aot, tmp_path, src, "--test-size", "0")
+    msg = _fails(aot, tmp_path, src, "--test-size", "1")
     assert "no training rows left (read 2 rows; dropped: " in msg and "identical_pair 1" in msg \
         and "empty_completion 1" in msg
 
