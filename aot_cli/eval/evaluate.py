@@ -21,12 +21,12 @@ from aot_cli.config import arg, opt, to_dict
 from aot_cli.errors import UserError
 
 LM_EVAL_SUITES = ("openllm-v1", "openllm-v2", "lm-eval")
-SUITES = (*LM_EVAL_SUITES, "alpacaeval")
+SUITES = (*LM_EVAL_SUITES, "alpacaeval", "dominance")
 
 
 @dataclass
 class EvalConfig:
-    """Evaluate a model: Open LLM Leaderboard suites, any lm-eval task, AlpacaEval."""
+    """Evaluate a model: Open LLM Leaderboard suites, any lm-eval task, AlpacaEval, reward dominance."""
 
     model: Optional[list[str]] = arg(None, help="A merged model dir, a run dir, or a hub id.", metavar="MODEL")
     output: Optional[Path] = opt(None, "-o", "--output", help="Eval directory to write.")
@@ -61,6 +61,9 @@ class EvalConfig:
     judge_model: Optional[str] = opt(None, "--judge-model", help="Judge model name (default: gpt-4-1106-preview).")
     max_new_tokens: int = opt(2048, "--max-new-tokens", help="Longest generated answer, in tokens.")
     temperature: float = opt(0.7, "--temperature", help="Sampling temperature (0 = greedy).")
+    # dominance
+    data: Optional[Path] = opt(None, "--data", help="Prepared dataset (`aot prepare`) whose test split is scored.")
+    beta: Optional[float] = opt(None, "--beta", help="Reward scale beta (default: the run's).")
 
 
 def resolve_suite(config: EvalConfig) -> str:
@@ -73,7 +76,7 @@ def resolve_suite(config: EvalConfig) -> str:
 
 def run(config: EvalConfig) -> dict:
     """Dispatch to the suite and write the eval artifact; returns results.json's content."""
-    from aot_cli.eval import lm_eval_suites
+    from aot_cli.eval import dominance, lm_eval_suites
     from aot_cli.eval.source import resolve_device, resolve_model
 
     suite = resolve_suite(config)
@@ -88,7 +91,10 @@ def run(config: EvalConfig) -> dict:
     source = resolve_model(models[0])
     device = resolve_device(config.device)
     with atomic_output(config.output, config.overwrite) as tmp:
-        scores, settings = lm_eval_suites.evaluate(config, suite, source, device, tmp)
+        if suite == "dominance":
+            scores, settings = dominance.evaluate(config, source, device, tmp)
+        else:
+            scores, settings = lm_eval_suites.evaluate(config, suite, source, device, tmp)
         return _finish(tmp, config, suite, source, scores, settings)
 
 

@@ -1,0 +1,117 @@
+"""`aot eval --suite dominance` on a tiny run trained by `aot train` (paired data), scored on the
+paired test split and on its unpaired version; scores checked against the written log-probs and the
+reference log-probs against an independent full-logits computation on the base model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from aot_cli.eval.dominance import compare
+from aot_cli.eval.quantiles import quantile_levels
+
+REAL = "tests/data/real/llamafactory_dpo_en_demo.json"
+
+
+def _aot(*args):
+    from aot_cli.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_model_dir, tmp_path_factory):
+    """(run dir, paired data, unpaired data): 4 AOT steps of LoRA on 32 pairs, 16 held out."""
+    root = tmp_path_factory.mktemp("dominance")
+    data, udata, run = root / "data", root / "udata", root / "run"
+    _aot("prepare", REAL, "--limit", 48, "--test-size", 16, "-o", data)
+    _aot("prepare", data, "--unpair", "-o", udata)
+    _aot("train", "--model", tiny_model_dir, "--data", data, "-o", run, "--max-steps", 4, "--batch-size", 4,
+         "--grad-accum", 2, "--lr", 5e-3, "--beta", 0.1, "--max-length", 256, "--max-prompt-length", 128)
+    return run, data, udata
+
+
+def _assert_same(scores, expected):
+    assert set(scores) == set(expected)
+    for name, metrics in expected.items():
+        assert scores[name] == pytest.approx(metrics, rel=1e-6), name
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_dominance_paired(aot, trained, tmp_path):
+    run, data, _ = trained
+    out = tmp_path / "dom"
+    result = aot("eval", run, "--suite", "dominance", "--data", data, "-o", out, "--batch-size", 8)
+    assert result.exit_code == 0, result
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["paired"] is True and res["settings"]["n_test"] == 16 and res["settings"]["beta"] == 0.1
+    assert set(res["scores"]) == {"before", "after", "implicit_rewards"}
+    rows = _rows(out / "logps.jsonl")
+    assert len(rows) == 16
+    logps = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+    _assert_same(res["scores"], compare(logps, paired=True, beta=0.1, levels=quantile_levels()))
+    # implicit-reward accuracy is DPO's reward accuracy: r_chosen > r_rejected
+    r_c = 0.1 * (logps["policy_chosen"] - logps["ref_chosen"])
+    r_r = 0.1 * (logps["policy_rejected"] - logps["ref_rejected"])
+    assert res["scores"]["implicit_rewards"]["accuracy"] == pytest.approx(np.mean(r_c > r_r))
+    assert not np.allclose(logps["policy_chosen"], logps["ref_chosen"])   # training moved the policy
+    png = (out / "dominance.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "implicit_rewards" in result.stdout
+
+
+@pytest.mark.slow
+def test_dominance_reference_is_the_base_model(aot, trained, tiny_model_dir, tmp_path):
+    """Unpaired data; the reference log-probs equal the base model's, computed with full logits."""
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from aot_cli.data.tokenize import TokenizeSettings, encode_example
+    from aot_cli.train.logprobs import build_labels, plain_sequence_logps
+
+    run, _, udata = trained
+    out = tmp_path / "udom"
+    result = aot("eval", run, "--suite", "dominance", "--data", udata, "-o", out, "--limit", 6)
+    assert result.exit_code == 0, result
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["paired"] is False and res["settings"]["n_test"] == 6
+    rows = _rows(out / "logps.jsonl")
+    test = load_from_disk(str(udata))["test"]
+    assert [r["label"] for r in rows] == test["label"][:6]
+    tok = AutoTokenizer.from_pretrained(run / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    enc = encode_example(tok, test[0]["prompt"], test[0]["completion"], TokenizeSettings(256, 128))
+    ids = torch.tensor([enc.input_ids])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        expected = plain_sequence_logps(base(ids).logits, build_labels(ids, mask, [enc.prompt_len]))
+    assert rows[0]["ref"] == pytest.approx(float(expected), rel=1e-4)
+    logps = {"policy": np.array([r["policy"] for r in rows]), "ref": np.array([r["ref"] for r in rows]),
+             "label": np.array([r["label"] for r in rows])}
+    _assert_same(res["scores"], compare(logps, paired=False, beta=0.1, levels=quantile_levels()))
+
+
+def test_dominance_bad_inputs(aot, lora_run_dir, tiny_model_dir, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from aot_cli.artifacts import write_manifest
+
+    result = aot("eval", lora_run_dir, "--suite", "dominance", "-o", tmp_path / "a")
+    assert result.exit_code == 2 and "needs --data" in result.stderr
+    result = aot("eval", tiny_model_dir, "--suite", "dominance", "--data", tmp_path, "-o", tmp_path / "b")
+    assert result.exit_code == 2 and "needs a run directory" in result.stderr
+    no_test = tmp_path / "no-test"
+    DatasetDict({"train": Dataset.from_dict({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]})}).save_to_disk(no_test)
+    write_manifest(no_test, kind="dataset", config={}, summary={"paired": True})
+    result = aot("eval", lora_run_dir, "--suite", "dominance", "--data", no_test, "-o", tmp_path / "c")
+    assert result.exit_code == 2 and "'test'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
