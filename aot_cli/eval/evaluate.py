@@ -21,15 +21,16 @@ from aot_cli.config import arg, opt, to_dict
 from aot_cli.errors import UserError
 
 LM_EVAL_SUITES = ("openllm-v1", "openllm-v2", "lm-eval")
-SUITES = (*LM_EVAL_SUITES, "alpacaeval", "dominance")
+SUITES = (*LM_EVAL_SUITES, "alpacaeval", "dominance", "compare")
 
 
 @dataclass
 class EvalConfig:
     """Evaluate a model: Open LLM Leaderboard suites, any lm-eval task, AlpacaEval, reward dominance."""
 
-    model: Optional[list[str]] = arg(None, help="A merged model dir, a run dir, or a hub id.", metavar="MODEL")
-    output: Optional[Path] = opt(None, "-o", "--output", help="Eval directory to write.")
+    model: Optional[list[str]] = arg(None, help="A merged model dir, a run dir, or a hub id; or `compare` "
+                                     "followed by eval directories.", metavar="MODEL")
+    output: Optional[Path] = opt(None, "-o", "--output", help="Eval directory to write (compare: a markdown file).")
     suite: Optional[str] = opt(None, "--suite", help="What to measure (default: lm-eval when --tasks is given).",
                                choices=SUITES)
     overwrite: bool = opt(False, "--overwrite", help="Replace an existing output directory.")
@@ -66,11 +67,15 @@ class EvalConfig:
     beta: Optional[float] = opt(None, "--beta", help="Reward scale beta (default: the run's).")
 
 
-def resolve_suite(config: EvalConfig) -> str:
+def resolve_suite(config: EvalConfig) -> tuple[str, list[str]]:
+    """(suite, positional arguments): a leading word `compare` selects the compare suite."""
+    models = list(config.model or [])
+    if models[:1] == ["compare"] and config.suite in (None, "compare"):
+        return "compare", models[1:]
     if config.suite:
-        return config.suite
+        return config.suite, models
     if config.tasks:
-        return "lm-eval"
+        return "lm-eval", models
     raise UserError(f"missing --suite (one of: {', '.join(SUITES)}), or --tasks NAME for lm-eval tasks")
 
 
@@ -79,8 +84,11 @@ def run(config: EvalConfig) -> dict:
     from aot_cli.eval import dominance, lm_eval_suites
     from aot_cli.eval.source import resolve_device, resolve_model
 
-    suite = resolve_suite(config)
-    models = config.model or []
+    suite, models = resolve_suite(config)
+    if suite == "compare":
+        from aot_cli.eval import compare
+
+        return compare.run(models, config.output)
     if len(models) != 1:
         raise UserError(f"expected one MODEL, got {len(models)}{': ' + ' '.join(models) if models else ''}")
     if config.output is None:

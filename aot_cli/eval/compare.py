@@ -1,0 +1,96 @@
+"""`aot eval compare OUT...`: several eval artifacts as one table, the paper's Table 1 layout.
+
+One row per model (evals of the same MODEL, e.g. its openllm-v1 and alpacaeval directories, share a
+row), one column per score, and every row after the first shows its difference to the first row
+(the baseline: list it first). Printed as a rich table; ``-o FILE`` also writes it as markdown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aot_cli.artifacts import read_manifest
+from aot_cli.errors import UserError
+from aot_cli.eval.report import RESULTS, format_value
+
+# Suites whose full score list is too long for a side-by-side table: their headline columns.
+HEADLINES = {
+    "alpacaeval": [("alpacaeval", "length_controlled_winrate"), ("alpacaeval", "win_rate")],
+    "dominance": [("implicit_rewards", "accuracy"), ("implicit_rewards", "violation_fraction"),
+                  ("implicit_rewards", "violation_area")],
+}
+SHORT = {"length_controlled_winrate": "LC win rate", "win_rate": "win rate"}
+
+
+def column_name(task: str, metric: str) -> str:
+    if metric in ("score", "normalized") or task == "alpacaeval":
+        return SHORT.get(metric, task if metric in ("score", "normalized") else metric)
+    return f"{task} {metric}"
+
+
+def load_results(path: Path) -> dict:
+    import json
+
+    read_manifest(path, kind="eval")
+    return json.loads((Path(path) / RESULTS).read_text())
+
+
+def build_table(results: list[tuple[str, dict]]) -> tuple[list[str], list[str], dict]:
+    """(row labels, column names, {(row, column): value}) from (eval dir, results.json) pairs."""
+    rows: list[str] = []
+    columns: list[str] = []
+    cells: dict = {}
+    where: dict = {}
+    for path, res in results:
+        model = res["model"]
+        if model not in rows:
+            rows.append(model)
+        pairs = HEADLINES.get(res["suite"]) or [(t, m) for t, ms in res["scores"].items() for m in ms]
+        for task, metric in pairs:
+            value = res["scores"].get(task, {}).get(metric)
+            column = column_name(task, metric)
+            if (model, column) in cells:
+                raise UserError(f"{path} and {where[model, column]} both report {column!r} for {model}; "
+                                "compare one eval per suite and model")
+            if column not in columns:
+                columns.append(column)
+            cells[model, column], where[model, column] = value, path
+    return rows, columns, cells
+
+
+def cell_text(value, baseline, first_row: bool) -> str:
+    if value is None:
+        return "—"
+    if first_row or baseline is None:
+        return format_value(value)
+    return f"{format_value(value)} ({value - baseline:+.4g})"
+
+
+def markdown(rows: list[str], columns: list[str], cells: dict) -> str:
+    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for i, row in enumerate(rows):
+        texts = [cell_text(cells.get((row, c)), cells.get((rows[0], c)), i == 0) for c in columns]
+        lines.append(f"| {row} | " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(paths: list[str], output: Path | None) -> dict:
+    from rich.table import Table
+
+    from aot_cli.console import info, out_console
+
+    if len(paths) < 1:
+        raise UserError("aot eval compare needs at least one eval directory: aot eval compare OUT [OUT...]")
+    rows, columns, cells = build_table([(p, load_results(Path(p))) for p in paths])
+    table = Table(title="eval comparison (differences to the first row)")
+    table.add_column("model")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for i, row in enumerate(rows):
+        table.add_row(row, *[cell_text(cells.get((row, c)), cells.get((rows[0], c)), i == 0) for c in columns])
+    out_console.print(table)
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(markdown(rows, columns, cells))
+        info(f"wrote {output}")
+    return {"rows": rows, "columns": columns, "cells": {f"{r} | {c}": v for (r, c), v in cells.items()}}

@@ -1,0 +1,45 @@
+"""`aot eval compare OUT...`: eval artifacts side by side, one row per model, deltas to the first."""
+
+from __future__ import annotations
+
+from aot_cli.artifacts import write_manifest
+from aot_cli.eval.report import results_document, write_eval
+
+
+def _eval_dir(path, suite, model, scores, notes=None):
+    path.mkdir()
+    write_eval(path, results_document(suite, model, scores, {"x": 1}, notes), config={}, inputs=[])
+    return path
+
+
+def test_compare_table_and_markdown(aot, tmp_path):
+    base_v1 = _eval_dir(tmp_path / "base-v1", "openllm-v1", "base",
+                        {"arc_challenge": {"acc_norm": 0.5}, "average": {"score": 0.4}})
+    aot_v1 = _eval_dir(tmp_path / "aot-v1", "openllm-v1", "aot",
+                       {"arc_challenge": {"acc_norm": 0.55}, "average": {"score": 0.45}})
+    aot_ae = _eval_dir(tmp_path / "aot-ae", "alpacaeval", "aot",
+                       {"alpacaeval": {"win_rate": 29.9, "standard_error": 1.3, "length_controlled_winrate": None}})
+    table = tmp_path / "table.md"
+    result = aot("eval", "compare", base_v1, aot_v1, aot_ae, "-o", table)
+    assert result.exit_code == 0, result
+    lines = table.read_text().splitlines()
+    assert lines[0] == "| model | arc_challenge acc_norm | average | LC win rate | win rate |"
+    assert lines[2] == "| base | 0.5000 | 0.4000 | — | — |"
+    assert lines[3] == "| aot | 0.5500 (+0.05) | 0.4500 (+0.05) | — | 29.90 |"
+    assert "+0.05" in result.stdout
+    # the same through --suite compare
+    assert aot("eval", "--suite", "compare", base_v1, aot_v1).exit_code == 0
+
+
+def test_compare_bad_inputs(aot, tmp_path):
+    one = _eval_dir(tmp_path / "one", "lm-eval", "m", {"t": {"acc": 0.1}})
+    two = _eval_dir(tmp_path / "two", "lm-eval", "m", {"t": {"acc": 0.2}})
+    result = aot("eval", "compare", one, two)
+    assert result.exit_code == 2 and "both report 't acc' for m" in result.stderr
+    other = tmp_path / "run"
+    other.mkdir()
+    write_manifest(other, kind="run", config={})
+    result = aot("eval", "compare", one, other)
+    assert result.exit_code == 2 and "expected a 'eval' one" in result.stderr
+    result = aot("eval", "compare")
+    assert result.exit_code == 2 and "at least one eval directory" in result.stderr
