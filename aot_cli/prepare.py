@@ -146,6 +146,16 @@ def _prepare(config: PrepareConfig) -> _Prepared:
     else:
         result = _from_raw(config, source)
     _ensure_rows(config, result)
+    tokenizer = None
+    if config.tokenizer:
+        from aot_cli.artifacts import describe_input
+        from aot_cli.data.tokenize import load_tokenizer
+
+        tokenizer = load_tokenizer(config.tokenizer)
+        result.inputs.append(describe_input(config.tokenizer))
+    if config.max_length is not None:
+        _drop_too_long(config, result, tokenizer)
+        _ensure_rows(config, result)
     operations = result.operations
     splits = result.splits
     if "test" not in splits:
@@ -156,11 +166,13 @@ def _prepare(config: PrepareConfig) -> _Prepared:
         splits = _unpair(config, splits, result.dropped, operations)
         result.paired = False
     result.splits = splits
-    if config.tokenizer:
-        _token_lengths(config, result)
+    if tokenizer is not None:
+        from aot_cli.data.tokenize import TokenizeSettings, length_stats
+
+        result.token_lengths = {name: length_stats(split, tokenizer, TokenizeSettings(), result.paired).lengths
+                                for name, split in result.splits.items()}
     if config.limit is not None:
         operations.insert(0, {"op": "limit", "rows": config.limit})
-    _ensure_rows(config, result)
     return result
 
 
@@ -364,29 +376,23 @@ def _unpair(config: PrepareConfig, splits: dict[str, Any], dropped: Counter, ope
     return {"train": out["train"], "test": out["test"]}
 
 
-def _token_lengths(config: PrepareConfig, result: _Prepared) -> None:
-    """Token-length stats with the model's chat template; with --max-length, drop longer rows."""
-    from aot_cli.artifacts import describe_input
+def _drop_too_long(config: PrepareConfig, result: _Prepared, tokenizer: Any) -> None:
+    """Drop rows whose prompt + longer answer exceed --max-length tokens with the chat template,
+    before the split, so --test-size counts the rows that are kept."""
     from aot_cli.data.operations import column
-    from aot_cli.data.tokenize import TokenizeSettings, encode_many, length_stats, load_tokenizer
+    from aot_cli.data.tokenize import TokenizeSettings, encode_many
 
-    tokenizer = load_tokenizer(config.tokenizer)
     fields = ("chosen", "rejected") if result.paired else ("completion",)
-    if config.max_length is not None:
-        for name, split in result.splits.items():
-            totals = [0] * len(split)
-            for field in fields:
-                encoded = encode_many(tokenizer, column(split, "prompt"), column(split, field), TokenizeSettings(),
-                                      field=field)
-                totals = [max(t, len(e.input_ids)) for t, e in zip(totals, encoded)]
-            keep = [i for i, t in enumerate(totals) if t <= config.max_length]
-            result.dropped["too_long"] += len(split) - len(keep)
-            result.splits[name] = split.select(keep)
-        result.operations.append({"op": "max_length", "tokenizer": config.tokenizer,
-                                  "max_length": config.max_length})
-    result.token_lengths = {name: length_stats(split, tokenizer, TokenizeSettings(), result.paired).lengths
-                            for name, split in result.splits.items()}
-    result.inputs.append(describe_input(config.tokenizer))
+    for name, split in result.splits.items():
+        prompts = column(split, "prompt")
+        totals = [0] * len(split)
+        for field in fields:
+            encoded = encode_many(tokenizer, prompts, column(split, field), TokenizeSettings(), field=field)
+            totals = [max(t, len(e.input_ids)) for t, e in zip(totals, encoded)]
+        keep = [i for i, t in enumerate(totals) if t <= config.max_length]
+        result.dropped["too_long"] += len(split) - len(keep)
+        result.splits[name] = split.select(keep)
+    result.operations.append({"op": "max_length", "tokenizer": config.tokenizer, "max_length": config.max_length})
 
 
 def _report(out: Path, summary: dict) -> None:
