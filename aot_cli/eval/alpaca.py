@@ -92,7 +92,8 @@ def _alpaca_eval_installed() -> bool:
     return importlib.util.find_spec("alpaca_eval") is not None
 
 
-def judge_builtin(config: Any, outputs: list[dict], rows: list[dict], out: Path) -> tuple[dict, list[dict], str]:
+def judge_builtin(config: Any, outputs: list[dict], rows: list[dict], out: Path,
+                  full_set: bool) -> tuple[dict, list[dict], str]:
     """Judge with the built-in client; returns (metrics, annotations, LC-null reason)."""
     from aot_cli.console import progress
 
@@ -113,8 +114,10 @@ def judge_builtin(config: Any, outputs: list[dict], rows: list[dict], out: Path)
     return metrics, annotations, "needs alpaca-eval's length-control model (the alpaca extra, without --judge-base-url)"
 
 
-def judge_alpaca_eval(config: Any, outputs: list[dict], rows: list[dict], out: Path) -> tuple[dict, list[dict], str | None]:
-    """Judge through alpaca-eval's annotators (the ``alpaca`` extra); caches in OUT."""
+def judge_alpaca_eval(config: Any, outputs: list[dict], rows: list[dict], out: Path,
+                      full_set: bool) -> tuple[dict, list[dict], str | None]:
+    """Judge through alpaca-eval's annotators (the ``alpaca`` extra); caches in OUT. The length-controlled
+    win rate is asked for only on the full standard set, where its instruction difficulties apply."""
     import alpaca_eval
 
     references = [{"instruction": r["instruction"], "output": r["reference"], "generator": r["reference_generator"],
@@ -122,10 +125,15 @@ def judge_alpaca_eval(config: Any, outputs: list[dict], rows: list[dict], out: P
     leaderboard, annotations = alpaca_eval.evaluate(
         model_outputs=outputs, reference_outputs=references, annotators_config=config.judge,
         name=outputs[0]["generator"], output_path=str(out / "alpaca_eval"), precomputed_leaderboard=None,
-        is_return_instead_of_print=True, caching_path=str(out / "alpaca_eval_annotations_cache.json"))
+        is_return_instead_of_print=True, caching_path=str(out / "alpaca_eval_annotations_cache.json"),
+        fn_metric="get_length_controlled_winrate" if full_set else "get_winrate")
     row = leaderboard.loc[outputs[0]["generator"]].to_dict()
-    metrics = {key: row.get(key) for key in ("win_rate", "standard_error", "n_wins", "n_draws", "n_wins_base",
-                                             "n_total", "avg_length", "length_controlled_winrate")}
+    metrics = {}
+    for key in ("win_rate", "standard_error", "n_wins", "n_draws", "n_wins_base", "n_total", "avg_length",
+                "length_controlled_winrate"):
+        value = row.get(key)
+        missing = value is None or (isinstance(value, float) and math.isnan(value))
+        metrics[key] = None if missing else (int(value) if key.startswith("n_") else float(value))
     records = annotations.to_dict(orient="records") if hasattr(annotations, "to_dict") else list(annotations)
     return metrics, records, None
 
@@ -151,6 +159,7 @@ def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, di
     standard = config.instructions is None and config.reference is None
     rows = standard_set() if config.instructions is None else read_rows(config.instructions, "--instructions")
     rows = attach_references(rows[: config.limit] if config.limit else rows, config.reference)
+    full_set = standard and len(rows) == STANDARD_SIZE
     builtin = config.judge_base_url is not None or not _alpaca_eval_installed()
     if builtin:
         check_builtin_judge(config)   # fail before generating, not after
@@ -172,7 +181,7 @@ def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, di
 
     try:
         judge = judge_builtin if builtin else judge_alpaca_eval
-        metrics, annotations, lc_reason = judge(config, outputs, rows, out)
+        metrics, annotations, lc_reason = judge(config, outputs, rows, out, full_set)
     except UserError as exc:
         raise UserError(f"{exc}; the generated outputs are kept in {path}: rerun the same command to judge them") from None
     (out / "annotations.json").write_text(json.dumps(annotations, indent=2, ensure_ascii=False, default=str) + "\n")
@@ -180,7 +189,7 @@ def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, di
     notes = {}
     if metrics.get("length_controlled_winrate") is None:
         metrics["length_controlled_winrate"] = None
-        if not (standard and not config.limit and len(rows) == STANDARD_SIZE):
+        if not full_set:
             lc_reason = f"only defined on the full {STANDARD_SIZE}-instruction AlpacaEval set with its reference"
         notes["length_controlled_winrate"] = f"null: {lc_reason}"
     judge_record = ({"protocol": DEFAULT_JUDGE, "implementation": "aot built-in", **vars(judge_settings(config))}

@@ -127,3 +127,38 @@ def test_alpacaeval_bad_inputs(aot, tiny_model_dir, in_repo, tmp_path, monkeypat
     result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", bad, "-o", tmp_path / "d",
                  "--judge-base-url", "http://127.0.0.1:9/v1")
     assert result.exit_code == 2 and "row 2" in result.stderr
+
+
+def test_alpaca_eval_annotators_when_installed(aot, tiny_model_dir, in_repo, tmp_path, monkeypatch):
+    """With the alpaca extra (faked here: it is not installed in CI) and no --judge-base-url, judging
+    goes through alpaca_eval.evaluate with our outputs and references, caching in OUT."""
+    import importlib.machinery
+    import sys
+    import types
+
+    import pandas as pd
+
+    calls = {}
+
+    def evaluate(**kwargs):
+        calls.update(kwargs)
+        board = pd.DataFrame({"win_rate": [12.5], "standard_error": [3.0], "n_wins": [1], "n_draws": [0],
+                              "n_wins_base": [3], "n_total": [4], "avg_length": [42],
+                              "length_controlled_winrate": [float("nan")]}, index=[kwargs["name"]])
+        return board, pd.DataFrame([{"instruction": "x", "preference": 1.0}])
+
+    fake = types.ModuleType("alpaca_eval")
+    fake.__spec__ = importlib.machinery.ModuleSpec("alpaca_eval", None)
+    fake.evaluate = evaluate
+    monkeypatch.setitem(sys.modules, "alpaca_eval", fake)
+    out = tmp_path / "ae"
+    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", out,
+                 "--judge", "alpaca_eval_gpt4", *GEN)
+    assert result.exit_code == 0, result
+    assert calls["annotators_config"] == "alpaca_eval_gpt4" and calls["fn_metric"] == "get_winrate"
+    assert [r["output"] for r in calls["reference_outputs"]][0].startswith("REF:")
+    assert len(calls["model_outputs"]) == 4 and str(out) in calls["caching_path"]
+    res = json.loads((out / "results.json").read_text())
+    assert res["scores"]["alpacaeval"]["win_rate"] == 12.5 and res["scores"]["alpacaeval"]["n_total"] == 4
+    assert res["scores"]["alpacaeval"]["length_controlled_winrate"] is None
+    assert res["settings"]["judge"] == {"annotator": "alpaca_eval_gpt4", "implementation": "alpaca_eval"}
