@@ -6,9 +6,9 @@ is parsed here, line by line, rather than by ``datasets``: raw files are heterog
 that is a string in one row and a list in the next), and a user needs ``FILE:LINE`` for a broken
 line, not an Arrow schema error. Every raw row keeps its origin so later checks can name it.
 
-Test splits: a hub dataset's split named ``test`` (or the ``--split`` name with "train" replaced by
-"test", e.g. ``train_prefs`` -> ``test_prefs``) is kept as the test split; in a directory, files
-whose name contains "test" form the test split and all others the train split.
+Test splits: a hub dataset's ``--split`` name with "train" replaced by "test" (``train_prefs`` ->
+``test_prefs``), else a split named ``test``, ``test_prefs`` or ``validation``, is kept as the test
+split; in a directory, files whose name contains "test" form the test split, all others train.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _hub_splits(source: str, subset: str | None, split: str | None, revision: st
     if train is None:
         raise UserError(f"{source}: no train split among {', '.join(names)} (choose one with --split)")
     test_candidates = [train.replace("train", "test")] if "train" in train else []
-    test_candidates += ["test", "test_prefs"]
+    test_candidates += ["test", "test_prefs", "validation"]
     test = next((n for n in test_candidates if n in names and n != train), None)
     return {"train": train, "test": test} if test else {"train": train}
 
