@@ -24,7 +24,6 @@ TASKS_DIR = Path(__file__).parent / "tasks"
 V1_GROUP_FILE = TASKS_DIR / "openllm_v1.yaml"
 SUITE_TASKS = {"openllm-v1": ["aot_openllm_v1"], "openllm-v2": ["leaderboard"]}
 CHAT_TEMPLATE_DEFAULT = {"openllm-v1": False, "openllm-v2": True, "lm-eval": True}
-TORCH_DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def group_shots(path: Path = V1_GROUP_FILE) -> dict[str, int]:
@@ -90,6 +89,7 @@ def evaluate(config: Any, suite: str, source: Any, device: str, out: Path) -> tu
     import lm_eval
 
     from aot_cli.eval import leaderboard
+    from aot_cli.eval.source import TORCH_DTYPES
 
     tasks = SUITE_TASKS.get(suite) or split_task_names(config.tasks)
     if not tasks:

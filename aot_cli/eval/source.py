@@ -72,7 +72,7 @@ def resolve_device(device: Optional[str]) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+TORCH_DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def load_model(source: ModelSource, dtype: str, device: str) -> tuple[Any, Any]:
