@@ -191,7 +191,8 @@ def _from_prepared(config: PrepareConfig, source: Any) -> _Prepared:
     data, manifest = source.prepared
     summary = manifest.get("summary", {})
     for flag, value in (("--binarize", config.binarize), ("--label-field", config.label_field),
-                        ("--format", None if config.format == "auto" else config.format)):
+                        ("--format", None if config.format == "auto" else config.format),
+                        ("--prefer", None if config.prefer == "better" else config.prefer)):
         if value:
             raise UserError(f"{config.source}: {flag} does not apply to a prepared dataset (its rows are "
                             f"already normalized); run prepare on the original source instead")

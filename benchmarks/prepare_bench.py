@@ -62,7 +62,8 @@ def generate(path: Path, rows: int, shape: str, seed: int = 0) -> None:
     with path.open("w") as handle:
         for i in range(rows):
             line = rng.choice(made) if made and rng.random() < 0.04 else json.dumps(make(rng, i))
-            made.append(line) if len(made) < 5000 else None
+            if len(made) < 5000:
+                made.append(line)
             handle.write(line + "\n")
 
 
@@ -92,7 +93,8 @@ def main() -> None:
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     summary = manifest["summary"]
     result = {"rows": args.rows, "shape": args.shape, "unpair": args.unpair, "seconds": round(seconds, 2),
-              "cpu_seconds": round(cpu, 2), "rows_per_s": round(args.rows / seconds), "source_mb": round(source.stat().st_size / 2**20, 1),
+              "cpu_seconds": round(cpu, 2), "rows_per_s": round(args.rows / seconds),
+              "source_mb": round(source.stat().st_size / 2**20, 1),
               "counts": summary["counts"], "dropped": summary["dropped"]}
     (args.out / "prepare_bench.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

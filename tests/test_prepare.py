@@ -303,3 +303,22 @@ def test_existing_output_is_left_alone(aot, tmp_path):
 def test_flags_that_do_not_fit_the_data(aot, tmp_path, flags, fragment):
     source = SHAPES / ("ultrafeedback.jsonl" if "--score" in flags else "paired_strings.jsonl")
     assert fragment in _fails(aot, tmp_path, source, *flags)
+
+
+def test_benchmark_data_is_recognized(aot, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prepare_bench", Path(__file__).parents[1] / "benchmarks" /
+                                                  "prepare_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for shape, expected in (("binarized", "paired-messages"), ("raw", "ultrafeedback")):
+        bench.generate(tmp_path / f"{shape}.jsonl", 200, shape)
+        _, summary, _ = _prepare(aot, tmp_path, tmp_path / f"{shape}.jsonl", name=shape)
+        assert summary["format"] == expected and summary["read"] == {"train": 200}
+        accounted = sum(summary["counts"].values()) + sum(summary["dropped"].values())
+        if shape == "binarized":  # every row is kept or dropped for a reason
+            assert accounted == 200 and summary["dropped"]["duplicate"] > 0
+        else:  # repeated instructions merge into one prompt's group before binarizing
+            binarize = summary["operations"][1]
+            assert binarize["responses"] == 800 and accounted == binarize["prompts"] < 200
