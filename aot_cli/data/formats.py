@@ -198,7 +198,7 @@ def hh_messages(transcript: str) -> list[dict]:
             for role, content in zip(parts[1::2], parts[2::2])]
 
 
-# --- normalizers: (row, where, options) -> list of records ------------------------------------
+# --- normalizers: (row, where, options) -> records, or the reason to drop the row -------------
 
 
 def _paired(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
@@ -209,32 +209,29 @@ def _paired(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
              "rejected": text(row, "rejected", where)}]
 
 
-def _paired_messages(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
+def _paired_messages(row: dict, where: str, opts: ShapeOptions) -> list[dict] | str:
     chosen, rejected = messages(row, "chosen", where), messages(row, "rejected", where)
     prompt = row.get("prompt")
     if isinstance(prompt, list):
         prompt = messages(row, "prompt", where)
         n = len(prompt)
-        if chosen[:n] == prompt and rejected[:n] == prompt:
-            chosen, rejected = chosen[n:], rejected[n:]
+        chosen, rejected = (side[n:] if side[:n] == prompt else side for side in (chosen, rejected))
         return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}]
     if prompt is not None and not isinstance(prompt, str):
         raise UserError(f"{where}: field 'prompt': expected a string or a list of messages, got {_type(prompt)}")
     if any(m["role"] == "user" for m in chosen):
         shared = split_shared_prompt(chosen, rejected)
-        if shared is None:
-            return []  # counted as no_shared_prompt by the caller
-        return [dict(zip(("prompt", "chosen", "rejected"), shared))]
+        return [dict(zip(("prompt", "chosen", "rejected"), shared))] if shared else "no_shared_prompt"
     if prompt is None:
         raise Missing("prompt")
     return [{"prompt": [{"role": "user", "content": prompt}], "chosen": chosen, "rejected": rejected}]
 
 
-def _hh(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
+def _hh(row: dict, where: str, opts: ShapeOptions) -> list[dict] | str:
     chosen = hh_messages(text(row, "chosen", where))
     rejected = hh_messages(text(row, "rejected", where))
     shared = split_shared_prompt(chosen, rejected)
-    return [dict(zip(("prompt", "chosen", "rejected"), shared))] if shared else []
+    return [dict(zip(("prompt", "chosen", "rejected"), shared))] if shared else "no_shared_prompt"
 
 
 def _sharegpt(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
@@ -245,11 +242,13 @@ def _sharegpt(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
              "rejected": [message(_get(row, "rejected"), where, "rejected")]}]
 
 
-def _ultrafeedback(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
+def _ultrafeedback(row: dict, where: str, opts: ShapeOptions) -> list[dict] | str:
     prompt = text(row, "instruction", where)
     completions = _get(row, "completions")
     if not isinstance(completions, list):
         raise UserError(f"{where}: field 'completions': expected a list, got {_type(completions)}")
+    if not completions:
+        return "too_few_responses"
     records = []
     for i, item in enumerate(completions):
         name = f"completions[{i}]"
@@ -298,19 +297,19 @@ def _labelled(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
     return [{"prompt": prompt, "completion": completion, "label": label}]
 
 
-NORMALIZERS: dict[str, Callable[[dict, str, ShapeOptions], list[dict]]] = {
+NORMALIZERS: dict[str, Callable[[dict, str, ShapeOptions], list[dict] | str]] = {
     "paired-strings": _paired, "paired-messages": _paired_messages, "hh": _hh, "sharegpt": _sharegpt,
     "ultrafeedback": _ultrafeedback, "scored": _scored, "pku": _pku, "labelled": _labelled,
 }
 
 
 def normalize_row(shape: str, row: dict, where: str, opts: ShapeOptions) -> list[dict] | str:
-    """Records for one raw row, or the reason it is dropped ("missing_field", "no_shared_prompt")."""
+    """Records for one raw row, or the reason it is dropped ("missing_field", "no_shared_prompt",
+    "too_few_responses")."""
     try:
-        records = NORMALIZERS[shape](row, where, opts)
+        return NORMALIZERS[shape](row, where, opts)
     except Missing:
         return "missing_field"
-    return records if records else "no_shared_prompt"
 
 
 def default_label_field(shape: str, columns: set[str], label_field: str | None) -> str | None:

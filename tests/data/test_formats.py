@@ -69,7 +69,7 @@ def test_roles_are_normalized_and_content_untouched():
 def test_paired_messages_with_a_message_prompt_strips_it_from_the_answers():
     row = {"prompt": [U("q")], "chosen": [U("q"), A("a")], "rejected": [A("b")]}
     assert normalize_row("paired-messages", row, "w", ShapeOptions()) == \
-        [{"prompt": [U("q")], "chosen": [U("q"), A("a")], "rejected": [A("b")]}]  # not both: kept as given
+        [{"prompt": [U("q")], "chosen": [A("a")], "rejected": [A("b")]}]
     row = {"prompt": "q", "chosen": [A("a")], "rejected": [A("b")]}
     assert normalize_row("paired-messages", row, "w", ShapeOptions()) == \
         [{"prompt": [U("q")], "chosen": [A("a")], "rejected": [A("b")]}]
@@ -78,6 +78,7 @@ def test_paired_messages_with_a_message_prompt_strips_it_from_the_answers():
 def test_drop_reasons_and_errors():
     opts = ShapeOptions()
     assert normalize_row("paired-strings", {"prompt": "p", "chosen": "a"}, "w", opts) == "missing_field"
+    assert normalize_row("ultrafeedback", {"instruction": "p", "completions": []}, "w", opts) == "too_few_responses"
     assert normalize_row("hh", {"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: b\n\nAssistant: x"},
                          "w", opts) == "no_shared_prompt"
     with pytest.raises(UserError, match="f:3: field 'better_response_id': expected 0 or 1, got 2"):
