@@ -102,13 +102,17 @@ def evaluate(config: Any, suite: str, source: Any, device: str, out: Path) -> tu
                   "dtype": TORCH_DTYPES[config.dtype]}
     if source.peft:
         model_args["peft"] = source.peft
-    results = lm_eval.simple_evaluate(
-        model="hf", model_args=model_args, tasks=tasks, num_fewshot=config.num_fewshot,
-        batch_size=config.batch_size, device=device, limit=config.limit,
-        apply_chat_template=chat, fewshot_as_multiturn=multiturn, task_manager=manager,
-        log_samples=True, random_seed=config.seed, numpy_random_seed=config.seed,
-        torch_random_seed=config.seed, fewshot_random_seed=config.seed,
-    )
+    try:
+        results = lm_eval.simple_evaluate(
+            model="hf", model_args=model_args, tasks=tasks, num_fewshot=config.num_fewshot,
+            batch_size=config.batch_size, device=device, limit=config.limit,
+            apply_chat_template=chat, fewshot_as_multiturn=multiturn, task_manager=manager,
+            log_samples=True, random_seed=config.seed, numpy_random_seed=config.seed,
+            torch_random_seed=config.seed, fewshot_random_seed=config.seed,
+        )
+    except OSError as exc:  # model or task data neither reachable nor in the HF cache
+        raise UserError(f"lm-eval could not load the model or a task's data ({str(exc).splitlines()[0]}); "
+                        "hub models and datasets must be reachable or already in the Hugging Face cache") from None
     _write_samples(results.pop("samples", {}), out)
     (out / "lm_eval_results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 

@@ -79,3 +79,21 @@ def test_eval_bad_inputs(aot, tmp_path, tiny_model_dir):
     result = aot("eval", tiny_model_dir, "-o", tmp_path / "o", "--tasks", "x", "--include-path", tmp_path / "nope")
     assert result.exit_code == 2 and "--include-path" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_model_or_data_is_a_user_error(aot, tiny_model_dir, tmp_path, monkeypatch):
+    import lm_eval
+
+    from aot_cli.eval import lm_eval_suites
+
+    class Manager:
+        all_tasks = ["arc_challenge"]
+
+    def offline(**kwargs):
+        raise ConnectionError("Couldn't reach 'allenai/ai2_arc' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(lm_eval_suites, "task_manager", lambda include_path: Manager())
+    monkeypatch.setattr(lm_eval, "simple_evaluate", offline)
+    result = aot("eval", tiny_model_dir, "--tasks", "arc_challenge", "-o", tmp_path / "o")
+    assert result.exit_code == 2 and "Couldn't reach 'allenai/ai2_arc'" in result.stderr
+    assert not (tmp_path / "o").exists()
