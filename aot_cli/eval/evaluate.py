@@ -112,7 +112,9 @@ def _finish(out: Path, config: EvalConfig, suite: str, source, scores: dict, set
 
     settings["model_source"] = source.describe()
     results = report.results_document(suite, source.spec, scores, settings, notes)
-    report.write_eval(out, results, config=to_dict(config), inputs=[describe_input(source.spec)])
+    files = [p for p in (config.data, config.instructions, config.reference, config.include_path) if p is not None]
+    inputs = [describe_input(source.spec)] + [describe_input(p) for p in files]
+    report.write_eval(out, results, config=to_dict(config), inputs=inputs)
     return results
 
 

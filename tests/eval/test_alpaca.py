@@ -100,7 +100,8 @@ def test_alpacaeval_end_to_end(aot, tiny_model_dir, in_repo, tmp_path, monkeypat
     assert sorted(a["preference"] for a in annotations) == pytest.approx([0.2, 0.2, 0.2, 0.9])
     assert {a["model_label"] for a in annotations} <= {"m", "M"}
     assert len((out / "judge_cache.jsonl").read_text().splitlines()) == 4
-    assert json.loads((out / "manifest.json").read_text())["kind"] == "eval"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "eval" and manifest["inputs"][1]["path"] == DATA and "sha256" in manifest["inputs"][1]
     for f in out.rglob("*"):
         assert not f.is_file() or "sk-test-secret" not in f.read_text(errors="ignore"), f
 
