@@ -10,7 +10,7 @@ fingerprint that later caches key on. Every bad input stops before OUT is touche
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,7 @@ class _Prepared:
     operations: list[dict]
     source: dict
     inputs: list[dict]
+    examples: dict[str, str] = field(default_factory=dict)  # first dropped row per reason: where, why
     token_lengths: dict | None = None
 
     def summary(self, fingerprint: str) -> dict:
@@ -121,7 +122,8 @@ class _Prepared:
 
         summary = {"paired": self.paired, "format": self.format, "conversational": _conversational(self.splits),
                    "counts": {k: len(v) for k, v in self.splits.items()}, "read": self.read,
-                   "dropped": dict(sorted(self.dropped.items())), "fingerprint": fingerprint,
+                   "dropped": dict(sorted(self.dropped.items())), "drop_examples": self.examples,
+                   "fingerprint": fingerprint,
                    "source": self.source, "operations": self.operations}
         if not self.paired:
             summary["label_balance"] = {
@@ -180,8 +182,9 @@ def _ensure_rows(config: PrepareConfig, result: _Prepared) -> None:
     """An empty training split is an error that says where the rows went."""
     if len(result.splits["train"]) == 0:
         dropped = ", ".join(f"{reason} {n}" for reason, n in result.dropped.most_common()) or "nothing"
+        first = "".join(f"; first {reason}: {where}" for reason, where in result.examples.items())
         raise UserError(f"{config.source}: no training rows left (read {sum(result.read.values())} rows; "
-                        f"dropped: {dropped})")
+                        f"dropped: {dropped}{first})")
 
 
 def _from_prepared(config: PrepareConfig, source: Any) -> _Prepared:
@@ -281,7 +284,8 @@ def _from_raw(config: PrepareConfig, source: Any) -> _Prepared:
     kind = record_kind(shape, opts)
     operations: list[dict] = [{"op": "normalize", "format": shape}]
     dropped: Counter = Counter()
-    records = {name: _normalize(shape, parts, opts, dropped) for name, parts in source.splits.items()}
+    examples: dict[str, str] = {}
+    records = {name: _normalize(shape, parts, opts, dropped, examples) for name, parts in source.splits.items()}
     read = {name: sum(len(p.rows) for p in parts) for name, parts in source.splits.items()}
     if kind == "scored":
         method = config.binarize or "best-vs-worst"
@@ -307,13 +311,14 @@ def _from_raw(config: PrepareConfig, source: Any) -> _Prepared:
         splits[name], lost = hygiene(splits[name], paired, seen)
         dropped.update(lost)
     operations.append({"op": "hygiene"})
-    return _Prepared(splits, paired, shape, read, dropped, operations, source.record, source.inputs)
+    return _Prepared(splits, paired, shape, read, dropped, operations, source.record, source.inputs, examples)
 
 
-def _normalize(shape: str, parts: list, opts: Any, dropped: Counter) -> list[dict]:
-    """All records of one split, with a progress bar; drop reasons are counted into `dropped`."""
+def _normalize(shape: str, parts: list, opts: Any, dropped: Counter, examples: dict[str, str]) -> list[dict]:
+    """All records of one split, with a progress bar; drop reasons are counted into `dropped`, and
+    the first row dropped for each reason goes into `examples` (so a message can name it)."""
     from aot_cli.console import progress
-    from aot_cli.data.formats import normalize_row
+    from aot_cli.data.formats import Drop, normalize_row
 
     records: list[dict] = []
     total = sum(len(p.rows) for p in parts)
@@ -322,8 +327,9 @@ def _normalize(shape: str, parts: list, opts: Any, dropped: Counter) -> list[dic
         for part in parts:
             for index, row in enumerate(part):
                 result = normalize_row(shape, row, part.where(index), opts)
-                if isinstance(result, str):
-                    dropped[result] += 1
+                if isinstance(result, Drop):
+                    dropped[result.reason] += 1
+                    examples.setdefault(result.reason, result.example)
                 else:
                     records.extend(result)
                 if index % 1000 == 999:
@@ -383,12 +389,12 @@ def _drop_too_long(config: PrepareConfig, result: _Prepared, tokenizer: Any) -> 
     from aot_cli.data.operations import column
     from aot_cli.data.tokenize import TokenizeSettings, encode_many
 
-    fields = ("chosen", "rejected") if result.paired else ("completion",)
+    answers = ("chosen", "rejected") if result.paired else ("completion",)
     for name, split in result.splits.items():
         prompts = column(split, "prompt")
         totals = [0] * len(split)
-        for field in fields:
-            encoded = encode_many(tokenizer, prompts, column(split, field), TokenizeSettings(), field=field)
+        for answer in answers:
+            encoded = encode_many(tokenizer, prompts, column(split, answer), TokenizeSettings(), field=answer)
             totals = [max(t, len(e.input_ids)) for t, e in zip(totals, encoded)]
         keep = [i for i, t in enumerate(totals) if t <= config.max_length]
         result.dropped["too_long"] += len(split) - len(keep)
@@ -417,4 +423,6 @@ def _report(out: Path, summary: dict) -> None:
     out_console.print(table)
     if summary["dropped"]:
         info("dropped: " + ", ".join(f"{reason} {n}" for reason, n in summary["dropped"].items()))
+        for reason, where in summary["drop_examples"].items():
+            info(f"  first {reason}: {where}")
     info(f"wrote {out} (fingerprint {summary['fingerprint']})")

@@ -178,6 +178,7 @@ def test_hygiene_counts_each_reason(aot, tmp_path):
     data, summary, _ = _prepare(aot, tmp_path, src, "--test-size", "0")
     assert summary["dropped"] == {"duplicate": 1, "empty_completion": 1, "empty_prompt": 1, "identical_pair": 1,
                                   "missing_field": 2}
+    assert summary["drop_examples"] == {"missing_field": f"{src}:5: field 'rejected' is missing or null"}
     assert data["train"]["prompt"] == ["p1", "p6"]
 
 
@@ -271,6 +272,14 @@ def test_non_utf8(aot, tmp_path):
     src.write_bytes(b'{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "caf\xe9"}\n')
     msg = _fails(aot, tmp_path, src)
     assert f"{src}:2: not UTF-8" in msg and "offset 63" in msg
+
+
+def test_missing_fields_everywhere_name_the_first_row(aot, tmp_path):
+    src = _jsonl(tmp_path / "x.jsonl", [{"prompt": "p", "chosen": "a", "rejected": None},
+                                        {"prompt": "q", "chosen": "b", "rejected": None}])
+    msg = _fails(aot, tmp_path, src)
+    assert msg.startswith(f"error: {src}: no training rows left (read 2 rows; dropped: missing_field 2; "
+                          f"first missing_field: {src}:1: field 'rejected' is missing or null)")
 
 
 def test_empty_result_says_what_dropped_the_rows(aot, tmp_path):

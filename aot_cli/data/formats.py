@@ -303,13 +303,22 @@ NORMALIZERS: dict[str, Callable[[dict, str, ShapeOptions], list[dict] | str]] = 
 }
 
 
-def normalize_row(shape: str, row: dict, where: str, opts: ShapeOptions) -> list[dict] | str:
-    """Records for one raw row, or the reason it is dropped ("missing_field", "no_shared_prompt",
+@dataclass(frozen=True)
+class Drop:
+    """A raw row that yields no records: the reason (counted in the manifest) and where it was."""
+
+    reason: str
+    example: str
+
+
+def normalize_row(shape: str, row: dict, where: str, opts: ShapeOptions) -> list[dict] | Drop:
+    """Records for one raw row, or why it is dropped ("missing_field", "no_shared_prompt",
     "too_few_responses")."""
     try:
-        return NORMALIZERS[shape](row, where, opts)
-    except Missing:
-        return "missing_field"
+        result = NORMALIZERS[shape](row, where, opts)
+    except Missing as exc:
+        return Drop("missing_field", f"{where}: field {exc.args[0]!r} is missing or null")
+    return Drop(result, where) if isinstance(result, str) else result
 
 
 def default_label_field(shape: str, columns: set[str], label_field: str | None) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aot_cli.data.formats import (ShapeOptions, detect_shape, hh_messages, normalize_row, split_last_user,
+from aot_cli.data.formats import (Drop, ShapeOptions, detect_shape, hh_messages, normalize_row, split_last_user,
                                   split_shared_prompt)
 from aot_cli.data.operations import ScoreExpr
 from aot_cli.errors import UserError
@@ -77,10 +77,12 @@ def test_paired_messages_with_a_message_prompt_strips_it_from_the_answers():
 
 def test_drop_reasons_and_errors():
     opts = ShapeOptions()
-    assert normalize_row("paired-strings", {"prompt": "p", "chosen": "a"}, "w", opts) == "missing_field"
-    assert normalize_row("ultrafeedback", {"instruction": "p", "completions": []}, "w", opts) == "too_few_responses"
+    assert normalize_row("paired-strings", {"prompt": "p", "chosen": "a"}, "f:2", opts) == \
+        Drop("missing_field", "f:2: field 'rejected' is missing or null")
+    assert normalize_row("ultrafeedback", {"instruction": "p", "completions": []}, "w", opts) == \
+        Drop("too_few_responses", "w")
     assert normalize_row("hh", {"chosen": "\n\nHuman: a\n\nAssistant: x", "rejected": "\n\nHuman: b\n\nAssistant: x"},
-                         "w", opts) == "no_shared_prompt"
+                         "w", opts) == Drop("no_shared_prompt", "w")
     with pytest.raises(UserError, match="f:3: field 'better_response_id': expected 0 or 1, got 2"):
         normalize_row("pku", {"prompt": "p", "response_0": "a", "response_1": "b", "better_response_id": 2},
                       "f:3", opts)
