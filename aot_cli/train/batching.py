@@ -45,16 +45,16 @@ def _lengths(dataset, column: str) -> np.ndarray:
 
 def make_sides(tokenized, *, paired: bool) -> tuple[Side, Side]:
     """Sides A and B of a tokenized split (columns as made by ``tokenize_split``)."""
+    def side(ids: str, prompt: str, rows: np.ndarray) -> Side:
+        columns = tokenized.select_columns([ids, prompt])  # a row read then skips the other side
+        return Side(columns, ids, prompt, rows, _lengths(tokenized, ids)[rows])
+
     if paired:
         rows = np.arange(len(tokenized))
-        return (Side(tokenized, "chosen_input_ids", "chosen_prompt_len", rows, _lengths(tokenized, "chosen_input_ids")),
-                Side(tokenized, "rejected_input_ids", "rejected_prompt_len", rows,
-                     _lengths(tokenized, "rejected_input_ids")))
+        return side("chosen_input_ids", "chosen_prompt_len", rows), side("rejected_input_ids", "rejected_prompt_len", rows)
     labels = np.asarray(tokenized["label"], dtype=bool)
-    lengths = _lengths(tokenized, "input_ids")
-    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
-    return (Side(tokenized, "input_ids", "prompt_len", pos, lengths[pos]),
-            Side(tokenized, "input_ids", "prompt_len", neg, lengths[neg]))
+    return (side("input_ids", "prompt_len", np.flatnonzero(labels)),
+            side("input_ids", "prompt_len", np.flatnonzero(~labels)))
 
 
 class StepSampler:

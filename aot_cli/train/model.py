@@ -136,10 +136,6 @@ def build_reference(config) -> Any:
     return model.eval()
 
 
-def trainable_parameters(model) -> list:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 def save_trained(model, tokenizer, directory: Path) -> None:
     """Write the adapter (peft) or the full model as safetensors, with the tokenizer beside it."""
     model.save_pretrained(str(directory), safe_serialization=True)

@@ -16,7 +16,9 @@ import os
 import resource
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -192,27 +194,64 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
+@dataclass
+class Setup:
+    """Everything checked and loaded before the run directory is created."""
+
+    config: TrainConfig
+    accelerator: Any
+    started: float
+    resume_from: Path | None
+    loss_fn: Any
+    tokenizer: Any
+    sides: tuple
+    sampler: Any
+    total_steps: int
+    global_batch: int
+    data_fp: str
+    paired: bool
+    policy: Any
+
+    def say(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            info(message)
+
+    @property
+    def fixed(self) -> dict:
+        """Settings a resumed run must share with its checkpoint."""
+        c = self.config
+        return {"seed": c.seed, "global_batch": self.global_batch, "loss": c.loss, "data_fingerprint": self.data_fp,
+                "lora": c.lora, "model": c.model}
+
+
 def train(config: TrainConfig) -> dict:
     """Train per `config`; returns the run manifest's summary."""
+    setup = validate_and_load(config)
+    out = prepare_output(config, setup.resume_from, setup.accelerator)
+    try:
+        return run_training(setup, out)
+    except KeyboardInterrupt:
+        setup.say(f"interrupted; {out} keeps the checkpoints written so far (continue with --resume auto)")
+        raise SystemExit(130) from None
+
+
+def validate_and_load(config: TrainConfig) -> Setup:
+    """Every check that can fail on user input, and the loading it needs; writes nothing but caches."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from aot_cli.data.dataset import load_prepared
-    from aot_cli.data.tokenize import TokenizeSettings, load_tokenizer, tokenize_split, tokenizer_fingerprint
-    from aot_cli.train import reference
+    from aot_cli.data.tokenize import TokenizeSettings, load_tokenizer, tokenize_split
     from aot_cli.train.batching import StepSampler, make_sides
-    from aot_cli.train.checkpoint import check_compatible, load_checkpoint, read_state
-    from aot_cli.train.loop import LoopState, train_loop
-    from aot_cli.train.metrics import CURVES, MetricsLog, check_tracker, plot_curves, read_metrics
-    from aot_cli.train.model import build_policy, check_model_inputs, save_trained
+    from aot_cli.train.checkpoint import check_compatible, read_state
+    from aot_cli.train.metrics import check_tracker
+    from aot_cli.train.model import build_policy, check_model_inputs
 
     started = time.time()
     quiet_libraries()
     # Several processes without CUDA (torchrun / accelerate launch on CPU): gloo, via accelerate's cpu mode.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(cpu=multi_cpu)
-    say = info if accelerator.is_main_process else (lambda message: None)
-    # --- every check that can fail on user input, before the output directory exists ---
     resume_from = resolve_resume(config)
     check_settings(config)
     loss_fn = make_loss_fn(config)
@@ -236,43 +275,53 @@ def train(config: TrainConfig) -> dict:
                         f"{config.grad_accum} x {accelerator.num_processes} process(es)) is larger than the "
                         f"training data ({have}); lower --batch-size or --grad-accum")
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * sampler.steps_per_epoch))
-    fixed = {"seed": config.seed, "global_batch": global_batch, "loss": config.loss, "data_fingerprint": data_fp,
-             "lora": config.lora, "model": config.model}
+    setup = Setup(config, accelerator, started, resume_from, loss_fn, tokenizer, sides, sampler, total_steps,
+                  global_batch, data_fp, paired, policy=None)
     if resume_from is not None:
-        check_compatible(read_state(resume_from), fixed, resume_from)
+        check_compatible(read_state(resume_from), setup.fixed, resume_from)
     set_seed(config.seed)
-    policy = build_policy(config)
+    setup.policy = build_policy(config)
+    return setup
 
-    # --- the run directory exists from here on ---
-    out = prepare_output(config, resume_from, accelerator)
-    policy = accelerator.prepare(policy)
+
+def run_training(setup: Setup, out: Path) -> dict:
+    """Reference log-probs, optimizer, optional resume, the loop, then the final artifact."""
+    from aot_cli.data.tokenize import tokenizer_fingerprint
+    from aot_cli.train import reference
+    from aot_cli.train.checkpoint import load_checkpoint
+    from aot_cli.train.loop import LoopState, train_loop
+    from aot_cli.train.metrics import MetricsLog
+
+    config, accelerator = setup.config, setup.accelerator
+    policy = accelerator.prepare(setup.policy)
     unwrapped = accelerator.unwrap_model(policy)
-    pad_id = tokenizer.pad_token_id
+    pad_id = setup.tokenizer.pad_token_id
     ref, online_ref, key = None, None, None
     if config.ref == "precompute":
-        key = reference.cache_key(config, data_fingerprint=f"{data_fp}:train",
-                                  tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        key = reference.cache_key(config, data_fingerprint=f"{setup.data_fp}:train",
+                                  tokenizer_fingerprint=tokenizer_fingerprint(setup.tokenizer),
                                   settings={"max_length": config.max_length,
                                             "max_prompt_length": config.max_prompt_length})
-        ref = reference_logps(config, unwrapped, sides, key=key, pad_id=pad_id, at_start=resume_from is None,
-                              accelerator=accelerator)
+        ref = reference_logps(config, unwrapped, setup.sides, key=key, pad_id=pad_id,
+                              at_start=setup.resume_from is None, accelerator=accelerator)
     else:
         online_ref = reference.OnlineReference(unwrapped, config, config.logps_chunk_size)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, params)
-    scheduler = make_scheduler(config, optimizer, total_steps)
+    scheduler = make_scheduler(config, optimizer, setup.total_steps)
     start_step = 0
-    if resume_from is not None:
-        start_step = load_checkpoint(resume_from, model=policy, optimizer=optimizer, scheduler=scheduler,
+    if setup.resume_from is not None:
+        start_step = load_checkpoint(setup.resume_from, model=policy, optimizer=optimizer, scheduler=scheduler,
                                      accelerator=accelerator)
-        say(f"resuming from {resume_from} (step {start_step} of {total_steps})")
+        setup.say(f"resuming from {setup.resume_from} (step {start_step} of {setup.total_steps})")
     n_trainable = sum(p.numel() for p in params)
-    say(f"training {'LoRA adapters' if config.lora else 'all weights'} ({n_trainable:,} parameters), "
-         f"{total_steps} steps, sort set {global_batch} ({config.sort_scope} scope), loss {config.loss}")
+    setup.say(f"training {'LoRA adapters' if config.lora else 'all weights'} ({n_trainable:,} parameters), "
+              f"{setup.total_steps} steps, sort set {setup.global_batch} ({config.sort_scope} scope), "
+              f"loss {config.loss}")
     state = LoopState(config=config, accelerator=accelerator, model=policy, optimizer=optimizer,
-                      scheduler=scheduler, loss_fn=loss_fn, sides=sides, sampler=sampler, pad_id=pad_id, out=out,
-                      total_steps=total_steps, start_step=start_step, ref=ref, online_ref=online_ref,
-                      checkpoint_state=fixed)
+                      scheduler=scheduler, loss_fn=setup.loss_fn, sides=setup.sides, sampler=setup.sampler,
+                      pad_id=pad_id, out=out, total_steps=setup.total_steps, start_step=start_step, ref=ref,
+                      online_ref=online_ref, checkpoint_state=setup.fixed)
     metrics = None
     if accelerator.is_main_process:
         metrics = MetricsLog(out, resume_step=start_step, tracker=config.report_to, config=to_dict(config))
@@ -281,29 +330,38 @@ def train(config: TrainConfig) -> dict:
     finally:
         if metrics is not None:
             metrics.close()
-
-    # --- final artifact: weights, curves, manifest last ---
     summary = {}
     if accelerator.is_main_process:
-        save_trained(unwrapped, tokenizer, out / ("adapter" if config.lora else "model"))
-        records = read_metrics(out)
-        if records:
-            plot_curves(records, out / CURVES)
-        final = records[-1] if records else {}
-        summary = {
-            "base_model": config.model, "adapter": config.lora,
-            "init_adapter": str(config.init_adapter) if config.init_adapter else None,
-            "dataset_fingerprint": data_fp, "paired_data": paired, "steps": total_steps,
-            "global_batch": global_batch, "sort_scope": config.sort_scope, "processes": accelerator.num_processes,
-            "trainable_parameters": n_trainable, "reference": {"mode": config.ref, "cache_key": key},
-            "final": {k: v for k, v in final.items() if k not in ("step", "elapsed_s")},
-            "wall_time_s": round(time.time() - started, 2), "peak_memory_bytes": peak_memory_bytes(),
-        }
-        inputs = [describe_input(config.data),
-                  {"path": config.model, "fingerprint": reference.model_fingerprint(config.model)}]
-        if config.init_adapter:
-            inputs.append(describe_input(config.init_adapter))
-        write_manifest(out, kind="run", config=to_dict(config), inputs=inputs, summary=summary)
-        say(f"wrote {out}")
+        summary = finish(setup, out, unwrapped, n_trainable=n_trainable, reference_key=key)
     accelerator.wait_for_everyone()
+    return summary
+
+
+def finish(setup: Setup, out: Path, model, *, n_trainable: int, reference_key: str | None) -> dict:
+    """The final artifact: weights + tokenizer, curves, then the manifest (last)."""
+    from aot_cli.train.metrics import CURVES, plot_curves, read_metrics
+    from aot_cli.train.model import save_trained
+    from aot_cli.train.reference import model_fingerprint
+
+    config = setup.config
+    save_trained(model, setup.tokenizer, out / ("adapter" if config.lora else "model"))
+    records = read_metrics(out)
+    if records:
+        plot_curves(records, out / CURVES)
+    final = records[-1] if records else {}
+    summary = {
+        "base_model": config.model, "adapter": config.lora,
+        "init_adapter": str(config.init_adapter) if config.init_adapter else None,
+        "dataset_fingerprint": setup.data_fp, "paired_data": setup.paired, "steps": setup.total_steps,
+        "global_batch": setup.global_batch, "sort_scope": config.sort_scope,
+        "processes": setup.accelerator.num_processes, "trainable_parameters": n_trainable,
+        "reference": {"mode": config.ref, "cache_key": reference_key},
+        "final": {k: v for k, v in final.items() if k not in ("step", "elapsed_s")},
+        "wall_time_s": round(time.time() - setup.started, 2), "peak_memory_bytes": peak_memory_bytes(),
+    }
+    inputs = [describe_input(config.data), {"path": config.model, "fingerprint": model_fingerprint(config.model)}]
+    if config.init_adapter:
+        inputs.append(describe_input(config.init_adapter))
+    write_manifest(out, kind="run", config=to_dict(config), inputs=inputs, summary=summary)
+    setup.say(f"wrote {out}")
     return summary
