@@ -18,7 +18,6 @@ from aot_cli.config import arg, opt, to_dict
 from aot_cli.errors import UserError
 
 FORMATS = ("auto", "paired-strings", "paired-messages", "hh", "sharegpt", "ultrafeedback", "scored", "pku", "labelled")
-DEFAULT_SCORES = {"ultrafeedback": "overall_score", "scored": "helpfulness"}
 
 
 @dataclass
@@ -212,80 +211,19 @@ def _from_prepared(config: PrepareConfig, source: Any) -> _Prepared:
                      {k: len(v) for k, v in data.items()}, dropped, operations, source.record, source.inputs)
 
 
-def _resolve_shape(config: PrepareConfig, source: Any) -> tuple[str, Any]:
-    """(shape name, ShapeOptions) from --format or the source's columns, checking the flags fit."""
-    from aot_cli.data.formats import (SHAPES, ShapeOptions, default_label_field, detect_shape,
-                                      required_columns)
-    from aot_cli.data.operations import ScoreExpr
-
-    sample = _sample(source)
-    if config.format == "auto":
-        shape = detect_shape(source.columns, sample, config.label_field)
-    else:
-        shape = config.format
-        missing = required_columns(shape, source.columns, config.label_field)
-        if missing:
-            raise UserError(f"{config.source}: --format {shape} needs column(s) {', '.join(missing)}; "
-                            f"found {', '.join(sorted(source.columns))}")
-    kind = SHAPES[shape].kind
-    if config.binarize and kind != "scored":
-        raise UserError(f"--binarize applies to ultrafeedback or scored data; {config.source} is {shape}")
-    if config.label_field and kind == "paired":
-        raise UserError(f"--label-field applies to labelled or scored data; {config.source} is {shape} "
-                        "(paired); use --unpair to make labels from pairs")
-    if config.prefer != "better" and shape != "pku":
-        raise UserError(f"--prefer applies to PKU-SafeRLHF-style data; {config.source} is {shape}")
-    if config.unpair and kind == "unpaired":
-        raise UserError(f"--unpair needs paired data; {config.source} is {shape} (already unpaired)")
-    label_field = default_label_field(shape, source.columns, config.label_field)
-    score = None
-    if kind == "scored" and label_field is None:
-        score = ScoreExpr(config.score or DEFAULT_SCORES[shape])
-        _check_score_fields(config, shape, score, source.columns, sample)
-    return shape, ShapeOptions(label_field, config.label_threshold, score, config.prefer)
-
-
-def _sample(source: Any, rows: int = 100) -> dict:
-    """The first non-null value of each column over the first `rows` train rows (to tell strings
-    from message lists even when the very first row has a gap)."""
-    sample: dict = {}
-    for part in source.splits["train"]:
-        for index, row in enumerate(part):
-            for key, value in row.items():
-                if sample.get(key) is None:
-                    sample[key] = value
-            if index + 1 >= rows:
-                return sample
-    return sample
-
-
-def _check_score_fields(config: PrepareConfig, shape: str, score: Any, columns: set[str], sample: dict) -> None:
-    """Fail early when a --score field exists nowhere (a typo), listing the fields there are."""
-    if shape == "ultrafeedback":
-        first = next((c for c in sample.get("completions") or [] if isinstance(c, dict)), {})
-        available = set(first) | set(first.get("annotations") or {})
-    else:
-        available = set(columns)
-    missing = [f for f in score.fields if f not in available]
-    if missing:
-        numeric = sorted(available - {"prompt", "response", "completion", "annotations", "model", "principle",
-                                      "custom_system_prompt", "critique"})
-        raise UserError(f"{config.source}: --score field(s) {', '.join(missing)} not found "
-                        f"(available: {', '.join(numeric)})")
-
-
 def _from_raw(config: PrepareConfig, source: Any) -> _Prepared:
     """Normalize raw rows, binarize or label them, and clean each split."""
     from aot_cli.data.dataset import to_dataset
     from aot_cli.data.formats import record_kind
+    from aot_cli.data.normalize import normalize_split, resolve_shape, unify
     from aot_cli.data.operations import binarize, hygiene
 
-    shape, opts = _resolve_shape(config, source)
+    shape, opts = resolve_shape(config, source)
     kind = record_kind(shape, opts)
     operations: list[dict] = [{"op": "normalize", "format": shape}]
     dropped: Counter = Counter()
     examples: dict[str, str] = {}
-    records = {name: _normalize(shape, parts, opts, dropped, examples) for name, parts in source.splits.items()}
+    records = {name: normalize_split(shape, parts, opts, dropped, examples) for name, parts in source.splits.items()}
     read = {name: sum(len(p.rows) for p in parts) for name, parts in source.splits.items()}
     if kind == "scored":
         method = config.binarize or "best-vs-worst"
@@ -304,7 +242,7 @@ def _from_raw(config: PrepareConfig, source: Any) -> _Prepared:
     if shape == "pku":
         operations.append({"op": "prefer", "by": f"{opts.prefer}_response_id"})
     paired = kind == "paired"
-    conversational = _unify(records, paired)
+    conversational = unify(records, paired)
     splits = {name: to_dataset(rows, paired, conversational) for name, rows in records.items()}
     seen: set[str] = set()
     for name in sorted(splits, key=lambda n: n != "test"):  # test first: train copies of test rows go
@@ -312,45 +250,6 @@ def _from_raw(config: PrepareConfig, source: Any) -> _Prepared:
         dropped.update(lost)
     operations.append({"op": "hygiene"})
     return _Prepared(splits, paired, shape, read, dropped, operations, source.record, source.inputs, examples)
-
-
-def _normalize(shape: str, parts: list, opts: Any, dropped: Counter, examples: dict[str, str]) -> list[dict]:
-    """All records of one split, with a progress bar; drop reasons are counted into `dropped`, and
-    the first row dropped for each reason goes into `examples` (so a message can name it)."""
-    from aot_cli.console import progress
-    from aot_cli.data.formats import Drop, normalize_row
-
-    records: list[dict] = []
-    total = sum(len(p.rows) for p in parts)
-    with progress(transient=True) as bar:
-        task = bar.add_task("Normalizing", total=total)
-        for part in parts:
-            for index, row in enumerate(part):
-                result = normalize_row(shape, row, part.where(index), opts)
-                if isinstance(result, Drop):
-                    dropped[result.reason] += 1
-                    examples.setdefault(result.reason, result.example)
-                else:
-                    records.extend(result)
-                if index % 1000 == 999:
-                    bar.advance(task, 1000)
-        bar.update(task, completed=total)
-    return records
-
-
-def _unify(records: dict[str, list[dict]], paired: bool) -> bool:
-    """Make every text field a string, or (when any is a message list) every one a message list:
-    a dataset is one or the other (CONTRACTS.md). Returns whether it is conversational."""
-    fields = ("prompt", "chosen", "rejected") if paired else ("prompt", "completion")
-    conversational = any(isinstance(r[f], list) for rows in records.values() for r in rows for f in fields)
-    if conversational:
-        roles = {"prompt": "user", "chosen": "assistant", "rejected": "assistant", "completion": "assistant"}
-        for rows in records.values():
-            for r in rows:
-                for f in fields:
-                    if isinstance(r[f], str):
-                        r[f] = [{"role": roles[f], "content": r[f]}]
-    return conversational
 
 
 def _split(config: PrepareConfig, train: Any, paired: bool, operations: list[dict]) -> dict[str, Any]:
