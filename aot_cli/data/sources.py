@@ -172,9 +172,22 @@ def _load_hub(source: str, *, subset: str | None, split: str | None, revision: s
         except Exception as exc:  # noqa: BLE001 -- see _hub_splits
             raise UserError(f"{source}: cannot load split {theirs!r} ({type(exc).__name__}: {exc})") from None
         splits[ours] = [_limit(RawPart(f"{source}[{theirs}]", ds), limit)]
-    record = {"type": "hub", "id": source, "subset": subset, "revision": revision, "splits": chosen}
-    inputs = [{"hub_id": source, "subset": subset, "revision": revision, "splits": chosen}]
+    commit = _hub_commit(source, revision)
+    record = {"type": "hub", "id": source, "subset": subset, "revision": revision, "commit": commit,
+              "splits": chosen}
+    inputs = [{"hub_id": source, "subset": subset, "revision": revision, "commit": commit, "splits": chosen}]
     return Source("hub", splits, record, inputs, columns=set(splits["train"][0].rows.column_names))
+
+
+def _hub_commit(source: str, revision: str | None) -> str | None:
+    """The commit a hub dataset resolves to (so the manifest pins what `revision` meant that day);
+    None when the hub cannot be asked (offline)."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(source, revision=revision).sha
+    except Exception:  # noqa: BLE001 -- offline or rate-limited: the record just lacks the commit
+        return None
 
 
 # --- local files -------------------------------------------------------------------------------

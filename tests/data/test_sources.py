@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,6 +53,7 @@ def test_directory_splits_by_file_name(tmp_path):
 
 def test_hub_source_picks_train_and_its_test_split(monkeypatch):
     import datasets
+    import huggingface_hub
 
     calls = []
     monkeypatch.setattr(datasets, "get_dataset_split_names",
@@ -62,7 +64,10 @@ def test_hub_source_picks_train_and_its_test_split(monkeypatch):
         return Dataset.from_list([ROW] * (3 if split.startswith("train") else 1))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info",
+                        lambda self, name, revision=None: SimpleNamespace(sha=f"sha-of-{revision}"))
     source = load_source("org/uf", subset="default", split="train_prefs", revision="abc", limit=2)
+    assert source.record["commit"] == "sha-of-abc" and source.inputs[0]["commit"] == "sha-of-abc"
     assert calls == [("org/uf", "default", "train_prefs", "abc"), ("org/uf", "default", "test_prefs", "abc")]
     assert source.record["splits"] == {"train": "train_prefs", "test": "test_prefs"}
     assert len(source.splits["train"][0].rows) == 2 and list(source.splits["test"][0]) == [ROW]
