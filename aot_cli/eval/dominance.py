@@ -1,15 +1,17 @@
 """The dominance suite: does the trained model's reward distribution dominate, quantile by quantile?
 
 Scores are sequence log-likelihoods of the test split's completions (prompt masked, the training
-tokenization), scaled by beta (the run's, or ``--beta``). Three comparisons, each measured by
+tokenization), scaled by beta (the run's, or ``--beta``); implicit rewards are
+``r = beta * log pi(y) / ref(y)``. Each comparison is measured by
 :func:`aot_cli.eval.quantiles.dominance` (accuracy, violation fraction, violation area):
 
-- paired data: ``before`` / ``after`` = the reference's / the policy's margins
-  ``beta * log M(chosen) / M(rejected)`` against 0; ``implicit_rewards`` = the policy's margins against
-  the reference's (what paired AOT enforces; its accuracy is DPO's reward accuracy, ``r_c > r_r``).
-- unpaired data: ``before`` / ``after`` = positive against negative log-likelihoods under the
-  reference / the policy; ``implicit_rewards`` = positive against negative implicit rewards
-  ``beta * log pi / ref`` (what unpaired AOT enforces).
+- ``before`` / ``after``: the reference / the policy on its own. Paired data: its margins
+  ``beta * log M(chosen) / M(rejected)`` against 0; unpaired: positive against negative
+  ``beta * log M(y)``.
+- ``implicit_rewards``: chosen (positive) rewards against rejected (negative) ones, the paper's
+  Figure 1a and what unpaired AOT enforces; on paired data its accuracy is DPO's reward accuracy.
+- ``margins`` (paired data): the policy's margins against the reference's, the paper's Figure 1b and
+  what paired AOT enforces.
 
 A LoRA run trained from the base is scored against the same weights with the adapter disabled (one
 model in memory); a run with an init adapter, or a full run, loads its reference separately.
@@ -87,14 +89,17 @@ def sequence_logps(model: Any, sequences: list[tuple[list[int], int]], pad_id: i
 
 
 def compare(logps: dict[str, np.ndarray], *, paired: bool, beta: float, levels: np.ndarray) -> dict:
-    """The three comparisons of the module docstring from per-example log-probs (pure)."""
+    """The comparisons of the module docstring from per-example log-probs (pure)."""
     if paired:
         d_ref = beta * (logps["ref_chosen"] - logps["ref_rejected"])
         d_pol = beta * (logps["policy_chosen"] - logps["policy_rejected"])
+        r_c = beta * (logps["policy_chosen"] - logps["ref_chosen"])
+        r_r = beta * (logps["policy_rejected"] - logps["ref_rejected"])
         zeros = np.zeros_like(d_ref)
         return {"before": dominance(d_ref, zeros, paired=True, levels=levels),
                 "after": dominance(d_pol, zeros, paired=True, levels=levels),
-                "implicit_rewards": dominance(d_pol, d_ref, paired=True, levels=levels)}
+                "implicit_rewards": dominance(r_c, r_r, paired=True, levels=levels),
+                "margins": dominance(d_pol, d_ref, paired=True, levels=levels)}
     pos, neg = logps["label"], ~logps["label"]
     pol, ref = beta * logps["policy"], beta * logps["ref"]
     return {"before": dominance(ref[pos], ref[neg], paired=False, levels=levels),
@@ -103,7 +108,7 @@ def compare(logps: dict[str, np.ndarray], *, paired: bool, beta: float, levels: 
 
 
 def plot(logps: dict[str, np.ndarray], *, paired: bool, beta: float, levels: np.ndarray, path: Path) -> None:
-    """Quantile curves: before/after (left) and the implicit-reward comparison with violations shaded."""
+    """Quantile curves: before/after (left), implicit rewards with the violations shaded (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,26 +117,29 @@ def plot(logps: dict[str, np.ndarray], *, paired: bool, beta: float, levels: np.
     q = lambda v: quantile_curve(v, levels)  # noqa: E731
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     if paired:
-        d_ref = beta * (logps["ref_chosen"] - logps["ref_rejected"])
-        d_pol = beta * (logps["policy_chosen"] - logps["policy_rejected"])
-        left.plot(levels, q(d_ref), "--", color="gray", label="reference margin (before)")
-        left.plot(levels, q(d_pol), color="C0", label="policy margin (after)")
+        left.plot(levels, q(beta * (logps["ref_chosen"] - logps["ref_rejected"])), "--", color="gray",
+                  label="reference margin (before)")
+        left.plot(levels, q(beta * (logps["policy_chosen"] - logps["policy_rejected"])), color="C0",
+                  label="policy margin (after)")
         left.axhline(0, color="black", lw=0.8)
-        pos_curve, neg_curve, names = q(d_pol), q(d_ref), ("policy margins", "reference margins")
-        left.set_title("chosen - rejected, beta * log-likelihood")
+        left.set_title("margins: beta * log M(chosen) / M(rejected)")
+        pos = beta * (logps["policy_chosen"] - logps["ref_chosen"])
+        neg = beta * (logps["policy_rejected"] - logps["ref_rejected"])
+        names = ("chosen rewards", "rejected rewards")
     else:
-        pos, neg = logps["label"], ~logps["label"]
+        is_pos = logps["label"]
         for key, style, when in (("ref", "--", "before"), ("policy", "-", "after")):
-            left.plot(levels, q(beta * logps[key][pos]), style, color="C2", label=f"positive ({when})")
-            left.plot(levels, q(beta * logps[key][neg]), style, color="C3", label=f"negative ({when})")
-        r = beta * (logps["policy"] - logps["ref"])
-        pos_curve, neg_curve, names = q(r[pos]), q(r[neg]), ("positive rewards", "negative rewards")
+            left.plot(levels, q(beta * logps[key][is_pos]), style, color="C2", label=f"positive ({when})")
+            left.plot(levels, q(beta * logps[key][~is_pos]), style, color="C3", label=f"negative ({when})")
         left.set_title("beta * log-likelihood")
+        r = beta * (logps["policy"] - logps["ref"])
+        pos, neg, names = r[is_pos], r[~is_pos], ("positive rewards", "negative rewards")
+    pos_curve, neg_curve = q(pos), q(neg)
     right.plot(levels, pos_curve, color="C0", label=names[0])
     right.plot(levels, neg_curve, color="C1", label=names[1])
     right.fill_between(levels, pos_curve, neg_curve, where=pos_curve < neg_curve, color="red", alpha=0.3,
                        label="violation")
-    right.set_title("implicit rewards: dominance")
+    right.set_title("implicit rewards beta * log pi / ref")
     for ax in (left, right):
         ax.set_xlabel("quantile level")
         ax.legend(fontsize=8)

@@ -54,7 +54,7 @@ def test_dominance_paired(aot, trained, tmp_path):
     assert result.exit_code == 0, result
     res = json.loads((out / "results.json").read_text())
     assert res["settings"]["paired"] is True and res["settings"]["n_test"] == 16 and res["settings"]["beta"] == 0.1
-    assert set(res["scores"]) == {"before", "after", "implicit_rewards"}
+    assert set(res["scores"]) == {"before", "after", "implicit_rewards", "margins"}
     rows = _rows(out / "logps.jsonl")
     assert len(rows) == 16
     logps = {k: np.array([r[k] for r in rows]) for k in rows[0]}
@@ -63,6 +63,7 @@ def test_dominance_paired(aot, trained, tmp_path):
     r_c = 0.1 * (logps["policy_chosen"] - logps["ref_chosen"])
     r_r = 0.1 * (logps["policy_rejected"] - logps["ref_rejected"])
     assert res["scores"]["implicit_rewards"]["accuracy"] == pytest.approx(np.mean(r_c > r_r))
+    assert res["scores"]["margins"]["accuracy"] == pytest.approx(np.mean(r_c > r_r))  # r_c - r_r = margin difference
     assert not np.allclose(logps["policy_chosen"], logps["ref_chosen"])   # training moved the policy
     png = (out / "dominance.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
