@@ -1,7 +1,7 @@
 """`aot eval compare OUT...`: several eval artifacts as one table, the paper's Table 1 layout.
 
-One row per model (evals of the same MODEL, e.g. its openllm-v1 and alpacaeval directories, share a
-row), one column per score, and every row after the first shows its difference to the first row
+One row per model (evals of the same model share a row: its openllm-v1 and alpacaeval directories,
+and a merged model with the run it was merged from), one column per score, and every row after the first shows its difference to the first row
 (the baseline: list it first). Printed as a rich table; ``-o FILE`` also writes it as markdown.
 """
 
@@ -35,14 +35,30 @@ def load_results(path: Path) -> dict:
     return json.loads((Path(path) / RESULTS).read_text())
 
 
+def model_identity(spec: str) -> str:
+    """The same key for a run, a model merged from it, and different spellings of their paths."""
+    import json
+
+    path = Path(spec)
+    if not path.exists():
+        return spec
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        run = json.loads(manifest.read_text()).get("summary", {}).get("source_run")
+        if run and Path(run).exists():
+            return str(Path(run).resolve())
+    return str(path.resolve())
+
+
 def build_table(results: list[tuple[str, dict]]) -> tuple[list[str], list[str], dict]:
     """(row labels, column names, {(row, column): value}) from (eval dir, results.json) pairs."""
     rows: list[str] = []
     columns: list[str] = []
     cells: dict = {}
     where: dict = {}
+    labels: dict[str, str] = {}
     for path, res in results:
-        model = res["model"]
+        model = labels.setdefault(model_identity(res["model"]), res["model"])
         if model not in rows:
             rows.append(model)
         pairs = HEADLINES.get(res["suite"]) or [(t, m) for t, ms in res["scores"].items() for m in ms]

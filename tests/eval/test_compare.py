@@ -43,3 +43,18 @@ def test_compare_bad_inputs(aot, tmp_path):
     assert result.exit_code == 2 and "expected a 'eval' one" in result.stderr
     result = aot("eval", "compare")
     assert result.exit_code == 2 and "at least one eval directory" in result.stderr
+
+
+def test_a_merged_model_shares_its_runs_row(aot, tmp_path):
+    run, model = tmp_path / "run", tmp_path / "model"
+    run.mkdir()
+    model.mkdir()
+    write_manifest(run, kind="run", config={})
+    write_manifest(model, kind="model", config={}, summary={"source_run": str(run)})
+    tasks = _eval_dir(tmp_path / "tasks", "lm-eval", str(model), {"t": {"acc": 0.5}})
+    dom = _eval_dir(tmp_path / "dom", "dominance", str(tmp_path / "." / "run"),
+                    {"implicit_rewards": {"accuracy": 0.75, "violation_fraction": 0.1, "violation_area": 0.01}})
+    table = tmp_path / "t.md"
+    assert aot("eval", "compare", tasks, dom, "-o", table).exit_code == 0
+    lines = table.read_text().splitlines()
+    assert len(lines) == 3 and lines[2] == f"| {model} | 0.5000 | 0.7500 | 0.1000 | 0.0100 |"
