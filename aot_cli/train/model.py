@@ -78,7 +78,7 @@ def load_base(model: str, *, dtype: str = "auto", load_in_4bit: bool = False,
         )
     try:
         return AutoModelForCausalLM.from_pretrained(model, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ImportError) as exc:  # missing files, bad config, absent attention kernel
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"--model {model}: cannot load it ({first})") from None
 
