@@ -59,6 +59,7 @@ class ShapeOptions:
 
 
 def known_shapes() -> str:
+    """The shapes and their columns, for error messages."""
     return "; ".join(f"{s.name} ({s.columns})" for s in SHAPES.values())
 
 
@@ -95,6 +96,13 @@ def detect_shape(columns: set[str], sample: dict, label_field: str | None = None
 
 
 def _numeric(value: Any) -> bool:
+    """A score-like value: a number, or a string holding one (CSV cells are strings)."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return False
+        return True
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

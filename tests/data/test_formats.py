@@ -22,6 +22,7 @@ A = lambda c: {"role": "assistant", "content": c}  # noqa: E731
     ({"conversations": [], "chosen": {}, "rejected": {}}, "sharegpt"),
     ({"instruction": "p", "completions": []}, "ultrafeedback"),
     ({"prompt": "p", "response": "a", "helpfulness": 3, "verbosity": 1}, "scored"),
+    ({"prompt": "p", "response": "a", "helpfulness": "3"}, "scored"),  # a CSV row
     ({"prompt": "p", "response_0": "a", "response_1": "b", "better_response_id": 0}, "pku"),
     ({"prompt": "p", "completion": "a", "label": True}, "labelled"),
     ({"prompt": "p", "response": "a", "is_safe": False, "category": {}}, "labelled"),
