@@ -83,8 +83,11 @@ def run(config: PrepareConfig) -> dict:
 
     _check_flags(config)
     check_output(config.output, config.overwrite)
-    bars = not datasets.are_progress_bars_disabled()
+    bars, caching = not datasets.are_progress_bars_disabled(), datasets.is_caching_enabled()
     datasets.disable_progress_bars()
+    # Maps and selects on a memory-mapped prepared source would otherwise leave cache-*.arrow files
+    # inside that input artifact; with caching off they go to a temporary directory.
+    datasets.disable_caching()
     try:
         prepared = _prepare(config)
         data = datasets.DatasetDict(prepared.splits)
@@ -97,6 +100,8 @@ def run(config: PrepareConfig) -> dict:
     finally:
         if bars:
             datasets.enable_progress_bars()
+        if caching:
+            datasets.enable_caching()
     _report(config.output, summary)
     return manifest
 

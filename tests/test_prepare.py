@@ -156,7 +156,9 @@ def test_unpair_disjoint_prompts_is_balanced_and_disjoint(aot, tmp_path):
 
 def test_unpair_a_prepared_dataset_keeps_its_splits(aot, tmp_path):
     _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "1", name="paired")
+    before = sorted(p.name for p in (tmp_path / "paired").rglob("*"))
     data, summary, manifest = _prepare(aot, tmp_path, tmp_path / "paired", "--unpair", name="unpaired")
+    assert sorted(p.name for p in (tmp_path / "paired").rglob("*")) == before  # no cache files in the input
     assert summary["counts"] == {"train": 6, "test": 2} and summary["format"] == "paired-strings"
     assert [op["op"] for op in summary["operations"]] == ["normalize", "hygiene", "split", "hygiene", "split",
                                                           "unpair"]
