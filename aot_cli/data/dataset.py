@@ -21,7 +21,9 @@ def load_prepared(path: str | Path) -> tuple[Any, dict]:
     """``(DatasetDict with train and test, manifest)`` of a prepared dataset directory.
 
     Raises UserError when `path` is not a finished dataset artifact (no manifest, another kind,
-    missing splits or columns), naming what was expected and how to make one.
+    missing splits or columns), naming what was expected and how to make one. The splits are
+    memory-mapped from `path`: a ``map`` or a non-contiguous ``select`` on them writes cache files
+    into the artifact unless given ``cache_file_name``/``keep_in_memory`` (or caching is disabled).
     """
     from datasets import DatasetDict, load_from_disk
 
