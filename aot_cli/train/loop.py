@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from rich.progress import TextColumn
 
 from aot_cli.console import info, progress
 from aot_cli.errors import UserError
@@ -93,7 +94,7 @@ def micro_batches(state: LoopState, k: int) -> list:
     return batches
 
 
-def _record(state: LoopState, k: int, out, grad_norm: float, seconds: float, started: float) -> dict:
+def _record(state: LoopState, k: int, out, grad_norm: float, lr: float, seconds: float, started: float) -> dict:
     from aot_cli.losses import reward_metrics
 
     acc, cfg = state.accelerator, state.config
@@ -106,7 +107,7 @@ def _record(state: LoopState, k: int, out, grad_norm: float, seconds: float, sta
         "loss": out.loss.item(),
         **reward_metrics(out.policy_a, out.policy_b, out.ref_a, out.ref_b, beta=cfg.beta),
         "grad_norm": grad_norm,
-        "lr": state.scheduler.get_last_lr()[0],
+        "lr": lr,
         "samples_per_s": len(out.policy_a) / seconds,
         "tokens_per_s": tokens / seconds,
         "step_time_s": seconds,
@@ -127,16 +128,13 @@ def _stop_non_finite(state: LoopState, k: int, loss: float, grad_norm: float) ->
                     "(lower --lr, check the data, or use --dtype fp32/bf16 instead of fp16)")
 
 
-def train_loop(state: LoopState, metrics: MetricsLog) -> dict | None:
-    """Run steps ``start_step .. total_steps - 1``; return the last metrics record (None if no step ran)."""
+def train_loop(state: LoopState, metrics: MetricsLog | None) -> None:
+    """Run steps ``start_step .. total_steps - 1`` (`metrics` is None on every rank but the main one)."""
     acc, cfg = state.accelerator, state.config
     params = [p for p in state.model.parameters() if p.requires_grad]
     state.model.train()
-    record, started = None, time.time()
-    stats = "[dim]{task.fields[stats]}"
-    from rich.progress import TextColumn
-
-    with _StopRequest() as stop, progress(TextColumn(stats)) as bar:
+    started = time.time()
+    with _StopRequest() as stop, progress(TextColumn("[dim]{task.fields[stats]}")) as bar:
         task = bar.add_task("Training", total=state.total_steps, completed=state.start_step, stats="",
                             visible=acc.is_local_main_process)
         for k in range(state.start_step, state.total_steps):
@@ -153,8 +151,7 @@ def train_loop(state: LoopState, metrics: MetricsLog) -> dict | None:
             state.optimizer.step()
             state.scheduler.step()
             state.optimizer.zero_grad(set_to_none=True)
-            record = _record(state, k, out, grad_norm, time.time() - t0, started)
-            record["lr"] = lr
+            record = _record(state, k, out, grad_norm, lr, time.time() - t0, started)
             if acc.is_main_process:
                 metrics.write(record)
             bar.update(task, completed=k + 1, stats=(
@@ -165,7 +162,7 @@ def train_loop(state: LoopState, metrics: MetricsLog) -> dict | None:
                 _checkpoint(state, k + 1)
             if not last_step and stop.agreed(acc):
                 path = _checkpoint(state, k + 1)
-                info(f"interrupted after step {k + 1}: checkpoint saved to {path}; "
-                     f"continue with --resume auto -o {state.out}")
+                if acc.is_main_process:
+                    info(f"interrupted after step {k + 1}: checkpoint saved to {path}; "
+                         f"continue with --resume auto -o {state.out}")
                 raise SystemExit(130)
-    return record
