@@ -151,11 +151,30 @@ def judge_settings(config: Any) -> JudgeSettings:
                          model=config.judge_model or DEFAULT_JUDGE_MODEL, seed=config.seed)
 
 
-def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, dict, dict]:
-    """Generate (resumable) and judge; write model_outputs.json and annotations.json into `out`."""
+def _outputs(config: Any, source: Any, device: str, rows: list[dict], path: Path) -> list[dict]:
+    """The model's answers to `rows`: those already in `path` (a resumed run) plus newly generated ones."""
     from aot_cli.console import info
     from aot_cli.eval.source import load_model
 
+    generator = Path(source.spec).name or source.spec
+    existing = read_outputs(path)
+    others = {r.get("generator") for r in existing} - {generator}
+    if others:
+        raise UserError(f"{path} holds answers of another model ({', '.join(sorted(map(str, others)))}); "
+                        "write to another -o directory or pass --overwrite")
+    done = {r["instruction"]: r for r in existing}
+    already = sum(r["instruction"] in done for r in rows)
+    if already:
+        info(f"resuming: {already} of {len(rows)} instructions already answered in {path}")
+    if already == len(rows):
+        return [done[r["instruction"]] for r in rows]
+    model, tokenizer = load_model(source, config.dtype, device)
+    return generate_outputs(model, tokenizer, rows, path, generator=generator, batch_size=config.batch_size,
+                            max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed)
+
+
+def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, dict, dict]:
+    """Generate (resumable) and judge; write model_outputs.json and annotations.json into `out`."""
     standard = config.instructions is None and config.reference is None
     rows = standard_set() if config.instructions is None else read_rows(config.instructions, "--instructions")
     rows = attach_references(rows[: config.limit] if config.limit else rows, config.reference)
@@ -165,20 +184,7 @@ def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, di
         check_builtin_judge(config)   # fail before generating, not after
 
     path = out / MODEL_OUTPUTS
-    already = len({r["instruction"] for r in read_outputs(path)} & {r["instruction"] for r in rows})
-    if already:
-        info(f"resuming: {already} of {len(rows)} instructions already answered in {path}")
-    generator = Path(source.spec).name or source.spec
-    if already < len(rows):
-        model, tokenizer = load_model(source, config.dtype, device)
-        outputs = generate_outputs(model, tokenizer, rows, path, generator=generator, batch_size=config.batch_size,
-                                   max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                   seed=config.seed)
-        del model
-    else:
-        done = {r["instruction"]: r for r in read_outputs(path)}
-        outputs = [done[r["instruction"]] for r in rows]
-
+    outputs = _outputs(config, source, device, rows, path)
     try:
         judge = judge_builtin if builtin else judge_alpaca_eval
         metrics, annotations, lc_reason = judge(config, outputs, rows, out, full_set)
@@ -191,12 +197,12 @@ def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, di
         metrics["length_controlled_winrate"] = None
         if not full_set:
             lc_reason = f"only defined on the full {STANDARD_SIZE}-instruction AlpacaEval set with its reference"
-        notes["length_controlled_winrate"] = f"null: {lc_reason}"
+        notes["length_controlled_winrate"] = f"null: {lc_reason or 'alpaca-eval did not compute it'}"
     judge_record = ({"protocol": DEFAULT_JUDGE, "implementation": "aot built-in", **vars(judge_settings(config))}
                     if builtin else {"annotator": config.judge, "implementation": "alpaca_eval"})
     settings = {"judge": judge_record, "instructions": str(config.instructions) if config.instructions else
                 f"{STANDARD_REPO}/{STANDARD_FILE}", "reference": str(config.reference) if config.reference else None,
                 "n_instructions": len(rows), "max_new_tokens": config.max_new_tokens,
                 "temperature": config.temperature, "seed": config.seed, "batch_size": config.batch_size,
-                "chat_template": True, "dtype": config.dtype, "device": device, "generator": generator}
+                "chat_template": True, "dtype": config.dtype, "device": device, "generator": outputs[0]["generator"]}
     return {"alpacaeval": metrics}, settings, notes

@@ -123,6 +123,12 @@ def test_alpacaeval_bad_inputs(aot, tiny_model_dir, in_repo, tmp_path, monkeypat
     result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", tmp_path / "c",
                  "--judge", "alpaca_eval_gpt4", "--judge-base-url", "http://127.0.0.1:9/v1")
     assert result.exit_code == 2 and "only weighted_alpaca_eval_gpt4_turbo is built in" in result.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model_outputs.json").write_text('[{"instruction": "x", "output": "y", "generator": "someone-else"}]')
+    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", other,
+                 "--judge-base-url", "http://127.0.0.1:9/v1")
+    assert result.exit_code == 2 and "answers of another model (someone-else)" in result.stderr
     bad = tmp_path / "bad.json"
     bad.write_text('[{"instruction": "a", "output": "b"}, {"prompt": "x"}]')
     result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", bad, "-o", tmp_path / "d",
