@@ -1,0 +1,30 @@
+"""Chat-template generation: the prompt is the templated user turn plus the assistant header, and
+left-padded batches answer exactly what single prompts answer."""
+
+from __future__ import annotations
+
+import torch
+
+from aot_cli.eval.generate import generate_batch, prompt_ids
+
+
+def test_prompt_is_the_templated_user_turn(tiny_model_dir):
+    from aot_cli.data.tokenize import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    text = tok.decode(prompt_ids(tok, "What is the capital of France?"))
+    assert text.startswith("<s><|im_start|>user\nWhat is the capital of France?<|im_end|>")
+    assert text.endswith("<|im_start|>assistant\n") and text.count("<s>") == 1
+
+
+def test_batched_greedy_generation_matches_single_prompts(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from aot_cli.data.tokenize import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    prompts = ["Hi", "Write a function that adds two numbers, then explain it politely."]
+    batched = generate_batch(model, tok, prompts, max_new_tokens=8, temperature=0.0)
+    singles = [generate_batch(model, tok, [p], max_new_tokens=8, temperature=0.0)[0] for p in prompts]
+    assert batched == singles and all(batched)   # non-empty: the random model does not stop at once
