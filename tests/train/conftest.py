@@ -59,3 +59,14 @@ def unpaired_data(tmp_path_factory) -> Path:
     """The same kind of data with the pairs broken: about half positives, half negatives."""
     return write_dataset(tmp_path_factory.mktemp("unpaired") / "data", unpair(preference_rows(128, 2), 3),
                          unpair(preference_rows(32, 4), 5), paired=False)
+
+
+@pytest.fixture
+def noisy_paired_data(tmp_path) -> Path:
+    """512 training pairs with 45% of them flipped (label noise), 64 clean test pairs."""
+    rng = random.Random(0)
+    train = preference_rows(512, 10)
+    for row in train:
+        if rng.random() < 0.45:
+            row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
+    return write_dataset(tmp_path / "noisy", train, preference_rows(64, 11), paired=True)
