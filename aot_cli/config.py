@@ -178,7 +178,7 @@ def command(app: Any, config_cls: type, run: Callable[[Any], Any], *, name: str,
 
     This wrapper is the single place where a UserError becomes ``error: ...`` and exit code 2.
     """
-    from aot_cli.console import err_console
+    from aot_cli.console import err_console, quiet_libraries
 
     hints = typing.get_type_hints(config_cls)
     params = [_typer_parameter(f, hints[f.name]) for f in dataclasses.fields(config_cls)]
@@ -193,6 +193,7 @@ def command(app: Any, config_cls: type, run: Callable[[Any], Any], *, name: str,
         # typer vendors click, so compare parameter sources by name rather than by class.
         given = {k: v for k, v in kwargs.items()
                  if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+        quiet_libraries()
         try:
             yaml_values = load_yaml(config_file) if config_file else {}
             config = resolve(config_cls, yaml_values, given, source=str(config_file or "--config"))

@@ -40,3 +40,15 @@ def info(message: str) -> None:
 def warn(message: str) -> None:
     """A warning the user should read, in plain words, on stderr."""
     err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
+def quiet_libraries() -> None:
+    """Hide library noise that tells the user nothing: per-file "Loading weights" bars and known
+    deprecation warnings raised inside peft/transformers. Set through the environment and warning
+    filters, so nothing heavy is imported; call before the step imports those libraries."""
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
