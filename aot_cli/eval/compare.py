@@ -79,7 +79,8 @@ def cell_text(value, baseline, first_row: bool) -> str:
         return "—"
     if first_row or baseline is None:
         return format_value(value)
-    return f"{format_value(value)} ({value - baseline:+.4g})"
+    delta = value - baseline
+    return f"{format_value(value)} ({delta:+.4f})" if abs(value) < 10 else f"{format_value(value)} ({delta:+.2f})"
 
 
 def markdown(rows: list[str], columns: list[str], cells: dict) -> str:

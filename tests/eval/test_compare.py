@@ -25,8 +25,8 @@ def test_compare_table_and_markdown(aot, tmp_path):
     lines = table.read_text().splitlines()
     assert lines[0] == "| model | arc_challenge acc_norm | average | LC win rate | win rate |"
     assert lines[2] == "| base | 0.5000 | 0.4000 | — | — |"
-    assert lines[3] == "| aot | 0.5500 (+0.05) | 0.4500 (+0.05) | — | 29.90 |"
-    assert "+0.05" in result.stdout
+    assert lines[3] == "| aot | 0.5500 (+0.0500) | 0.4500 (+0.0500) | — | 29.90 |"
+    assert "+0.0500" in result.stdout
     # the same through --suite compare
     assert aot("eval", "--suite", "compare", base_v1, aot_v1).exit_code == 0
 
