@@ -136,9 +136,10 @@ def test_alpacaeval_bad_inputs(aot, tiny_model_dir, in_repo, tmp_path, monkeypat
     assert result.exit_code == 2 and "row 2" in result.stderr
 
 
-def test_alpaca_eval_annotators_when_installed(aot, tiny_model_dir, in_repo, tmp_path, monkeypatch):
+def test_alpaca_eval_annotators_when_installed(aot, lora_run_dir, in_repo, tmp_path, monkeypatch):
     """With the alpaca extra (faked here: it is not installed in CI) and no --judge-base-url, judging
-    goes through alpaca_eval.evaluate with our outputs and references, caching in OUT."""
+    goes through alpaca_eval.evaluate with our outputs and references, caching in OUT. The model is a
+    LoRA run: generation runs base + adapter."""
     import importlib.machinery
     import sys
     import types
@@ -159,12 +160,13 @@ def test_alpaca_eval_annotators_when_installed(aot, tiny_model_dir, in_repo, tmp
     fake.evaluate = evaluate
     monkeypatch.setitem(sys.modules, "alpaca_eval", fake)
     out = tmp_path / "ae"
-    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", out,
+    result = aot("eval", lora_run_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", out,
                  "--judge", "alpaca_eval_gpt4", *GEN)
     assert result.exit_code == 0, result
     assert calls["annotators_config"] == "alpaca_eval_gpt4" and calls["fn_metric"] == "get_winrate"
     assert [r["output"] for r in calls["reference_outputs"]][0].startswith("REF:")
     assert len(calls["model_outputs"]) == 4 and str(out) in calls["caching_path"]
+    assert {o["generator"] for o in calls["model_outputs"]} == {lora_run_dir.name}
     res = json.loads((out / "results.json").read_text())
     assert res["scores"]["alpacaeval"]["win_rate"] == 12.5 and res["scores"]["alpacaeval"]["n_total"] == 4
     assert res["scores"]["alpacaeval"]["length_controlled_winrate"] is None
