@@ -80,8 +80,6 @@ def check_settings(config: TrainConfig) -> None:
         raise UserError(f"--epochs must be positive, got {config.epochs}")
     if not 0 <= config.warmup_ratio < 1:
         raise UserError(f"--warmup-ratio must be in [0, 1), got {config.warmup_ratio}")
-    if config.resume not in (None, "auto") and not Path(config.resume).exists():
-        raise UserError(f"--resume {config.resume}: no such checkpoint directory (or use --resume auto)")
     if config.load_in_4bit and not config.lora:
         raise UserError("--load-in-4bit trains LoRA adapters on a frozen 4-bit base; it cannot be combined with --full")
     if config.optim == "paged_adamw_8bit":
