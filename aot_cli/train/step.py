@@ -7,7 +7,8 @@ r = (policy_a, policy_b) of the G samples of the step, so dL/dtheta = sum_i (dL/
 1. a no-grad forward of every micro-batch gives r; ranks all_gather it into the global vector;
 2. L(r) is computed once on the whole vector and g = dL/dr by autograd on those 2G numbers
    (cheap: a sort of G numbers);
-3. each micro-batch runs forward + backward of sum_i g_i r_i(theta), accumulating exactly dL/dtheta.
+3. each micro-batch runs forward + backward of sum_i g_i r_i(theta), accumulating exactly dL/dtheta
+   (the last micro-batch keeps its graph from step 1 instead of running a second forward).
 
 This holds for any loss that is a function of the log-probs: paired and unpaired AOT, every
 surrogate, hard and soft sort, DPO and IPO. Dropout would make pass 1 and pass 3 see different
@@ -83,16 +84,27 @@ def _backward(accelerator, loss: torch.Tensor) -> None:
 
 def global_scope_step(model, micro_batches: list[MicroBatch], loss_fn: LossFn, *, chunk_size: int | None = 1024,
                       accelerator=None) -> StepOutput:
-    """Gradient of the loss over the whole global batch (all micro-batches of all ranks)."""
+    """Gradient of the loss over the whole global batch (all micro-batches of all ranks).
+
+    The last micro-batch keeps its pass-1 graph and is backpropagated first, so it needs no second
+    forward: with one micro-batch per rank the step costs what a plain step costs. DDP reduces
+    gradients once, on the backward of the step's last forward; every other forward runs under
+    ``no_sync``.
+    """
     world = 1 if accelerator is None else accelerator.num_processes
     rank = 0 if accelerator is None else accelerator.process_index
+    *replayed, kept = micro_batches
     rngs, parts_a, parts_b = [], [], []
     with torch.no_grad():
-        for batch in micro_batches:
+        for batch in replayed:
             rngs.append(_RngReplay())
             a, b = policy_logps(model, batch, chunk_size)
             parts_a.append(a)
             parts_b.append(b)
+    with _sync_context(accelerator, model, last=not replayed):
+        kept_a, kept_b = policy_logps(model, kept, chunk_size)
+    parts_a.append(kept_a.detach())
+    parts_b.append(kept_b.detach())
     local_a, local_b = torch.cat(parts_a), torch.cat(parts_b)
     ref_a = _gather(accelerator, torch.cat([mb.ref_a for mb in micro_batches]).float())
     ref_b = _gather(accelerator, torch.cat([mb.ref_b for mb in micro_batches]).float())
@@ -104,16 +116,17 @@ def global_scope_step(model, micro_batches: list[MicroBatch], loss_fn: LossFn, *
     # DDP averages gradients over ranks; each rank holds its share of a sum, so undo the mean.
     grad_a = grad_a[rank * n_local:(rank + 1) * n_local] * world
     grad_b = grad_b[rank * n_local:(rank + 1) * n_local] * world
-    offset, n_tokens = 0, 0
-    for j, batch in enumerate(micro_batches):
+    window = slice(n_local - kept.size, n_local)
+    _backward(accelerator, (grad_a[window] * kept_a).sum() + (grad_b[window] * kept_b).sum())
+    offset = 0
+    for j, batch in enumerate(replayed):
         rngs[j].replay()
-        with _sync_context(accelerator, model, last=j == len(micro_batches) - 1):
+        with _sync_context(accelerator, model, last=j == len(replayed) - 1):
             a, b = policy_logps(model, batch, chunk_size)
             window = slice(offset, offset + batch.size)
-            surrogate = (grad_a[window] * a).sum() + (grad_b[window] * b).sum()
-            _backward(accelerator, surrogate)
+            _backward(accelerator, (grad_a[window] * a).sum() + (grad_b[window] * b).sum())
         offset += batch.size
-        n_tokens += batch.n_tokens
+    n_tokens = sum(batch.n_tokens for batch in micro_batches)
     return StepOutput(loss.detach(), policy_a.detach(), policy_b.detach(), ref_a, ref_b, n_tokens)
 
 
