@@ -139,3 +139,12 @@ def test_prompt_token_logits_do_not_change_the_loss():
     one_completion_position = torch.zeros(batch.labels.shape)
     one_completion_position[0, (batch.labels[0] != -100).nonzero()[0, 0]] = 1.0
     assert not torch.allclose(loss_with(one_completion_position)[0], clean[0])
+
+
+@pytest.mark.parametrize("micro, forwards", [(4, 4 + 3), (G, 1)])
+def test_global_scope_forwards_last_micro_batch_once(micro, forwards):
+    model = _model()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    global_scope_step(model, _micro_batches(micro), _loss_fn("aot"), chunk_size=None)
+    assert len(calls) == forwards
