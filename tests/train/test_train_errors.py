@@ -31,6 +31,16 @@ def test_dataset_without_manifest(aot, tiny_model_dir, tmp_path):
     _check_error(_train(aot, tiny_model_dir, tmp_path / "raw", out), out, "no manifest.json")
 
 
+def test_artifact_of_another_kind(aot, tiny_model_dir, tmp_path):
+    from aot_cli.artifacts import write_manifest
+
+    (tmp_path / "model-artifact").mkdir()
+    write_manifest(tmp_path / "model-artifact", kind="model", config={})
+    out = tmp_path / "run"
+    _check_error(_train(aot, tiny_model_dir, tmp_path / "model-artifact", out), out,
+                 "is a 'model' artifact, expected a 'dataset' one")
+
+
 def test_unpaired_data_with_paired_loss(aot, tiny_model_dir, unpaired_data, tmp_path):
     out = tmp_path / "run"
     _check_error(_train(aot, tiny_model_dir, unpaired_data, out), out,
