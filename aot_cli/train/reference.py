@@ -32,10 +32,15 @@ _SAMPLE_BYTES = 1 << 20
 def model_fingerprint(model: str) -> str:
     """A cheap fingerprint of a model directory: every file's name and size, small files' full
     SHA-256, big files' first and last MiB (hashing a 14 GB checkpoint each run would take minutes).
-    A hub id is fingerprinted by its name."""
+    A hub id is fingerprinted through its locally cached snapshot (its name alone if none is cached)."""
     path = Path(model)
     if not path.is_dir():
-        return fingerprint({"hub_id": model})
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(model, local_files_only=True))
+        except (OSError, ValueError):  # not cached, or not a repo id: loading the model will say so
+            return fingerprint({"hub_id": model})
     entries = []
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         size = file.stat().st_size
