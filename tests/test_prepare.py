@@ -302,18 +302,19 @@ def test_existing_output_is_left_alone(aot, tmp_path):
     assert not (tmp_path / "out" / "keep.txt").exists()
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (("--format", "pku"), "--format pku needs column(s) response_0, response_1"),
-    (("--score", "nope"), "--score field(s) nope not found"),
-    (("--binarize", "best-vs-worst"), "--binarize applies to ultrafeedback or scored data"),
-    (("--disjoint-prompts",), "--disjoint-prompts needs --unpair"),
-    (("--max-length", "10"), "--max-length needs --tokenizer"),
-    (("--test-size", "9"), "leaves no training rows"),
-    (("--split", "train"), "--subset, --split and --revision apply to hub datasets"),
+@pytest.mark.parametrize("source, flags, fragment", [
+    ("paired_strings", ("--format", "pku"), "--format pku needs column(s) response_0, response_1"),
+    ("ultrafeedback", ("--score", "nope"), "--score field(s) nope not found"),
+    ("paired_strings", ("--binarize", "best-vs-worst"), "--binarize applies to ultrafeedback or scored data"),
+    ("paired_strings", ("--disjoint-prompts",), "--disjoint-prompts needs --unpair"),
+    ("paired_strings", ("--max-length", "10"), "--max-length needs --tokenizer"),
+    ("paired_strings", ("--test-size", "9"), "leaves no training rows"),
+    ("paired_strings", ("--split", "train"), "--subset, --split and --revision apply to hub datasets"),
+    ("scored", ("--label-field", "helpfulness", "--label-threshold", "3", "--unpair"),
+     "--unpair needs paired data; " + str(SHAPES / "scored.jsonl") + " is scored with labels from --label-field"),
 ])
-def test_flags_that_do_not_fit_the_data(aot, tmp_path, flags, fragment):
-    source = SHAPES / ("ultrafeedback.jsonl" if "--score" in flags else "paired_strings.jsonl")
-    assert fragment in _fails(aot, tmp_path, source, *flags)
+def test_flags_that_do_not_fit_the_data(aot, tmp_path, source, flags, fragment):
+    assert fragment in _fails(aot, tmp_path, SHAPES / f"{source}.jsonl", *flags)
 
 
 def test_benchmark_data_is_recognized(aot, tmp_path):

@@ -41,9 +41,12 @@ def resolve_shape(config: Any, source: Source) -> tuple[str, ShapeOptions]:
                         "(paired); use --unpair to make labels from pairs")
     if config.prefer != "better" and shape != "pku":
         raise UserError(f"--prefer applies to PKU-SafeRLHF-style data; {config.source} is {shape}")
+    label_field = default_label_field(shape, source.columns, config.label_field)
     if config.unpair and kind == "unpaired":
         raise UserError(f"--unpair needs paired data; {config.source} is {shape} (already unpaired)")
-    label_field = default_label_field(shape, source.columns, config.label_field)
+    if config.unpair and label_field is not None:
+        raise UserError(f"--unpair needs paired data; {config.source} is {shape} with labels from --label-field "
+                        "(already unpaired); drop --unpair, or --label-field to binarize the scores into pairs")
     score = None
     if kind == "scored" and label_field is None:
         score = ScoreExpr(config.score or DEFAULT_SCORES[shape])
