@@ -190,7 +190,8 @@ def held_out_count(n: int, test_size: float) -> int:
 def split_indices(n: int, test_size: float, seed: int, *, groups: list[str] | None = None,
                   labels: list[bool] | None = None) -> tuple[list[int], list[int]]:
     """(train, test) row indices. With `groups` (paired data: the prompt), whole prompts go to one
-    side so the test split asks nothing the training split saw; with `labels` (unpaired data) the
+    side so the test split asks nothing the training split saw (and holds at most the count asked
+    for, or the smallest prompt when every prompt has more rows); with `labels` (unpaired data) the
     split is stratified so both sides keep the label balance."""
     count = held_out_count(n, test_size)
     rng = random.Random(seed)
@@ -209,10 +210,17 @@ def split_indices(n: int, test_size: float, seed: int, *, groups: list[str] | No
             members.setdefault(g, []).append(i)
         order = list(members)
         rng.shuffle(order)
-        for g in order:
-            if len(test) >= count:
+        for g in order:  # whole prompts, never more rows than asked for
+            if len(test) + len(members[g]) <= count:
+                test += members[g]
+            if len(test) == count:
                 break
-            test += members[g]
+        if count and not test:  # every prompt has more rows than the test split asks for
+            smallest = min(order, key=lambda g: len(members[g]))
+            if len(members[smallest]) == n:
+                raise UserError(f"all {n} rows share one prompt, so a test split by prompt would take them "
+                                "all; use --test-size 0 (or a source with its own test split)")
+            test = list(members[smallest])
     else:
         test = rng.sample(range(n), count)
     chosen = set(test)

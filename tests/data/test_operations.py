@@ -91,7 +91,16 @@ def test_split_by_prompt_never_shares_a_prompt():
     groups = ["a", "a", "a", "b", "c", "c", "d", "e"]
     for seed in range(10):
         train, test = split_indices(8, 2, seed=seed, groups=groups)
-        assert len(test) >= 2 and not {groups[i] for i in train} & {groups[i] for i in test}
+        assert len(test) == 2 and not {groups[i] for i in train} & {groups[i] for i in test}
+
+
+def test_split_by_prompt_never_empties_train():
+    # The test split takes whole prompts without overshooting; when every prompt is larger than the
+    # count asked for, the smallest one goes; a single prompt cannot be split at all.
+    assert split_indices(4, 1, seed=0, groups=["a", "a", "a", "b"]) == ([0, 1, 2], [3])
+    assert split_indices(5, 1, seed=0, groups=["a", "a", "a", "b", "b"]) == ([0, 1, 2], [3, 4])
+    with pytest.raises(UserError, match="all 4 rows share one prompt"):
+        split_indices(4, 1, seed=0, groups=["a"] * 4)
 
 
 def _pairs(rows):
