@@ -178,6 +178,8 @@ def held_out_count(n: int, test_size: float) -> int:
     """How many of `n` rows go to the test split: a fraction when < 1, a count otherwise."""
     if test_size <= 0:
         return 0
+    if test_size >= 1 and test_size != int(test_size):
+        raise UserError(f"--test-size {test_size:g}: a count must be a whole number (a fraction is below 1)")
     count = round(test_size * n) if test_size < 1 else int(test_size)
     if test_size < 1 and count == 0 and n > 1:
         count = 1

@@ -74,6 +74,8 @@ def test_hygiene_on_messages_and_across_splits():
 def test_held_out_count_fraction_and_count():
     assert [held_out_count(100, t) for t in (0, 0.1, 0.25, 1, 7)] == [0, 10, 25, 1, 7]
     assert held_out_count(3, 0.01) == 1
+    with pytest.raises(UserError, match="--test-size 2.5: a count must be a whole number"):
+        held_out_count(5, 2.5)
     with pytest.raises(UserError, match="leaves no training rows"):
         held_out_count(5, 5)
 
