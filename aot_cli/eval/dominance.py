@@ -47,8 +47,17 @@ def _test_split(path: Path | None, limit: int | None) -> tuple[Any, dict]:
 
     if path is None:
         raise UserError("--suite dominance needs --data DATASET (a directory made by `aot prepare`)")
-    data, manifest = load_prepared(path)
+    empty = UserError(f"{path}: the test split is empty; dominance scores held-out examples: prepare the data "
+                      "again with a test split, e.g. `aot prepare ... --test-size 0.1`")
+    try:
+        data, manifest = load_prepared(path)
+    except IndexError:  # datasets cannot load a split saved without any data file (0 rows)
+        if not any((Path(path) / "test").glob("*.arrow")):
+            raise empty from None
+        raise
     test = data["test"]
+    if test.num_rows == 0:
+        raise empty
     return (test.select(range(min(limit, test.num_rows))) if limit else test), manifest
 
 

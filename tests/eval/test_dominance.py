@@ -116,3 +116,10 @@ def test_dominance_bad_inputs(aot, lora_run_dir, tiny_model_dir, tmp_path):
     write_manifest(no_test, kind="dataset", config={}, summary={"paired": True})
     result = aot("eval", lora_run_dir, "--suite", "dominance", "--data", no_test, "-o", tmp_path / "c")
     assert result.exit_code == 2 and "'test'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    empty_test = tmp_path / "empty-test"       # `aot prepare --test-size 0` makes such a dataset
+    pairs = Dataset.from_dict({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]})
+    DatasetDict({"train": pairs, "test": pairs.select([])}).save_to_disk(empty_test)
+    write_manifest(empty_test, kind="dataset", config={}, summary={"paired": True})
+    result = aot("eval", lora_run_dir, "--suite", "dominance", "--data", empty_test, "-o", tmp_path / "d")
+    assert result.exit_code == 2 and "test split is empty" in result.stderr and "--test-size" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
