@@ -172,6 +172,7 @@ def _prepare(config: PrepareConfig) -> _Prepared:
         splits = _unpair(config, splits, result.dropped, operations)
         result.paired = False
     result.splits = splits
+    _ensure_rows(config, result)  # --disjoint-prompts balancing can leave nothing
     if tokenizer is not None:
         from aot_cli.data.tokenize import TokenizeSettings, length_stats
 

@@ -292,6 +292,12 @@ def test_empty_result_says_what_dropped_the_rows(aot, tmp_path):
         and "empty_completion 1" in msg
 
 
+def test_empty_result_after_unpairing(aot, tmp_path):
+    src = _jsonl(tmp_path / "x.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    msg = _fails(aot, tmp_path, src, "--test-size", "0", "--unpair", "--disjoint-prompts")
+    assert msg.startswith(f"error: {src}: no training rows left (read 1 rows; dropped: unpair_balance 1)")
+
+
 def test_existing_output_is_left_alone(aot, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
