@@ -37,6 +37,13 @@ def test_csv_parquet_json_columns_and_jsonl_named_json(tmp_path):
         read_file(tmp_path / "b.parquet")
 
 
+def test_utf8_byte_order_mark_is_skipped(tmp_path):
+    # Windows tools write one; it must not break line 1 of JSONL or the first CSV column name.
+    (tmp_path / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(ROW).encode() + b"\n")
+    (tmp_path / "a.csv").write_bytes(b"\xef\xbb\xbfprompt,chosen,rejected\np,a,b\n")
+    assert read_file(tmp_path / "a.jsonl").rows == [ROW] and read_file(tmp_path / "a.csv").rows == [ROW]
+
+
 def test_directory_splits_by_file_name(tmp_path):
     for name in ("train-00.jsonl", "train-01.jsonl", "my_test.jsonl"):
         (tmp_path / name).write_text(json.dumps(ROW) + "\n")
