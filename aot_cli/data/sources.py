@@ -211,11 +211,12 @@ def read_file(path: Path) -> RawPart:
 def _read_text(path: Path) -> str:
     data = path.read_bytes()
     try:
-        return data.decode("utf-8-sig")  # -sig: a leading byte order mark is skipped
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise UserError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
                         "re-encode the file as UTF-8") from None
+    return text.removeprefix("\ufeff")  # a byte order mark (Windows tools write one) is not data
 
 
 def _read_jsonl(path: Path, text: str) -> RawPart:

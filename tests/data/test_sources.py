@@ -42,6 +42,9 @@ def test_utf8_byte_order_mark_is_skipped(tmp_path):
     (tmp_path / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(ROW).encode() + b"\n")
     (tmp_path / "a.csv").write_bytes(b"\xef\xbb\xbfprompt,chosen,rejected\np,a,b\n")
     assert read_file(tmp_path / "a.jsonl").rows == [ROW] and read_file(tmp_path / "a.csv").rows == [ROW]
+    (tmp_path / "b.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(ROW).encode() + b"\n\xe9")
+    with pytest.raises(UserError, match="b.jsonl:2: not UTF-8 text \\(byte 0xe9 at offset 51\\)"):
+        read_file(tmp_path / "b.jsonl")
 
 
 def test_directory_splits_by_file_name(tmp_path):
