@@ -242,8 +242,16 @@ def test_missing_file(aot, tmp_path):
 
 
 def test_unknown_shape_lists_columns_and_shapes(aot, tmp_path):
-    msg = _fails(aot, tmp_path, _jsonl(tmp_path / "x.jsonl", [{"text": "a", "id": 1}]))
-    assert "found columns id, text" in msg and "ultrafeedback" in msg and "sharegpt" in msg
+    src = _jsonl(tmp_path / "x.jsonl", [{"text": "a", "id": 1}])
+    msg = _fails(aot, tmp_path, src)
+    assert msg.startswith(f"error: {src}: unknown data shape: found columns id, text; known shapes: ")
+    assert "ultrafeedback (instruction, completions" in msg and "sharegpt (conversations" in msg
+
+
+def test_empty_file_says_so(aot, tmp_path):
+    src = tmp_path / "x.jsonl"
+    src.write_text("\n")
+    assert _fails(aot, tmp_path, src).startswith(f"error: {src}: no rows to read")
 
 
 def test_mistyped_field_names_file_line_field_and_type(aot, tmp_path):

@@ -25,8 +25,13 @@ def resolve_shape(config: Any, source: Source) -> tuple[str, ShapeOptions]:
     """(shape name, ShapeOptions) from ``--format`` or the source's columns, checking that the flags
     of `config` (a PrepareConfig) fit the shape."""
     sample = source_sample(source)
+    if not source.columns:
+        raise UserError(f"{config.source}: no rows to read (an empty file or split)")
     if config.format == "auto":
-        shape = detect_shape(source.columns, sample, config.label_field)
+        try:
+            shape = detect_shape(source.columns, sample, config.label_field)
+        except UserError as exc:
+            raise UserError(f"{config.source}: {exc}") from None
     else:
         shape = config.format
         missing = required_columns(shape, source.columns, config.label_field)
