@@ -260,6 +260,11 @@ def test_mistyped_field_names_file_line_field_and_type(aot, tmp_path):
     assert f"{src}:2: field 'chosen': expected a string, got int" in _fails(aot, tmp_path, src)
 
 
+def test_mistyped_ultrafeedback_completions(aot, tmp_path):
+    src = _jsonl(tmp_path / "x.jsonl", [{"instruction": "p", "completions": "x"}])
+    assert _fails(aot, tmp_path, src).startswith(f"error: {src}:1: field 'completions': expected a list, got str")
+
+
 def test_bad_role_in_messages(aot, tmp_path):
     src = _jsonl(tmp_path / "x.jsonl", [{"messages": [{"role": "robot", "content": "x"}], "label": True}])
     assert f"{src}:1: field 'messages[0]': unknown role 'robot'" in _fails(aot, tmp_path, src)

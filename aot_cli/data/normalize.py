@@ -76,7 +76,10 @@ def source_sample(source: Source, rows: int = 100) -> dict:
 def _check_score_fields(name: str, shape: str, score: ScoreExpr, columns: set[str], sample: dict) -> None:
     """Fail early when a --score field exists nowhere (a typo), listing the fields there are."""
     if shape == "ultrafeedback":
-        first = next((c for c in sample.get("completions") or [] if isinstance(c, dict)), {})
+        completions = sample.get("completions")
+        first = next((c for c in completions if isinstance(c, dict)), None) if isinstance(completions, list) else None
+        if first is None:  # no completion object to look in: reading the rows names the bad field
+            return
         available = set(first) | set(first.get("annotations") or {})
     else:
         available = set(columns)
