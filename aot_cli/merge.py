@@ -6,7 +6,9 @@ run's ``model/`` is re-exported the same way. The result is a ``save_pretrained`
 without peft, plus a manifest of kind "model".
 
 Why the merge is computed in float32 and only then cast to ``--dtype``: adding ``B @ A * scale``
-to bf16 weights in bf16 rounds twice; one rounding at the end is the most faithful export.
+to bf16 weights in bf16 rounds twice; one rounding at the end is the most faithful export. The
+default ``--dtype auto`` saves in the dtype the base checkpoint was saved in (its config's
+``dtype``/``torch_dtype``): a bf16 7B base gives a bf16 model of the same size, an fp32 one stays fp32.
 
 ``--verify`` (default on) is the check that the export means what the run learned: the logits of the
 unmerged model (base + adapter, or the run's own weights) on a few prompts are compared with those
@@ -28,6 +30,7 @@ from aot_cli.console import info, out_console
 from aot_cli.errors import UserError
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+DTYPE_NAMES = {torch_name: name for name, torch_name in DTYPES.items()}
 # Relative tolerance of verify: max |merged - unmerged| / max |unmerged| over the prompts' logits.
 # The float32 default allows only accumulation-order noise; the half-precision ones the rounding
 # of every weight to 8 (bf16) or 11 (fp16) mantissa bits.
@@ -45,7 +48,8 @@ class MergeConfig:
 
     run: Path = arg(help="Run directory made by `aot train`.", metavar="RUN")
     output: Path = opt(None, "-o", "--output", help="Model directory to write.", required=True)
-    dtype: str = opt("bf16", "--dtype", help="Dtype of the saved weights.", choices=tuple(DTYPES))
+    dtype: str = opt("auto", "--dtype", help="Dtype of the saved weights (auto = the base checkpoint's).",
+                     choices=("auto", *DTYPES))
     max_shard_size: str = opt("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 2GB or 500MB.")
     verify: bool = opt(True, "--verify/--no-verify", help="Compare logits of the merged and the unmerged "
                        "model on a few prompts; fail above the tolerance.")
@@ -115,6 +119,22 @@ def load_unmerged(source: RunSource) -> tuple[Any, Any]:
     return PeftModel.from_pretrained(base, source.weights_dir), tokenizer
 
 
+def checkpoint_dtype(source: RunSource) -> str:
+    """What ``--dtype auto`` means: the dtype in the base's config (a LoRA run) or in the run's saved
+    model (a full run), as bf16/fp16/fp32; fp32 when the config names none (nothing is lost)."""
+    from transformers import AutoConfig
+
+    where = source.base_model if source.adapter else source.weights_dir
+    try:
+        config = AutoConfig.from_pretrained(where)
+    except OSError as exc:
+        raise UserError(f"cannot read the config of {where!r} ({str(exc).splitlines()[0]})") from None
+    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = DTYPE_NAMES.get(str(saved).replace("torch.", ""), "fp32")
+    info(f"--dtype auto: {name} ({where} is saved in {saved or 'an unrecorded dtype'})")
+    return name
+
+
 def merge_adapter(model: Any) -> Any:
     """The plain transformers model with the LoRA deltas added to its weights (identity for a full run)."""
     from peft import PeftModel
@@ -160,8 +180,9 @@ def run(config: MergeConfig) -> dict:
 
     check_output(config.output, config.overwrite)
     source = inspect_run(Path(config.run))
-    tolerance = config.verify_tolerance if config.verify_tolerance is not None else VERIFY_TOLERANCE[config.dtype]
-    dtype = getattr(torch, DTYPES[config.dtype])
+    dtype_name = checkpoint_dtype(source) if config.dtype == "auto" else config.dtype
+    tolerance = config.verify_tolerance if config.verify_tolerance is not None else VERIFY_TOLERANCE[dtype_name]
+    dtype = getattr(torch, DTYPES[dtype_name])
 
     info(f"loading {'base + adapter' if source.adapter else 'full model'} from {source.run_dir}")
     model, tokenizer = load_unmerged(source)
@@ -188,14 +209,14 @@ def run(config: MergeConfig) -> dict:
                     f"{verify['max_abs_diff']:.3g} (relative {verify['relative_diff']:.3g} > tolerance "
                     f"{tolerance:g}); nothing was written to {config.output}")
         summary = {"source_run": str(source.run_dir), "base_model": source.base_model,
-                   "adapter": source.adapter, "dtype": config.dtype, "parameters": n_params,
+                   "adapter": source.adapter, "dtype": dtype_name, "parameters": n_params,
                    "shards": shards, "verify": verify}
         manifest = write_manifest(tmp, kind="model", config=to_dict(config),
                                   inputs=[describe_input(source.run_dir)], summary=summary)
 
     what = "merged adapter into" if source.adapter else "re-exported"
-    line = f"{what} {source.base_model or source.weights_dir} -> {config.output} ({config.dtype}, {len(shards)} shard(s))"
+    line = f"{what} {source.base_model or source.weights_dir} -> {config.output} ({dtype_name}, {len(shards)} shard(s))"
     if verify:
         line += f"; verify: max |logit diff| {verify['max_abs_diff']:.3g} (relative {verify['relative_diff']:.2g})"
-    out_console.print(line, highlight=False)
+    out_console.print(line, highlight=False, soft_wrap=True)
     return manifest

@@ -42,8 +42,9 @@ def test_logits_difference_hand_numbers():
 
 def test_merge_lora_run(aot, lora_run_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "merged"
-    result = aot("merge", lora_run_dir, "-o", out, "--dtype", "fp32", "--max-shard-size", "200KB")
+    result = aot("merge", lora_run_dir, "-o", out, "--max-shard-size", "200KB")   # --dtype auto: the base's fp32
     assert result.exit_code == 0, result
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
     shards = sorted(p.name for p in out.glob("*.safetensors"))
     assert len(shards) > 1 and (out / "model.safetensors.index.json").is_file()
     assert (out / "tokenizer.json").is_file() and (out / "generation_config.json").is_file()
@@ -52,6 +53,7 @@ def test_merge_lora_run(aot, lora_run_dir, tiny_model_dir, tmp_path):
     assert gen["eos_token_id"] is not None
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "model" and manifest["summary"]["adapter"] is True
+    assert manifest["summary"]["dtype"] == "fp32" and manifest["config"]["dtype"] == "auto"
     verify = manifest["summary"]["verify"]
     assert verify["relative_diff"] < 1e-4 and verify["prompts"] == 3
     assert "verify: max |logit diff|" in result.stdout
@@ -63,7 +65,7 @@ def test_merge_lora_run(aot, lora_run_dir, tiny_model_dir, tmp_path):
 
 def test_merge_bf16_and_full_run(aot, full_run_dir, tmp_path):
     out = tmp_path / "full"
-    result = aot("merge", full_run_dir, "-o", out)
+    result = aot("merge", full_run_dir, "-o", out, "--dtype", "bf16")
     assert result.exit_code == 0, result
     config = json.loads((out / "config.json").read_text())
     assert config["dtype"] == "bfloat16"
