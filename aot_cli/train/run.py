@@ -82,6 +82,10 @@ def check_settings(config: TrainConfig) -> None:
         raise UserError(f"--warmup-ratio must be in [0, 1), got {config.warmup_ratio}")
     if config.load_in_4bit and not config.lora:
         raise UserError("--load-in-4bit trains LoRA adapters on a frozen 4-bit base; it cannot be combined with --full")
+    if not config.lora and config.dtype == "fp16":
+        # No fp32 master weights or loss scaling: AdamW's eps is 0 in fp16 and the first update writes -inf.
+        raise UserError("--full with --dtype fp16 would train fp16 weights without loss scaling and break at the "
+                        "first update; use --dtype bf16 or fp32 (or LoRA, whose adapters stay fp32)")
     if config.optim == "paged_adamw_8bit":
         from aot_cli.train.model import check_4bit
 

@@ -107,3 +107,16 @@ def test_bad_loss_settings_and_too_large_batch(aot, tiny_model_dir, paired_data,
 def test_missing_tracker_package(aot, tiny_model_dir, paired_data, tmp_path):
     out = tmp_path / "run"
     _check_error(_train(aot, tiny_model_dir, paired_data, out, "--report-to", "wandb"), out, "aot-cli[wandb]")
+
+
+def test_full_finetuning_in_fp16_is_refused():
+    """fp16 weights under AdamW turn to -inf on the first update (eps = 1e-8 is 0 in fp16), so the
+    run would checkpoint broken weights before the NaN check fires: refuse it up front."""
+    from aot_cli.errors import UserError
+    from aot_cli.train.config import TrainConfig
+    from aot_cli.train.run import check_settings
+
+    with pytest.raises(UserError, match="--full with --dtype fp16"):
+        check_settings(TrainConfig(model="m", data="d", output="o", lora=False, dtype="fp16"))
+    check_settings(TrainConfig(model="m", data="d", output="o", lora=True, dtype="fp16"))  # LoRA adapters stay fp32
+    check_settings(TrainConfig(model="m", data="d", output="o", lora=False, dtype="bf16"))
