@@ -29,6 +29,20 @@ def score_rows(scores: dict) -> list[tuple[str, str, Any]]:
     return [(task, metric, value) for task, metrics in scores.items() for metric, value in metrics.items()]
 
 
+def score_table(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
+    """(header, rows of cell texts, legend lines): one row per (task, metric); for dominance one row
+    per comparison with its four numbers as columns, and a legend saying what each row compares."""
+    if results["suite"] != "dominance":
+        return ["task", "metric", "value"], [[t, m, format_value(v)] for t, m, v in score_rows(results["scores"])], []
+    from aot_cli.eval.dominance import COMPARISONS, METRICS_LEGEND
+
+    what = COMPARISONS[bool(results["settings"].get("paired", True))]
+    metrics = list(next(iter(results["scores"].values())))
+    header = ["comparison"] + [m.replace("_", " ") for m in metrics]
+    rows = [[name, *(format_value(values.get(m)) for m in metrics)] for name, values in results["scores"].items()]
+    return header, rows, [f"{name}: {what[name]}" for name in results["scores"] if name in what] + [METRICS_LEGEND]
+
+
 def results_document(suite: str, model: str, scores: dict, settings: dict, notes: dict | None = None) -> dict:
     return {"suite": suite, "model": model, "scores": scores, "settings": settings,
             "versions": library_versions(), "notes": notes or {}}
@@ -36,8 +50,12 @@ def results_document(suite: str, model: str, scores: dict, settings: dict, notes
 
 def markdown(results: dict) -> str:
     """report.md: the scores table, then notes and the settings that changed them."""
-    lines = [f"# {results['suite']}: {results['model']}", "", "| task | metric | value |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {format_value(v)} |" for t, m, v in score_rows(results["scores"])]
+    header, rows, legend = score_table(results)
+    lines = [f"# {results['suite']}: {results['model']}", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if legend:
+        lines += [""] + [f"- {line}" for line in legend]
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {k}: {v}" for k, v in results["notes"].items()]
     lines += ["", "## Settings", "", "```json", json.dumps(results["settings"], indent=2, default=str), "```"]
@@ -49,12 +67,16 @@ def print_table(results: dict) -> None:
 
     from aot_cli.console import out_console
 
+    header, rows, legend = score_table(results)
     table = Table(title=f"{results['suite']}: {results['model']}")
-    for column, justify in (("task", "left"), ("metric", "left"), ("value", "right")):
-        table.add_column(column, justify=justify)
-    for task, metric, value in score_rows(results["scores"]):
-        table.add_row(task, metric, format_value(value))
+    for column in header:
+        label = column in ("task", "metric", "comparison")
+        table.add_column(column, justify="left" if label else "right", no_wrap=label)
+    for row in rows:
+        table.add_row(*row)
     out_console.print(table)
+    for line in legend:
+        out_console.print(line, highlight=False)
     for key, note in results.get("notes", {}).items():
         out_console.print(f"{key}: {note}", highlight=False)
 

@@ -102,6 +102,17 @@ def test_dominance_reference_is_the_base_model(aot, trained, tiny_model_dir, tmp
     _assert_same(res["scores"], compare(logps, paired=False, beta=0.1, levels=quantile_levels()))
 
 
+def test_report_table_one_row_per_comparison():
+    from aot_cli.eval.report import markdown, results_document
+
+    metrics = {"accuracy": 0.5, "violation_fraction": 0.25, "violation_area": 0.125, "mean_difference": 1.5}
+    scores = {name: metrics for name in ("before", "after", "implicit_rewards")}
+    lines = markdown(results_document("dominance", "run", scores, {"paired": False})).splitlines()
+    assert lines[2:5] == ["| comparison | accuracy | violation fraction | violation area | mean difference |",
+                          "|---|---|---|---|---|", "| before | 0.5000 | 0.2500 | 0.1250 | 1.5000 |"]
+    assert "- before: the reference (before training): log ref(y) of positives vs negatives" in lines
+
+
 def test_dominance_bad_inputs(aot, lora_run_dir, tiny_model_dir, tmp_path):
     from datasets import Dataset, DatasetDict
 
