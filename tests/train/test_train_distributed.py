@@ -1,5 +1,6 @@
 """Two CPU processes (gloo) x micro-batch 4 give the same update as one process x micro-batch 8: the
-global-scope step gathers the rewards of both ranks and sorts them together."""
+global-scope step gathers the rewards of both ranks and sorts them together. Both accumulate 2
+micro-batches, so the DDP ``no_sync`` / single all-reduce path of the two-pass step is exercised."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 from aot_cli.train import run
 from aot_cli.train.config import TrainConfig
 
-ARGS = dict(lora=False, optim="sgd", lr=0.05, warmup_ratio=0.0, max_steps=2, grad_accum=1, max_length=64,
+ARGS = dict(lora=False, optim="sgd", lr=0.05, warmup_ratio=0.0, max_steps=2, grad_accum=2, max_length=64,
             max_prompt_length=32)
 
 
@@ -39,7 +40,7 @@ def test_two_processes_equal_one_process(tiny_model_dir, paired_data, tmp_path):
          "--model", str(tiny_model_dir), "--data", str(paired_data), "-o", str(two), *flags],
         capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "sort set 8 (global scope)" in result.stderr
+    assert "sort set 16 (global scope)" in result.stderr
     one_delta, two_delta = _delta(one, tiny_model_dir), _delta(two, tiny_model_dir)
     assert one_delta.norm() > 0
     assert float((two_delta - one_delta).norm() / one_delta.norm()) < 1e-4
