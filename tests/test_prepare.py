@@ -214,14 +214,16 @@ def test_config_file_sets_options(aot, tmp_path):
 def test_tokenizer_lengths_and_max_length(aot, tmp_path, tiny_model_dir):
     _, summary, _ = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "0",
                              "--tokenizer", tiny_model_dir, name="all")
-    lengths = summary["token_lengths"]["train"]
-    assert set(lengths) == {"prompt", "chosen", "rejected", "total"}
-    assert lengths["total"]["max"] >= lengths["total"]["p50"] > lengths["prompt"]["p50"] > 0
-    limit = lengths["total"]["max"] - 1
-    _, cut, _ = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "0",
-                         "--tokenizer", tiny_model_dir, "--max-length", limit, name="cut")
-    assert cut["dropped"]["too_long"] >= 1 and cut["token_lengths"]["train"]["total"]["max"] <= limit
-    assert cut["counts"]["train"] == 4 - cut["dropped"]["too_long"]
+    # Chat-templated token counts of the 4 rows (BOS + ChatML prompt; answer + <|im_end|>): the same
+    # numbers `aot inspect` shows; total = prompt + the longer answer.
+    assert summary["token_lengths"]["train"] == {
+        "prompt": {"p50": 15, "p95": 18, "max": 18}, "chosen": {"p50": 4, "p95": 5, "max": 5},
+        "rejected": {"p50": 4, "p95": 6, "max": 6}, "total": {"p50": 19, "p95": 23, "max": 23}}
+    data, cut, _ = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "0",
+                            "--tokenizer", tiny_model_dir, "--max-length", 22, name="cut")
+    assert cut["dropped"] == {"too_long": 1} and cut["counts"] == {"train": 3, "test": 0}
+    assert cut["token_lengths"]["train"]["total"] == {"p50": 19, "p95": 21, "max": 21}
+    assert list(data["train"]["prompt"]) == ["What is 2+2?", "Name a colour.", "Say hi."]  # France: 23 tokens
 
 
 # --- bad input: exit 2, one line naming file/row/field, OUT not created ---------------------------
