@@ -223,7 +223,9 @@ class Setup:
         """Settings a resumed run must share with its checkpoint."""
         c = self.config
         return {"seed": c.seed, "global_batch": self.global_batch, "loss": c.loss, "data_fingerprint": self.data_fp,
-                "lora": c.lora, "model": c.model}
+                "lora": c.lora, "model": c.model, "max_length": c.max_length,
+                "max_prompt_length": c.max_prompt_length,
+                "chat_template": str(c.chat_template) if c.chat_template else None}
 
 
 def train(config: TrainConfig) -> dict:

@@ -35,3 +35,19 @@ def test_resume_must_keep_data_order_and_objective(tmp_path):
         check_compatible(saved, {"global_batch": 32}, path)
     with pytest.raises(UserError, match="not a checkpoint"):
         read_state(tmp_path)
+
+
+def test_resume_must_keep_the_tokenization():
+    """Other --max-length / --max-prompt-length would cut different tokens: not the same run."""
+    from aot_cli.train.config import TrainConfig
+    from aot_cli.train.run import Setup
+
+    def fixed(**overrides):
+        config = TrainConfig(model="m", data="d", output="o", **overrides)
+        return Setup(config, None, 0.0, None, None, None, (), None, 1, 16, "fp", True, None).fixed
+
+    check_compatible(fixed(), fixed(lr=1e-3), "ckpt")  # optimizer settings may change
+    with pytest.raises(UserError, match="max_length=1024, this run has 512"):
+        check_compatible(fixed(), fixed(max_length=512), "ckpt")
+    with pytest.raises(UserError, match="max_prompt_length"):
+        check_compatible(fixed(), fixed(max_prompt_length=64), "ckpt")
