@@ -7,9 +7,9 @@ alpaca_eval #454). ``--instructions FILE`` replaces it (a JSON/JSONL list of {"i
 optional "dataset", optional "output" = reference answer}); ``--reference FILE`` gives a custom
 baseline ({"instruction", "output"} rows, matched by instruction).
 
-Judge: with ``--judge-base-url`` or without the ``alpaca`` extra, the built-in client of
-:mod:`aot_cli.eval.judge` (the weighted GPT-4 Turbo protocol against any OpenAI-compatible server).
-With the extra installed and no ``--judge-base-url``, alpaca-eval's own annotators (``--judge``
+Judge: with ``--judge-base-url`` or ``--judge-model``, or without the ``alpaca`` extra, the built-in
+client of :mod:`aot_cli.eval.judge` (the weighted GPT-4 Turbo protocol against any OpenAI-compatible
+server). With the extra installed and neither option, alpaca-eval's own annotators (``--judge``
 names one or is its YAML), which also give the length-controlled win rate on the full set.
 Judge caches live in OUT, never in site-packages.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,12 @@ def _alpaca_eval_installed() -> bool:
     return importlib.util.find_spec("alpaca_eval") is not None
 
 
+def use_builtin_judge(config: Any) -> bool:
+    """The built-in judge serves an explicit endpoint or judge model (alpaca-eval's annotators fix
+    their own), and stands in when the alpaca extra is not installed."""
+    return config.judge_base_url is not None or config.judge_model is not None or not _alpaca_eval_installed()
+
+
 def judge_builtin(config: Any, outputs: list[dict], rows: list[dict], out: Path,
                   full_set: bool) -> tuple[dict, list[dict], str]:
     """Judge with the built-in client; returns (metrics, annotations, LC-null reason)."""
@@ -120,13 +127,21 @@ def judge_alpaca_eval(config: Any, outputs: list[dict], rows: list[dict], out: P
     win rate is asked for only on the full standard set, where its instruction difficulties apply."""
     import alpaca_eval
 
+    try:
+        from openai import OpenAIError as api_errors
+    except ImportError:
+        api_errors = ()
     references = [{"instruction": r["instruction"], "output": r["reference"], "generator": r["reference_generator"],
                    "dataset": r["dataset"]} for r in rows]
-    leaderboard, annotations = alpaca_eval.evaluate(
-        model_outputs=outputs, reference_outputs=references, annotators_config=config.judge,
-        name=outputs[0]["generator"], output_path=str(out / "alpaca_eval"), precomputed_leaderboard=None,
-        is_return_instead_of_print=True, caching_path=str(out / "alpaca_eval_annotations_cache.json"),
-        fn_metric="get_length_controlled_winrate" if full_set else "get_winrate")
+    try:
+        leaderboard, annotations = alpaca_eval.evaluate(
+            model_outputs=outputs, reference_outputs=references, annotators_config=config.judge,
+            name=outputs[0]["generator"], output_path=str(out / "alpaca_eval"), precomputed_leaderboard=None,
+            is_return_instead_of_print=True, caching_path=str(out / "alpaca_eval_annotations_cache.json"),
+            fn_metric="get_length_controlled_winrate" if full_set else "get_winrate")
+    except api_errors as exc:  # judge unreachable, key refused, quota: after alpaca-eval's own retries
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(f"alpaca-eval's judge {config.judge} failed: {type(exc).__name__} {message}".strip()) from None
     row = leaderboard.loc[outputs[0]["generator"]].to_dict()
     metrics = {}
     for key in ("win_rate", "standard_error", "n_wins", "n_draws", "n_wins_base", "n_total", "avg_length",
@@ -142,8 +157,17 @@ def check_builtin_judge(config: Any) -> None:
     """The built-in judge speaks one protocol and needs a key for OpenAI itself."""
     if config.judge != DEFAULT_JUDGE:
         raise UserError(f"--judge {config.judge}: only {DEFAULT_JUDGE} is built in; other annotators need the "
-                        "alpaca extra (pip install 'aot-cli[alpaca]') and no --judge-base-url")
+                        "alpaca extra (pip install 'aot-cli[alpaca]') and neither --judge-base-url nor --judge-model")
     api_key(judge_settings(config))
+
+
+def check_alpaca_eval_judge(config: Any) -> None:
+    """alpaca-eval's OpenAI annotators (their names say gpt) need a key or alpaca-eval's client config."""
+    if "gpt" in str(config.judge).lower() and not (os.environ.get("OPENAI_API_KEY")
+                                                   or os.environ.get("OPENAI_CLIENT_CONFIG_PATH")):
+        raise UserError(f"--judge {config.judge} (an OpenAI annotator of alpaca-eval) needs OPENAI_API_KEY "
+                        "(or OPENAI_CLIENT_CONFIG_PATH) in the environment, or point --judge-base-url at an "
+                        "OpenAI-compatible server, e.g. a local vLLM")
 
 
 def judge_settings(config: Any) -> JudgeSettings:
@@ -179,9 +203,11 @@ def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, di
     rows = standard_set() if config.instructions is None else read_rows(config.instructions, "--instructions")
     rows = attach_references(rows[: config.limit] if config.limit else rows, config.reference)
     full_set = standard and len(rows) == STANDARD_SIZE
-    builtin = config.judge_base_url is not None or not _alpaca_eval_installed()
-    if builtin:
-        check_builtin_judge(config)   # fail before generating, not after
+    builtin = use_builtin_judge(config)
+    if builtin:   # fail before generating, not after
+        check_builtin_judge(config)
+    else:
+        check_alpaca_eval_judge(config)
 
     path = out / MODEL_OUTPUTS
     outputs = _outputs(config, source, device, rows, path)

@@ -136,6 +136,26 @@ def test_alpacaeval_bad_inputs(aot, tiny_model_dir, in_repo, tmp_path, monkeypat
     assert result.exit_code == 2 and "row 2" in result.stderr
 
 
+def test_judge_choice_and_key_with_the_alpaca_extra(aot, tiny_model_dir, in_repo, tmp_path, monkeypatch):
+    """With alpaca-eval installed: --judge-model (like --judge-base-url) selects the built-in judge,
+    which alpaca-eval's annotators cannot be pointed at; an OpenAI annotator without a key fails
+    before any generation."""
+    from types import SimpleNamespace
+
+    from aot_cli.eval import alpaca
+
+    monkeypatch.setattr(alpaca, "_alpaca_eval_installed", lambda: True)
+    options = dict(judge_base_url=None, judge_model=None)
+    assert not alpaca.use_builtin_judge(SimpleNamespace(**options))
+    assert alpaca.use_builtin_judge(SimpleNamespace(**{**options, "judge_model": "gpt-4o"}))
+    assert alpaca.use_builtin_judge(SimpleNamespace(**{**options, "judge_base_url": "http://127.0.0.1:9/v1"}))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_CLIENT_CONFIG_PATH", raising=False)
+    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", tmp_path / "a")
+    assert result.exit_code == 2 and "OPENAI_API_KEY" in result.stderr
+    assert not (tmp_path / "a" / "model_outputs.json").exists()
+
+
 def test_alpaca_eval_annotators_when_installed(aot, lora_run_dir, in_repo, tmp_path, monkeypatch):
     """With the alpaca extra (faked here: it is not installed in CI) and no --judge-base-url, judging
     goes through alpaca_eval.evaluate with our outputs and references, caching in OUT. The model is a
@@ -148,7 +168,13 @@ def test_alpaca_eval_annotators_when_installed(aot, lora_run_dir, in_repo, tmp_p
 
     calls = {}
 
+    class OpenAIError(Exception):
+        pass
+
     def evaluate(**kwargs):
+        if not calls:
+            calls["failed"] = True
+            raise OpenAIError("Connection error.")
         calls.update(kwargs)
         board = pd.DataFrame({"win_rate": [12.5], "standard_error": [3.0], "n_wins": [1], "n_draws": [0],
                               "n_wins_base": [3], "n_total": [4], "avg_length": [42],
@@ -159,9 +185,15 @@ def test_alpaca_eval_annotators_when_installed(aot, lora_run_dir, in_repo, tmp_p
     fake.__spec__ = importlib.machinery.ModuleSpec("alpaca_eval", None)
     fake.evaluate = evaluate
     monkeypatch.setitem(sys.modules, "alpaca_eval", fake)
+    monkeypatch.setitem(sys.modules, "openai", types.SimpleNamespace(OpenAIError=OpenAIError))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     out = tmp_path / "ae"
-    result = aot("eval", lora_run_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", out,
-                 "--judge", "alpaca_eval_gpt4", *GEN)
+    args = ("eval", lora_run_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", out,
+            "--judge", "alpaca_eval_gpt4", *GEN)
+    result = aot(*args)   # the judge fails (alpaca-eval gave up): one line, the answers are kept
+    assert result.exit_code == 2 and "alpaca-eval's judge alpaca_eval_gpt4 failed: OpenAIError" in result.stderr
+    assert "outputs are kept" in result.stderr and (out / "model_outputs.json").is_file()
+    result = aot(*args)
     assert result.exit_code == 0, result
     assert calls["annotators_config"] == "alpaca_eval_gpt4" and calls["fn_metric"] == "get_winrate"
     assert [r["output"] for r in calls["reference_outputs"]][0].startswith("REF:")
