@@ -132,6 +132,17 @@ def test_scores_threshold_into_labels(aot, tmp_path):
     assert data["train"]["label"] == [True, False, True, False, False, True]  # helpfulness 4 1 3 2 2 4
 
 
+def test_ultrafeedback_ratings_threshold_into_labels_per_response(aot, tmp_path):
+    # helpfulness ratings: [4, 1, 5, 2] / all 3 / [5, N/A, (none), 1]: only the two unrated responses go.
+    data, summary, _ = _prepare(aot, tmp_path, SHAPES / "ultrafeedback.jsonl", "--label-field", "helpfulness",
+                                "--label-threshold", "4", "--test-size", "0")
+    assert summary["dropped"] == {"missing_label": 2}
+    assert summary["drop_examples"] == {"missing_label": f"{SHAPES / 'ultrafeedback.jsonl'}:3: completions[1]: "
+                                                         "field 'helpfulness' is missing or N/A"}
+    assert data["train"]["label"][:] == [True, False, True, False, False, False, False, False, True, False]
+    assert data["train"]["completion"][8:] == ["Paris.", "Lyon."]
+
+
 def test_prefer_safer(aot, tmp_path):
     data, _, _ = _prepare(aot, tmp_path, SHAPES / "pku.jsonl", "--prefer", "safer", "--test-size", "0")
     assert data["train"][0]["chosen"] == "Call a locksmith."

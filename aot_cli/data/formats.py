@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from aot_cli.data.operations import ScoreExpr, to_label
+from aot_cli.data.operations import ScoreExpr, missing_score, to_label
 from aot_cli.errors import UserError
 
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
@@ -122,6 +122,15 @@ def required_columns(shape: str, columns: set[str], label_field: str | None) -> 
 
 
 # --- field readers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A raw row (or one response of it) that yields no record: the reason (counted in the
+    manifest) and where it was."""
+
+    reason: str
+    example: str
 
 
 class Missing(Exception):
@@ -250,7 +259,7 @@ def _sharegpt(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
              "rejected": [message(_get(row, "rejected"), where, "rejected")]}]
 
 
-def _ultrafeedback(row: dict, where: str, opts: ShapeOptions) -> list[dict] | str:
+def _ultrafeedback(row: dict, where: str, opts: ShapeOptions) -> list[dict | Drop] | str:
     prompt = text(row, "instruction", where)
     completions = _get(row, "completions")
     if not isinstance(completions, list):
@@ -271,16 +280,18 @@ def _ultrafeedback(row: dict, where: str, opts: ShapeOptions) -> list[dict] | st
     return records
 
 
-def _scored(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
+def _scored(row: dict, where: str, opts: ShapeOptions) -> list[dict | Drop]:
     name = "response" if "response" in row else "completion"
     base = {"prompt": text_or_messages(row, "prompt", where), "completion": text_or_messages(row, name, where)}
     return [_score_or_label(base, row, where, opts)]
 
 
-def _score_or_label(base: dict, fields: dict, where: str, opts: ShapeOptions) -> dict:
+def _score_or_label(base: dict, fields: dict, where: str, opts: ShapeOptions) -> dict | Drop:
+    """One scored response as a record with its score, or its label under --label-field; a
+    response without that label is dropped on its own (its siblings stay), as binarize does."""
     if opts.label_field is not None:
-        if fields.get(opts.label_field) is None:
-            raise Missing(opts.label_field)
+        if missing_score(fields.get(opts.label_field)):
+            return Drop("missing_label", f"{where}: field {opts.label_field!r} is missing or N/A")
         return {**base, "label": to_label(fields[opts.label_field], opts.label_threshold, where, opts.label_field)}
     return {**base, "score": opts.score(fields, where)}
 
@@ -305,23 +316,15 @@ def _labelled(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
     return [{"prompt": prompt, "completion": completion, "label": label}]
 
 
-NORMALIZERS: dict[str, Callable[[dict, str, ShapeOptions], list[dict] | str]] = {
+NORMALIZERS: dict[str, Callable[[dict, str, ShapeOptions], list[dict | Drop] | str]] = {
     "paired-strings": _paired, "paired-messages": _paired_messages, "hh": _hh, "sharegpt": _sharegpt,
     "ultrafeedback": _ultrafeedback, "scored": _scored, "pku": _pku, "labelled": _labelled,
 }
 
 
-@dataclass(frozen=True)
-class Drop:
-    """A raw row that yields no records: the reason (counted in the manifest) and where it was."""
-
-    reason: str
-    example: str
-
-
-def normalize_row(shape: str, row: dict, where: str, opts: ShapeOptions) -> list[dict] | Drop:
-    """Records for one raw row, or why it is dropped ("missing_field", "no_shared_prompt",
-    "too_few_responses")."""
+def normalize_row(shape: str, row: dict, where: str, opts: ShapeOptions) -> list[dict | Drop] | Drop:
+    """Records for one raw row (a response without its label is a Drop among them), or why the
+    whole row is dropped ("missing_field", "no_shared_prompt", "too_few_responses")."""
     try:
         result = NORMALIZERS[shape](row, where, opts)
     except Missing as exc:

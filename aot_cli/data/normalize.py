@@ -102,11 +102,12 @@ def normalize_split(shape: str, parts: list[RawPart], opts: ShapeOptions, droppe
         for part in parts:
             for index, row in enumerate(part):
                 result = normalize_row(shape, row, part.where(index), opts)
-                if isinstance(result, Drop):
-                    dropped[result.reason] += 1
-                    examples.setdefault(result.reason, result.example)
-                else:
-                    records.extend(result)
+                for item in [result] if isinstance(result, Drop) else result:
+                    if isinstance(item, Drop):
+                        dropped[item.reason] += 1
+                        examples.setdefault(item.reason, item.example)
+                    else:
+                        records.append(item)
                 if index % 1000 == 999:
                     bar.advance(task, 1000)
         bar.update(task, completed=total)

@@ -41,11 +41,9 @@ class ScoreExpr:
         total = 0.0
         for weight, name in self.terms:
             value = fields.get(name)
-            if value is None:
+            if missing_score(value):
                 return None
             if isinstance(value, str):
-                if value.strip().lower() in _MISSING_SCORES:
-                    return None
                 try:
                     value = float(value)
                 except ValueError:
@@ -58,6 +56,11 @@ class ScoreExpr:
 
     def __str__(self) -> str:
         return self.expression
+
+
+def missing_score(value: Any) -> bool:
+    """An absent score: null, or a string such as "N/A" or "" (UltraFeedback and CSV files have them)."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in _MISSING_SCORES)
 
 
 def to_label(value: Any, threshold: float | None, where: str, field: str) -> bool:
