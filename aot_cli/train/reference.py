@@ -95,26 +95,21 @@ def reference_model(policy, config, *, at_start: bool) -> Iterator[torch.nn.Modu
     """
     from aot_cli.train.model import build_reference
 
-    was_training = policy.training
-    if config.lora and config.init_adapter is None:
-        policy.eval()
-        try:
-            with policy.disable_adapter():
-                yield policy
-        finally:
-            policy.train(was_training)
-    elif at_start:
-        policy.eval()
-        try:
-            yield policy
-        finally:
-            policy.train(was_training)
-    else:
+    adapters_off = config.lora and config.init_adapter is None
+    if not (adapters_off or at_start):
         frozen = build_reference(config).to(next(policy.parameters()).device)
         try:
             yield frozen
         finally:
             del frozen
+        return
+    was_training = policy.training
+    policy.eval()
+    try:
+        with policy.disable_adapter() if adapters_off else nullcontext():
+            yield policy
+    finally:
+        policy.train(was_training)
 
 
 @torch.no_grad()

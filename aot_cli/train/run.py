@@ -147,7 +147,7 @@ def make_scheduler(config: TrainConfig, optimizer, total_steps: int):
                          num_training_steps=total_steps)
 
 
-def prepare_output(config: TrainConfig, resume_from: Path | None, accelerator) -> Path:
+def prepare_output(config: TrainConfig, accelerator) -> Path:
     """Create (or clear) the run directory; everything above must already have been checked."""
     out = Path(config.output)
     if accelerator.is_main_process:
@@ -231,7 +231,7 @@ class Setup:
 def train(config: TrainConfig) -> dict:
     """Train per `config`; returns the run manifest's summary."""
     setup = validate_and_load(config)
-    out = prepare_output(config, setup.resume_from, setup.accelerator)
+    out = prepare_output(config, setup.accelerator)
     try:
         return run_training(setup, out)
     except KeyboardInterrupt:
