@@ -28,6 +28,9 @@ def load_prepared(path: str | Path) -> tuple[Any, dict]:
     from datasets import DatasetDict, load_from_disk
 
     path = Path(path)
+    if path.is_file():
+        raise UserError(f"{path}: a file, not a prepared dataset directory; make one with "
+                        f"`aot prepare {path} -o DIR` and pass DIR")
     manifest = read_manifest(path, kind="dataset")
     try:
         data = load_from_disk(str(path))

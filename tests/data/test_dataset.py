@@ -31,6 +31,10 @@ def test_load_prepared_rejects_missing_manifest_wrong_kind_and_columns(tmp_path)
     (tmp_path / "bare").mkdir()
     with pytest.raises(UserError, match="no manifest.json"):
         load_prepared(tmp_path / "bare")
+    (tmp_path / "raw.jsonl").write_text("{}\n")  # the raw data instead of its prepared dataset
+    with pytest.raises(UserError, match="raw.jsonl: a file, not a prepared dataset directory; make one with "
+                                        "`aot prepare .*raw.jsonl -o DIR`"):
+        load_prepared(tmp_path / "raw.jsonl")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "manifest.json").write_text(json.dumps({"kind": "run"}))
     with pytest.raises(UserError, match="'run' artifact, expected a 'dataset'"):
