@@ -69,8 +69,8 @@ def make_loss_fn(config: TrainConfig):
     return loss_fn
 
 
-def check_settings(config: TrainConfig) -> None:
-    """Flag combinations that are wrong whatever the data."""
+def check_settings(config: TrainConfig, *, main: bool = True) -> None:
+    """Flag combinations that are wrong whatever the data (every rank checks; only `main` warns)."""
     for name in ("batch_size", "grad_accum", "lora_r"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
@@ -93,7 +93,7 @@ def check_settings(config: TrainConfig) -> None:
             check_4bit()
         except UserError as exc:
             raise UserError(str(exc).replace("--load-in-4bit", "--optim paged_adamw_8bit")) from None
-    if config.sort_scope == "global" and config.lora and config.lora_dropout > 0:
+    if main and config.sort_scope == "global" and config.lora and config.lora_dropout > 0:
         warn(f"--lora-dropout {config.lora_dropout} with --sort-scope global: the sort set's rewards include "
              "dropout noise (the gradient stays exact: both passes replay the same dropout masks)")
 
@@ -107,8 +107,9 @@ def check_data(config: TrainConfig, manifest: dict) -> bool:
     return paired
 
 
-def check_lengths(tokenized, config: TrainConfig, paired: bool) -> None:
-    """Error when --max-length leaves no room after any prompt; report truncated rows."""
+def check_lengths(tokenized, config: TrainConfig, paired: bool, *, main: bool = True) -> None:
+    """Error when --max-length leaves no room after any prompt; report truncated rows (only `main`
+    reports, so several processes print it once)."""
     import numpy as np
 
     from aot_cli.data.tokenize import truncation_counts
@@ -121,10 +122,10 @@ def check_lengths(tokenized, config: TrainConfig, paired: bool) -> None:
             raise UserError(f"--max-length {config.max_length} is shorter than every prompt: all {full} training "
                             "rows keep at most one completion token; raise --max-length or lower "
                             "--max-prompt-length")
-        if full:
+        if full and main:
             warn(f"{full} of {len(prompt_lens)} training rows: the prompt fills --max-length {config.max_length}, "
                  "leaving one completion token")
-    if counts["any"]:
+    if counts["any"] and main:
         info(f"truncated {counts['any']} of {counts['rows']} training rows (prompt: {counts['prompt']}, "
              f"completion: {counts['completion']}); see `aot inspect` for lengths")
 
@@ -257,7 +258,7 @@ def validate_and_load(config: TrainConfig) -> Setup:
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(cpu=multi_cpu)
     resume_from = resolve_resume(config)
-    check_settings(config)
+    check_settings(config, main=accelerator.is_main_process)
     loss_fn = make_loss_fn(config)
     check_tracker(config.report_to)
     data, data_manifest = load_prepared(config.data)
@@ -269,7 +270,7 @@ def validate_and_load(config: TrainConfig) -> Setup:
     data_fp = data_manifest.get("summary", {}).get("fingerprint") or describe_input(config.data)["fingerprint"]
     with accelerator.main_process_first():
         tokenized = tokenize_split(data["train"], tokenizer, settings, paired=paired, fingerprint=f"{data_fp}:train")
-    check_lengths(tokenized, config, paired)
+    check_lengths(tokenized, config, paired, main=accelerator.is_main_process)
     sides = make_sides(tokenized, paired=paired)
     global_batch = config.batch_size * config.grad_accum * accelerator.num_processes
     sampler = StepSampler(len(sides[0]), len(sides[1]), global_batch, config.seed, paired=paired)

@@ -120,3 +120,18 @@ def test_full_finetuning_in_fp16_is_refused():
         check_settings(TrainConfig(model="m", data="d", output="o", lora=False, dtype="fp16"))
     check_settings(TrainConfig(model="m", data="d", output="o", lora=True, dtype="fp16"))  # LoRA adapters stay fp32
     check_settings(TrainConfig(model="m", data="d", output="o", lora=False, dtype="bf16"))
+
+
+def test_truncation_report_counts_rows_and_only_the_main_process_prints(capsys):
+    from aot_cli.train.config import TrainConfig
+    from aot_cli.train.run import check_lengths
+
+    tokenized = {"chosen_prompt_len": [10, 3, 4], "truncated_prompt": [True, False, False],
+                 "truncated_completion": [True, False, True]}
+    config = TrainConfig(model="m", data="d", output="o", max_length=11)
+    check_lengths(tokenized, config, True, main=False)  # another rank of a multi-process run
+    assert capsys.readouterr().err == ""
+    check_lengths(tokenized, config, True)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "1 of 3 training rows: the prompt fills --max-length 11" in err
+    assert "truncated 2 of 3 training rows (prompt: 1, completion: 2)" in err
