@@ -205,8 +205,11 @@ def test_load_tokenizer_sets_pad_to_eos(tiny_model_dir, tmp_path):
 
 
 def test_load_tokenizer_missing_path(tmp_path):
-    with pytest.raises(UserError, match="cannot load a tokenizer"):
+    with pytest.raises(UserError, match="nowhere: no such directory \\(give a model directory or a hub id"):
         load_tokenizer(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="empty: cannot load a tokenizer"):
+        load_tokenizer(tmp_path / "empty")
 
 
 @pytest.fixture

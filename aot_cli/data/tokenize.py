@@ -113,8 +113,11 @@ def load_tokenizer(name_or_path: str | Path, chat_template_file: Path | None = N
         if not path.is_file():
             raise UserError(f"{path}: chat template file not found")
         template = path.read_text(encoding="utf-8")
+    name = str(name_or_path)
+    if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise UserError(f"{name}: no such directory (give a model directory or a hub id like org/name)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UserError(f"{name_or_path}: cannot load a tokenizer ({str(exc).splitlines()[0]})") from None
     if template is not None:
