@@ -163,10 +163,17 @@ def logits_difference(reference: list, candidate: list) -> dict:
 
 
 def _finish_generation_config(model: Any, tokenizer: Any) -> None:
-    """Make sure the saved generation config knows the tokenizer's EOS/PAD (vLLM and lm-eval read it)."""
+    """Make sure the saved generation config knows the tokenizer's EOS/PAD (vLLM and lm-eval read it).
+    Training ended every completion with the tokenizer's EOS, so generation must stop there too, even
+    when the base's generation config names another end token (a chat template added to a base)."""
     gen = model.generation_config
+    eos = tokenizer.eos_token_id
     if gen.eos_token_id is None:
-        gen.eos_token_id = tokenizer.eos_token_id
+        gen.eos_token_id = eos
+    elif eos is not None:
+        known = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+        if eos not in known:
+            gen.eos_token_id = [*known, eos]
     if gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if gen.bos_token_id is None and tokenizer.bos_token_id is not None:

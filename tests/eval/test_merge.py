@@ -40,6 +40,18 @@ def test_logits_difference_hand_numbers():
     assert d["relative_diff"] == pytest.approx(0.125)
 
 
+def test_generation_config_stops_at_the_tokenizers_eos():
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    model = SimpleNamespace(generation_config=GenerationConfig(eos_token_id=7, pad_token_id=None))
+    merge._finish_generation_config(model, SimpleNamespace(eos_token_id=9, pad_token_id=None, bos_token_id=None))
+    assert model.generation_config.eos_token_id == [7, 9] and model.generation_config.pad_token_id == 9
+    merge._finish_generation_config(model, SimpleNamespace(eos_token_id=7, pad_token_id=3, bos_token_id=None))
+    assert model.generation_config.eos_token_id == [7, 9]
+
+
 def test_merge_lora_run(aot, lora_run_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "merged"
     result = aot("merge", lora_run_dir, "-o", out, "--max-shard-size", "200KB")   # --dtype auto: the base's fp32
