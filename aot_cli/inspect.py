@@ -49,6 +49,12 @@ def run(config: InspectConfig) -> None:
                                           ("--chat-template", config.chat_template)) if value is not None]
         if given:
             raise UserError(f"{', '.join(given)} needs --model (token lengths need a tokenizer)")
+    tokenizer = settings = None
+    if config.model is not None:  # bad limits or model: one error line, before anything is printed
+        from aot_cli.data.tokenize import TokenizeSettings, load_tokenizer
+
+        settings = TokenizeSettings(config.max_length, config.max_prompt_length)
+        tokenizer = load_tokenizer(config.model, config.chat_template)
     data, manifest = load_prepared(config.data)
     summary = manifest.get("summary", {})
     paired = bool(summary.get("paired", True))
@@ -58,23 +64,21 @@ def run(config: InspectConfig) -> None:
     info(f"{config.data}: {'paired' if paired else 'unpaired'}, format {summary.get('format', '?')}, "
          f"{split.num_rows} {config.split} rows")
     rows = split.select(range(min(config.num_examples, split.num_rows)))
-    if config.model is None:
+    if tokenizer is None:
         _show_raw(rows, split, paired)
     else:
-        _show_tokens(config, rows, split, paired)
+        _show_tokens(config, tokenizer, settings, rows, split, paired)
 
 
 def _sides(paired: bool) -> tuple[str, ...]:
     return ("chosen", "rejected") if paired else ("completion",)
 
 
-def _show_tokens(config: InspectConfig, rows: Any, split: Any, paired: bool) -> None:
-    from aot_cli.data.tokenize import TokenizeSettings, encode_example, length_stats, load_tokenizer
-
+def _show_tokens(config: InspectConfig, tokenizer: Any, settings: Any, rows: Any, split: Any, paired: bool) -> None:
     from rich.rule import Rule
 
-    tokenizer = load_tokenizer(config.model, config.chat_template)
-    settings = TokenizeSettings(config.max_length, config.max_prompt_length)
+    from aot_cli.data.tokenize import encode_example, length_stats
+
     for i, row in enumerate(rows):
         title = f"{config.split} row {i + 1}"
         if not paired:

@@ -129,10 +129,12 @@ def test_inspect_unpaired_tokens(aot, tmp_path, tiny_model_dir):
     (["--max-length", "8"], "--max-length needs --model"),
     (["-n", "-1"], "-n/--num-examples must be 0 or more"),
     (["--model", "{model}", "--max-length", "1"], "--max-length 1 leaves no room"),
+    (["--model", "{model}/nowhere"], "nowhere: no such directory"),
 ])
 def test_inspect_bad_flags(aot, paired_dir, tiny_model_dir, args, message):
     result = aot("inspect", paired_dir, *[a.format(model=tiny_model_dir) for a in args])
     assert result.exit_code == 2 and message in result.stderr
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_inspect_bad_data(aot, tmp_path, tiny_model_dir):
