@@ -20,6 +20,8 @@ V1_METRICS = {
     "winogrande": "acc,none",
     "gsm8k": "exact_match,strict-match",
 }
+# Score names where lm-eval's differs from the leaderboard's: truthfulqa_mc2 reports its MC2 score as acc.
+V1_NAMES = {"truthfulqa_mc2": "mc2"}
 
 # Number of answer choices of each leaderboard_bbh_* subtask (its doc_to_choice list in lm-eval).
 BBH_CHOICES = {
@@ -55,7 +57,8 @@ def _metric(results: dict, task: str, key: str) -> float:
 
 def v1_scores(results: dict) -> dict:
     """{task: {metric: value}} for the six v1 tasks plus {"average": {"score": mean}} (0-1 scale)."""
-    scores = {task: {key.split(",")[0]: _metric(results, task, key)} for task, key in V1_METRICS.items()}
+    scores = {task: {V1_NAMES.get(task, key.split(",")[0]): _metric(results, task, key)}
+              for task, key in V1_METRICS.items()}
     scores["average"] = {"score": _mean([next(iter(s.values())) for s in scores.values()])}
     return scores
 

@@ -58,6 +58,7 @@ def test_v1_scores_and_average():
                for (task, key), v in zip(keys.items(), [0.5, 0.7, 0.6, 0.4, 0.8, 0.1])}
     scores = v1_scores(results)
     assert scores["arc_challenge"] == {"acc_norm": 0.5} and scores["gsm8k"] == {"exact_match": 0.1}
+    assert scores["truthfulqa_mc2"] == {"mc2": 0.4}      # lm-eval's "acc" of this task is the MC2 score
     assert scores["average"]["score"] == pytest.approx(3.1 / 6)
 
 
