@@ -35,7 +35,8 @@ class PrepareConfig:
                                           "ultrafeedback and scored data)",
                                choices=("best-vs-worst", "best-vs-random"))
     score: str | None = opt(None, help="Score for --binarize: a field or a weighted sum like "
-                                       "'0.7*helpfulness + 0.3*honesty' (default overall_score / helpfulness)")
+                                       "'0.7*helpfulness + 0.3*honesty - 0.2*verbosity' "
+                                       "(default overall_score / helpfulness)")
     min_margin: float = opt(0.0, help="Drop pairs whose score difference is below this")
     prefer: str = opt("better", help="PKU-SafeRLHF: which preference id picks the chosen response",
                       choices=("better", "safer"))

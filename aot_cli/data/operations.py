@@ -15,22 +15,30 @@ from typing import Any
 
 from aot_cli.errors import UserError
 
-_TERM = re.compile(r"^\s*(?:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?([A-Za-z_][\w.-]*)\s*$")
+# One signed term: [+|-] [WEIGHT *] FIELD; a hyphen between name characters is part of the name
+# (fine-grained_score), one with a space or a digit beside it is a minus.
+_TERM = re.compile(r"\s*([+-])?\s*(?:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?"
+                   r"([A-Za-z_][\w.]*(?:-[A-Za-z_][\w.]*)*)\s*")
 _MISSING_SCORES = ("", "n/a", "na", "nan", "none")
 
 
 class ScoreExpr:
-    """``--score``: one field (``overall_score``) or a weighted sum (``0.7*helpfulness + 0.3*honesty``)."""
+    """``--score``: one field (``overall_score``) or a weighted sum (``0.7*helpfulness + 0.3*honesty``,
+    ``helpfulness - 0.4*verbosity``)."""
 
     def __init__(self, expression: str):
         self.expression = expression
         self.terms: list[tuple[float, str]] = []
-        for term in expression.split("+"):
-            match = _TERM.match(term)
-            if not match:
-                raise UserError(f"--score: cannot read {term.strip()!r} in {expression!r} "
-                                "(use FIELD or a weighted sum like '0.7*helpfulness + 0.3*honesty')")
-            self.terms.append((float(match.group(1) or 1.0), match.group(2)))
+        position = 0
+        while position < len(expression) or not self.terms:
+            match = _TERM.match(expression, position)
+            if not match or (self.terms and not match.group(1)):
+                rest = expression[position:].strip().lstrip("+-").strip()
+                raise UserError(f"--score: cannot read {rest!r} in {expression!r} (use FIELD or a weighted "
+                                "sum like '0.7*helpfulness + 0.3*honesty - 0.2*verbosity')")
+            sign = -1.0 if match.group(1) == "-" else 1.0
+            self.terms.append((sign * float(match.group(2) or 1.0), match.group(3)))
+            position = match.end()
 
     @property
     def fields(self) -> list[str]:
