@@ -199,7 +199,8 @@ def _from_prepared(config: PrepareConfig, source: Any) -> _Prepared:
 
     data, manifest = source.prepared
     summary = manifest.get("summary", {})
-    for flag, value in (("--binarize", config.binarize), ("--label-field", config.label_field),
+    for flag, value in (("--binarize", config.binarize), ("--score", config.score),
+                        ("--min-margin", config.min_margin), ("--label-field", config.label_field),
                         ("--format", None if config.format == "auto" else config.format),
                         ("--prefer", None if config.prefer == "better" else config.prefer)):
         if value:

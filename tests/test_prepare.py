@@ -177,6 +177,8 @@ def test_unpair_a_prepared_dataset_keeps_its_splits(aot, tmp_path):
                                                           "unpair"]
     assert manifest["inputs"][0]["fingerprint"] == json.loads((tmp_path / "paired" / "manifest.json").read_text())[
         "summary"]["fingerprint"]
+    msg = _fails(aot, tmp_path, tmp_path / "paired", "--score", "helpfulness", out_name="scored")
+    assert "--score does not apply to a prepared dataset" in msg
 
 
 def test_hygiene_counts_each_reason(aot, tmp_path):
@@ -344,6 +346,10 @@ def test_existing_output_is_left_alone(aot, tmp_path):
     ("paired_strings", ("--max-length", "10"), "--max-length needs --tokenizer"),
     ("paired_strings", ("--test-size", "9"), "leaves no training rows"),
     ("paired_strings", ("--split", "train"), "--subset, --split and --revision apply to hub datasets"),
+    ("paired_strings", ("--score", "helpfulness"), "--score applies when scored responses are binarized"),
+    ("scored", ("--label-field", "helpfulness", "--label-threshold", "3", "--min-margin", "1"),
+     "--min-margin applies when scored responses are binarized into pairs; " + str(SHAPES / "scored.jsonl") +
+     " is scored with labels from --label-field"),
     ("scored", ("--label-field", "helpfulness", "--label-threshold", "3", "--unpair"),
      "--unpair needs paired data; " + str(SHAPES / "scored.jsonl") + " is scored with labels from --label-field"),
 ])

@@ -49,6 +49,11 @@ def resolve_shape(config: Any, source: Source) -> tuple[str, ShapeOptions]:
     label_field = default_label_field(shape, source.columns, config.label_field)
     if config.unpair and kind == "unpaired":
         raise UserError(f"--unpair needs paired data; {config.source} is {shape} (already unpaired)")
+    for flag, value in (("--score", config.score), ("--min-margin", config.min_margin)):
+        if value and (kind != "scored" or label_field is not None):
+            what = "with labels from --label-field" if kind == "scored" else f"({kind})"
+            raise UserError(f"{flag} applies when scored responses are binarized into pairs; {config.source} is "
+                            f"{shape} {what}")
     if config.unpair and label_field is not None:
         raise UserError(f"--unpair needs paired data; {config.source} is {shape} with labels from --label-field "
                         "(already unpaired); drop --unpair, or --label-field to binarize the scores into pairs")
