@@ -315,7 +315,8 @@ def _report(out: Path, summary: dict) -> None:
 
     from aot_cli.console import info, out_console
 
-    table = Table(title=f"{summary['format']} -> {'paired' if summary['paired'] else 'unpaired'}")
+    title = f"{summary['format']} -> {'paired' if summary['paired'] else 'unpaired'}"
+    table = Table(title=title, min_width=len(title) + 4)  # a title wider than the columns would wrap
     table.add_column("split")
     table.add_column("rows", justify="right")
     if not summary["paired"]:

@@ -53,7 +53,9 @@ def test_every_shape_is_recognized_and_normalized(aot, tmp_path, fixture, shape,
 
 
 def test_multi_turn_prompts_are_the_shared_leading_messages(aot, tmp_path):
-    data, _, _ = _prepare(aot, tmp_path, SHAPES / "paired_messages.jsonl", "--test-size", "0")
+    result = aot("prepare", SHAPES / "paired_messages.jsonl", "-o", tmp_path / "out", "--test-size", "0")
+    assert "paired-messages -> paired" in result.stdout  # the table's title on one line
+    data, _ = load_prepared(tmp_path / "out")
     assert data["train"][1]["prompt"] == [{"role": "system", "content": "Be brief."}, U("What is 2+2?"), A("4"),
                                           U("And times 3?")]
     assert data["train"][1]["chosen"] == [A("12")]
