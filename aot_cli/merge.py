@@ -86,13 +86,15 @@ def inspect_run(run_dir: Path) -> RunSource:
 
 
 def _refuse_quantized_base(base: str) -> None:
-    """A base stored quantized (e.g. a bnb-4bit checkpoint) cannot take a faithful merge."""
-    config_file = Path(base) / "config.json"
-    if not config_file.is_file():
-        return
-    quant = json.loads(config_file.read_text()).get("quantization_config")
+    """A base stored quantized (e.g. a bnb-4bit checkpoint, local or a hub id) cannot take a faithful merge."""
+    from transformers import AutoConfig
+
+    try:
+        quant = getattr(AutoConfig.from_pretrained(base), "quantization_config", None)
+    except OSError:
+        return   # loading the base below reports it
     if quant:
-        method = quant.get("quant_method", "unknown")
+        method = quant.get("quant_method", "unknown") if isinstance(quant, dict) else type(quant).__name__
         raise UserError(f"{base}: the base model is stored quantized (quantization_config.quant_method="
                         f"{method}); merging into quantized weights would round the adapter away. Point the "
                         "run at the unquantized base (the run's manifest config.model) and merge again")

@@ -110,7 +110,7 @@ def test_merge_bad_inputs(aot, tiny_model_dir, lora_run_dir, tmp_path):
     assert result.exit_code == 2 and "--dtype" in result.stderr
 
 
-def test_merge_refuses_a_quantized_base(aot, lora_run_dir, tiny_model_dir, tmp_path):
+def test_merge_refuses_a_quantized_base(aot, lora_run_dir, tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 
     from aot_cli.artifacts import write_manifest
@@ -124,3 +124,14 @@ def test_merge_refuses_a_quantized_base(aot, lora_run_dir, tiny_model_dir, tmp_p
                    summary={"base_model": str(base), "adapter": True})
     result = aot("merge", run, "-o", tmp_path / "m")
     assert result.exit_code == 2 and "stored quantized" in result.stderr
+    # the same for a hub id (its config read from the HF cache)
+    from transformers import AutoConfig
+
+    real = AutoConfig.from_pretrained
+    hub_config = real(base)
+    monkeypatch.setattr(AutoConfig, "from_pretrained",
+                        lambda name, **kw: hub_config if name == "org/base-bnb-4bit" else real(name, **kw))
+    write_manifest(run, kind="run", config={"model": "org/base-bnb-4bit", "load_in_4bit": True},
+                   summary={"base_model": "org/base-bnb-4bit", "adapter": True})
+    result = aot("merge", run, "-o", tmp_path / "m", "--dtype", "bf16")
+    assert result.exit_code == 2 and "org/base-bnb-4bit: the base model is stored quantized" in result.stderr
