@@ -70,3 +70,33 @@ def noisy_paired_data(tmp_path) -> Path:
         if rng.random() < 0.45:
             row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
     return write_dataset(tmp_path / "noisy", train, preference_rows(64, 11), paired=True)
+
+
+@pytest.fixture
+def held_out_log_ratios():
+    """``f(run_dir, data)``: the held-out log-ratios below (a fixture, so test modules share it)."""
+    return _held_out_log_ratios
+
+
+def _held_out_log_ratios(run_dir: Path, data: Path):
+    """Policy/reference log-ratios of the chosen and of the rejected answers of ``data``'s test pairs,
+    for a finished run (through ``load_run_policy`` / ``load_run_reference``, as eval loads it)."""
+    import torch
+
+    from aot_cli.data.dataset import load_prepared
+    from aot_cli.data.tokenize import TokenizeSettings, tokenize_split
+    from aot_cli.train.batching import collate, make_sides
+    from aot_cli.train.logprobs import model_sequence_logps
+    from aot_cli.train.model import load_run_policy, load_run_reference
+
+    policy, tokenizer = load_run_policy(run_dir)
+    reference, _ = load_run_reference(run_dir)
+    test = tokenize_split(load_prepared(data)[0]["test"], tokenizer, TokenizeSettings(64, 32), paired=True)
+
+    @torch.no_grad()
+    def log_ratio(side):
+        ids, mask, labels = collate([side.get(i) for i in range(len(side))], tokenizer.pad_token_id)
+        return model_sequence_logps(policy, ids, mask, labels) - model_sequence_logps(reference, ids, mask, labels)
+
+    chosen, rejected = (log_ratio(side) for side in make_sides(test, paired=True))
+    return chosen, rejected

@@ -9,35 +9,14 @@ Also the source of the figure in docs/train.md:
 from __future__ import annotations
 
 import pytest
-import torch
 
 from aot_cli.train import run
 from aot_cli.train.config import TrainConfig
 
 
-def held_out_margin(run_dir, data) -> tuple[float, float]:
-    """Mean of (chosen log-ratio - rejected log-ratio) on the clean test pairs, and the accuracy."""
-    from aot_cli.data.dataset import load_prepared
-    from aot_cli.data.tokenize import TokenizeSettings, tokenize_split
-    from aot_cli.train.batching import collate, make_sides
-    from aot_cli.train.logprobs import model_sequence_logps
-    from aot_cli.train.model import load_run_policy, load_run_reference
-
-    policy, tokenizer = load_run_policy(run_dir)
-    reference, _ = load_run_reference(run_dir)
-    test = tokenize_split(load_prepared(data)[0]["test"], tokenizer, TokenizeSettings(64, 32), paired=True)
-
-    @torch.no_grad()
-    def log_ratio(side):
-        ids, mask, labels = collate([side.get(i) for i in range(len(side))], tokenizer.pad_token_id)
-        return model_sequence_logps(policy, ids, mask, labels) - model_sequence_logps(reference, ids, mask, labels)
-
-    chosen, rejected = (log_ratio(side) for side in make_sides(test, paired=True))
-    return (chosen - rejected).mean().item(), (chosen > rejected).float().mean().item()
-
-
 @pytest.mark.slow
-def test_global_sort_set_beats_micro_batch_sort_with_noisy_labels(tiny_model_dir, noisy_paired_data, tmp_path):
+def test_global_sort_set_beats_micro_batch_sort_with_noisy_labels(tiny_model_dir, noisy_paired_data, tmp_path,
+                                                                  held_out_log_ratios):
     data = noisy_paired_data
     results = {}
     for scope in ("micro", "global"):
@@ -45,7 +24,8 @@ def test_global_sort_set_beats_micro_batch_sort_with_noisy_labels(tiny_model_dir
         run.train(TrainConfig(model=str(tiny_model_dir), data=data, output=out, loss="aot_unpaired", beta=0.5,
                               sort_scope=scope, batch_size=2, grad_accum=8, lr=1e-3, warmup_ratio=0.0,
                               max_steps=48, max_length=64, max_prompt_length=32, save_steps=0))
-        results[scope] = held_out_margin(out, data)
+        chosen, rejected = held_out_log_ratios(out, data)
+        results[scope] = (chosen - rejected).mean().item(), (chosen > rejected).float().mean().item()
     print(f"\nheld-out reward margin / accuracy: sort 2 (micro) {results['micro'][0]:.2f} / "
           f"{results['micro'][1]:.2f}, sort 16 (global) {results['global'][0]:.2f} / {results['global'][1]:.2f}")
     assert results["global"][0] > 2 * results["micro"][0]
