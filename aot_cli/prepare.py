@@ -155,11 +155,11 @@ def _prepare(config: PrepareConfig) -> _Prepared:
     _ensure_rows(config, result)
     tokenizer = None
     if config.tokenizer:
-        from aot_cli.artifacts import describe_input
-        from aot_cli.data.tokenize import load_tokenizer
+        from aot_cli.data.tokenize import load_tokenizer, tokenizer_fingerprint
 
         tokenizer = load_tokenizer(config.tokenizer)
-        result.inputs.append(describe_input(config.tokenizer))
+        # Not describe_input: that would hash every file of a model directory (weights included).
+        result.inputs.append({"tokenizer": config.tokenizer, "fingerprint": tokenizer_fingerprint(tokenizer)})
     if config.max_length is not None:
         _drop_too_long(config, result, tokenizer)
         _ensure_rows(config, result)
@@ -306,7 +306,8 @@ def _drop_too_long(config: PrepareConfig, result: _Prepared, tokenizer: Any) -> 
         keep = [i for i, t in enumerate(totals) if t <= config.max_length]
         result.dropped["too_long"] += len(split) - len(keep)
         result.splits[name] = split.select(keep)
-    result.operations.append({"op": "max_length", "tokenizer": config.tokenizer, "max_length": config.max_length})
+    result.operations.append({"op": "max_length", "tokenizer": result.inputs[-1]["fingerprint"],
+                              "max_length": config.max_length})
 
 
 def _report(out: Path, summary: dict) -> None:

@@ -229,8 +229,13 @@ def test_config_file_sets_options(aot, tmp_path):
 
 
 def test_tokenizer_lengths_and_max_length(aot, tmp_path, tiny_model_dir):
-    _, summary, _ = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "0",
-                             "--tokenizer", tiny_model_dir, name="all")
+    from aot_cli.data.tokenize import load_tokenizer, tokenizer_fingerprint
+
+    _, summary, manifest = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "0",
+                                    "--tokenizer", tiny_model_dir, name="all")
+    # The tokenizer is recorded by what changes token ids, not by hashing every file of a model directory.
+    tok_fp = tokenizer_fingerprint(load_tokenizer(tiny_model_dir))
+    assert manifest["inputs"][-1] == {"tokenizer": str(tiny_model_dir), "fingerprint": tok_fp}
     # Chat-templated token counts of the 4 rows (BOS + ChatML prompt; answer + <|im_end|>): the same
     # numbers `aot inspect` shows; total = prompt + the longer answer.
     assert summary["token_lengths"]["train"] == {
