@@ -73,6 +73,7 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
     def agreed(self, accelerator) -> bool:
+        """Whether any rank was interrupted: all ranks must stop at the same step to checkpoint together."""
         if accelerator.num_processes == 1:
             return self.requested
         flag = torch.tensor([float(self.requested)], device=accelerator.device)

@@ -79,6 +79,7 @@ def load_cached(key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 def save_cached(key: str, ref_a: torch.Tensor, ref_b: torch.Tensor) -> Path:
+    """Write through a temporary file and rename, so a reader (or a killed run) never sees half an entry."""
     path = cache_path(key)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     torch.save({"a": ref_a, "b": ref_b}, tmp)

@@ -141,6 +141,8 @@ def make_optimizer(config: TrainConfig, params: list):
 
 
 def make_scheduler(config: TrainConfig, optimizer, total_steps: int):
+    """transformers' schedule with ``floor(warmup_ratio * steps)`` warmup steps from 0; our ``constant``
+    keeps the warmup (transformers' ``constant_with_warmup``)."""
     from transformers import get_scheduler
 
     name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
@@ -181,6 +183,7 @@ def reference_logps(config, policy, sides, *, key: str, pad_id: int, at_start: b
 
 
 def peak_memory_bytes() -> int:
+    """Peak CUDA memory allocated on GPU; on CPU the process's peak RSS (what the machine had to hold)."""
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
