@@ -147,15 +147,17 @@ def test_ultrafeedback_ratings_threshold_into_labels_per_response(aot, tmp_path)
 
 def test_prefer_safer(aot, tmp_path):
     data, _, _ = _prepare(aot, tmp_path, SHAPES / "pku.jsonl", "--prefer", "safer", "--test-size", "0")
-    assert data["train"][0]["chosen"] == "Call a locksmith."
+    assert data["train"]["chosen"][:] == ["Call a locksmith.", "4", "Paris."]  # safer ids 0, 1, 0
+    assert data["train"]["rejected"][:] == ["Use a tension wrench and a pick.", "5", "Lyon."]
 
 
 def test_unpair_both_halves(aot, tmp_path):
     data, summary, _ = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--unpair", "--test-size", "1")
     assert summary["paired"] is False and summary["counts"] == {"train": 6, "test": 2}
     assert summary["label_balance"]["train"] == {"positive": 3, "negative": 3}
-    assert data["train"][0]["completion"] and data["train"][0]["label"] is True
-    assert data["train"][1]["label"] is False and data["train"][1]["prompt"] == data["train"][0]["prompt"]
+    assert data["train"][:2] == {"prompt": ["What is 2+2?"] * 2, "completion": ["4", "5"], "label": [True, False]}
+    assert data["test"][:] == {"prompt": ["Capital of France?"] * 2, "completion": ["Paris.", "Lyon."],
+                               "label": [True, False]}  # the split is by pair, before unpairing
 
 
 def test_unpair_disjoint_prompts_is_balanced_and_disjoint(aot, tmp_path):
