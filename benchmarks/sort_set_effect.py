@@ -70,14 +70,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=0.45, help="Fraction of training pairs flipped.")
     parser.add_argument("--train-pairs", type=int, default=1024)
     parser.add_argument("--test-pairs", type=int, default=128)
-    parser.add_argument("--out", type=Path, default=Path("bench-out/sort-set"), help="Work directory (model, data, runs).")
-    parser.add_argument("--json", type=Path, default=Path("bench-out/sort_set_effect.json"))
-    parser.add_argument("--figure", type=Path, default=Path("docs/img/sort_set_effect.png"))
+    parser.add_argument("--out", type=Path, help="Work directory: model, data, runs (default: bench-out/sort-set, "
+                        "bench-out/sort-set-quick with --quick).")
+    parser.add_argument("--json", type=Path, help="Default: bench-out/sort_set_effect.json "
+                        "(bench-out/sort_set_effect_quick.json with --quick).")
+    parser.add_argument("--figure", type=Path, help="Default: docs/img/sort_set_effect.png, the figure of "
+                        "docs/sort-set.md (bench-out/sort_set_effect_quick.png with --quick).")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine may be shared).")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.losses, args.configs = args.seeds[:1], ["aot_unpaired"], list(QUICK_CONFIGS)
         args.steps = min(args.steps, 32)
+    suffix = "_quick" if args.quick else ""
+    args.out = args.out or Path("bench-out/sort-set-quick" if args.quick else "bench-out/sort-set")
+    args.json = args.json or Path(f"bench-out/sort_set_effect{suffix}.json")
+    args.figure = args.figure or (Path("bench-out/sort_set_effect_quick.png") if args.quick
+                                  else Path("docs/img/sort_set_effect.png"))
     return args
 
 
@@ -228,12 +236,13 @@ def print_table(rows: list[dict], beta: float) -> None:
     for col in ("loss", "run", "sort set", "accuracy", f"margin (beta {beta:g})", "violation frac.", "pair-margin sd"):
         table.add_column(col, justify="left" if col in ("loss", "run") else "right", no_wrap=True)
     for r in rows:
-        cell = lambda m, f: f"{r[m]['mean']:{f}} ± {r[m]['std']:{f}}"  # noqa: E731
+        one = len(r["seeds"]) == 1
+        cell = lambda m, f: f"{r[m]['mean']:{f}}" + ("" if one else f" ± {r[m]['std']:{f}}")  # noqa: E731
         table.add_row(r["loss"], r["config"], str(r["sort_set"]), cell("accuracy", ".3f"),
                       cell("mean_difference", ".3f"), cell("violation_fraction", ".3f"),
                       cell("pair_margin_std", ".3f") if "pair_margin_std" in r else "-")
     console.print(table)
-    for name, scope, batch, accum, _ in CONFIGS:
+    for name, scope, batch, accum, _ in (c for c in CONFIGS if c[0] in {r["config"] for r in rows}):
         console.print(f"  {name}: --sort-scope {scope} --batch-size {batch} --grad-accum {accum}")
 
 
@@ -305,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         info(f"global-16 vs micro-16 (should be equal): largest difference over {check['pairs']} seed/loss pairs "
              + ", ".join(f"{m} {v:.2e}" for m, v in check["max_abs_diff"].items()))
     plot(rows, args.figure, beta=args.beta, steps=args.steps, noise=args.noise)
-    record = {"command": "python benchmarks/sort_set_effect.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    record = {"command": " ".join(["python benchmarks/sort_set_effect.py", *(sys.argv[1:] if argv is None else argv)]),
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "inputs": inputs, "summary": rows, "global_vs_micro_16": check, "runs": runs,
               "wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(time.process_time() - cpu_start, 1),
