@@ -113,8 +113,11 @@ def test_binarize_best_vs_random_min_margin_and_weighted_score(aot, tmp_path):
     # Scores per prompt (overall_score): [7, 3, 9, 5], ties, [8.5, 8, -, 2].
     data, summary, _ = _prepare(aot, tmp_path, SHAPES / "ultrafeedback.jsonl", "--binarize", "best-vs-random",
                                 "--test-size", "0", name="r")
-    assert summary["counts"]["train"] == 2 and data["train"][0]["chosen"] == "Four."
-    assert data["train"][0]["rejected"] in {"4.", "5.", "22"}
+    assert data["train"]["chosen"][:] == ["Four.", "Paris."]
+    assert data["train"]["rejected"][:] == ["22", "Paris, France."]  # best-vs-worst: "5.", "Lyon."
+    data, _, _ = _prepare(aot, tmp_path, SHAPES / "ultrafeedback.jsonl", "--binarize", "best-vs-random",
+                          "--test-size", "0", "--seed", "1", name="r1")
+    assert data["train"]["rejected"][:] == ["4.", "Paris, France."]  # another seed, another draw
     _, summary, _ = _prepare(aot, tmp_path, SHAPES / "ultrafeedback.jsonl", "--min-margin", "6.5",
                              "--test-size", "0", name="m")
     assert summary["dropped"] == {"below_min_margin": 1, "missing_score": 1, "tie": 1}  # 9-3=6 < 6.5; 8.5-2 kept
