@@ -20,9 +20,13 @@ HEADLINES = {
                   ("implicit_rewards", "violation_area")],
 }
 SHORT = {"length_controlled_winrate": "LC win rate", "win_rate": "win rate"}
+DOMINANCE_SHORT = {"accuracy": "reward accuracy", "violation_fraction": "violation fraction",
+                   "violation_area": "violation area"}
 
 
 def column_name(task: str, metric: str) -> str:
+    if task == "implicit_rewards" and metric in DOMINANCE_SHORT:
+        return DOMINANCE_SHORT[metric]
     if metric in ("score", "normalized") or task == "alpacaeval":
         return SHORT.get(metric, task if metric in ("score", "normalized") else metric)
     return f"{task} {metric}"
@@ -100,9 +104,9 @@ def run(paths: list[str], output: Path | None) -> dict:
         raise UserError("aot eval compare needs at least one eval directory: aot eval compare OUT [OUT...]")
     rows, columns, cells = build_table([(p, load_results(Path(p))) for p in paths])
     table = Table(title="eval comparison (differences to the first row)")
-    table.add_column("model")
+    table.add_column("model", overflow="fold")   # long paths and names wrap rather than lose their ends
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", overflow="fold")
     for i, row in enumerate(rows):
         table.add_row(row, *[cell_text(cells.get((row, c)), cells.get((rows[0], c)), i == 0) for c in columns])
     out_console.print(table)

@@ -57,4 +57,5 @@ def test_a_merged_model_shares_its_runs_row(aot, tmp_path):
     table = tmp_path / "t.md"
     assert aot("eval", "compare", tasks, dom, "-o", table).exit_code == 0
     lines = table.read_text().splitlines()
+    assert lines[0] == "| model | t acc | reward accuracy | violation fraction | violation area |"
     assert len(lines) == 3 and lines[2] == f"| {model} | 0.5000 | 0.7500 | 0.1000 | 0.0100 |"
