@@ -323,8 +323,9 @@ def run_training(setup: Setup, out: Path) -> dict:
                                      accelerator=accelerator)
         setup.say(f"resuming from {setup.resume_from} (step {start_step} of {setup.total_steps})")
     n_trainable = sum(p.numel() for p in params)
+    sort_set = setup.global_batch if config.sort_scope == "global" else config.batch_size
     setup.say(f"training {'LoRA adapters' if config.lora else 'all weights'} ({n_trainable:,} parameters), "
-              f"{setup.total_steps} steps, sort set {setup.global_batch} ({config.sort_scope} scope), "
+              f"{setup.total_steps} steps, sort set {sort_set} ({config.sort_scope} scope), "
               f"loss {config.loss}")
     state = LoopState(config=config, accelerator=accelerator, model=policy, optimizer=optimizer,
                       scheduler=scheduler, loss_fn=setup.loss_fn, sides=setup.sides, sampler=setup.sampler,
