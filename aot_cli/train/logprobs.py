@@ -95,17 +95,18 @@ def model_sequence_logps(
     gathers the log-probs in chunks.
 
     Falls back to the plain full-logits path (correct, not lean) when the chunked one would be
-    wrong: ``chunk_size=None``; a head that is not a plain floating-point ``nn.Linear`` (LoRA on the
+    wrong: ``chunk_size`` None or 0; a head that is not a plain floating-point ``nn.Linear`` (LoRA on the
     head, quantized head); a model that post-processes logits (Gemma-2 ``final_logit_softcapping``,
     Cohere ``logit_scale``, Granite ``logits_scaling``, or any model whose returned last-position
     logits differ from ``head(hidden)``). Under FSDP or ZeRO-3 the head weight is only gathered
-    inside its own forward: pass ``chunk_size=None`` there.
+    inside its own forward: a sharded head weight is detected and takes the plain path, or pass
+    ``chunk_size=0`` (``--logps-chunk-size 0``).
     """
     inner = model
     while isinstance(getattr(inner, "module", None), torch.nn.Module):  # DDP / accelerate wrappers
         inner = inner.module
     head = inner.get_output_embeddings()
-    if chunk_size is None or not _plain_linear_head(head) or _postprocesses_logits(inner.config):
+    if not chunk_size or not _plain_linear_head(head) or _postprocesses_logits(inner.config):
         return _plain_model_logps(model, input_ids, attention_mask, labels)
 
     captured: list[torch.Tensor] = []
@@ -136,7 +137,9 @@ def _plain_model_logps(model, input_ids, attention_mask, labels) -> torch.Tensor
 
 
 def _plain_linear_head(head) -> bool:
-    return type(head) is torch.nn.Linear and head.weight.is_floating_point()
+    # A weight that is not the whole [out, in] matrix is a shard (ZeRO-3, FSDP): only its forward sees it whole.
+    return (type(head) is torch.nn.Linear and head.weight.is_floating_point()
+            and tuple(head.weight.shape) == (head.out_features, head.in_features))
 
 
 def _postprocesses_logits(config) -> bool:

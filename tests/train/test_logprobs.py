@@ -177,3 +177,22 @@ def test_model_that_rescales_logits_falls_back_to_the_plain_path():
         assert torch.allclose(got, want, atol=1e-5)
         model.config.final_logit_softcapping = 30.0  # a known post-processing: plain path up front
         assert torch.allclose(model_sequence_logps(model, input_ids, attention_mask, labels), want, atol=1e-5)
+
+
+def test_chunk_size_zero_and_sharded_heads_take_the_plain_path():
+    """``--logps-chunk-size 0`` runs the model's own head (FSDP / ZeRO-3, where the head weight is only
+    whole inside its forward); a head whose weight is not a whole ``[out, in]`` matrix is never chunked."""
+    from aot_cli.train.logprobs import _plain_linear_head
+
+    model = _tiny_llama(tie=False)
+    input_ids, attention_mask, labels = _batch()
+    head_outputs = []
+    handle = model.lm_head.register_forward_hook(lambda m, i, out: head_outputs.append(out.shape))
+    with torch.no_grad():
+        got = model_sequence_logps(model, input_ids, attention_mask, labels, chunk_size=0)
+        want = plain_sequence_logps(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
+    handle.remove()
+    assert head_outputs[0] == (3, 9, 100) and torch.allclose(got, want)
+    sharded = torch.nn.Linear(32, 100, bias=False)
+    sharded.weight = torch.nn.Parameter(torch.empty(0))  # what ZeRO-3 leaves outside the forward
+    assert _plain_linear_head(model.lm_head) and not _plain_linear_head(sharded)
