@@ -76,7 +76,8 @@ class TrainConfig:
     epochs: float = opt(1.0, "--epochs", help="Passes over the training data.")
     ref: str = opt("precompute", "--ref", help="Reference log-probs: one cached pass before training, or "
                    "computed every step.", choices=("precompute", "online"))
-    logps_chunk_size: int = opt(1024, "--logps-chunk-size", help="Tokens per chunk of the output head (memory); 0 = the model's own full-logits head.")
+    logps_chunk_size: int = opt(1024, "--logps-chunk-size", help="Tokens per chunk of the output head (memory); "
+                                "0 = the model's own full-logits head.")
     # output
     save_steps: int = opt(100, "--save-steps", help="Write a resumable checkpoint every N steps (0 = only at the end).")
     report_to: str = opt("none", "--report-to", help="Also log metrics to this tracker.",
