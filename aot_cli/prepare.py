@@ -25,10 +25,11 @@ class PrepareConfig:
     """Options of ``aot prepare`` (also the keys of its --config YAML)."""
 
     source: str = arg(help="Hub dataset id, local .json/.jsonl/.parquet/.csv file, directory of them, "
-                           "or a prepared dataset", metavar="SOURCE")
+                           "a save_to_disk directory, or a prepared dataset", metavar="SOURCE")
     output: Path = opt(None, "-o", "--output", help="Output directory (the dataset artifact)", required=True)
     format: str = opt("auto", help="Data shape; auto recognizes it by its columns", choices=FORMATS)
-    split: str | None = opt(None, help="Hub split to read as train (its test counterpart is kept as test)")
+    split: str | None = opt(None, help="Hub (or save_to_disk) split to read as train (its test counterpart "
+                                       "is kept as test)")
     subset: str | None = opt(None, help="Hub dataset configuration (subset) name")
     revision: str | None = opt(None, help="Hub dataset revision (branch, tag or commit)")
     binarize: str | None = opt(None, help="Pick pairs from scored responses (default best-vs-worst for "

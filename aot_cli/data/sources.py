@@ -1,12 +1,13 @@
 """Read a preference-data source into raw rows, keeping where each row came from.
 
 A source is a hub dataset id, a local file (.json, .jsonl, .parquet, .csv), a directory of such
-files, or a prepared dataset (a directory with a ``manifest.json`` of kind "dataset"). Local JSON
+files, a directory written by ``datasets``' ``save_to_disk``, or a prepared dataset (a directory
+with a ``manifest.json`` of kind "dataset"). Local JSON
 is parsed here, line by line, rather than by ``datasets``: raw files are heterogeneous (a field
 that is a string in one row and a list in the next), and a user needs ``FILE:LINE`` for a broken
 line, not an Arrow schema error. Every raw row keeps its origin so later checks can name it.
 
-Test splits: a hub dataset's ``--split`` name with "train" replaced by "test" (``train_prefs`` ->
+Test splits: a hub (or ``save_to_disk``) dataset's ``--split`` name with "train" replaced by "test" (``train_prefs`` ->
 ``test_prefs``), else a split named ``test``, ``test_prefs`` or ``validation``, is kept as the test
 split; in a directory, files whose name contains "test" form the test split, all others train.
 """
@@ -66,12 +67,15 @@ def load_source(source: str, *, subset: str | None = None, split: str | None = N
                 revision: str | None = None, limit: int | None = None) -> Source:
     """Read `source` (see the module docstring); `limit` keeps the first N rows of each split."""
     path = Path(source)
-    if path.exists() and (subset or split or revision):
+    saved = path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file())
+    if path.exists() and (subset or revision or (split and not saved)):
         raise UserError(f"{source}: --subset, --split and --revision apply to hub datasets, not local paths "
                         "(a directory's files named *test* form its test split)")
     if path.is_dir():
         if (path / MANIFEST).is_file():
             return _load_prepared_source(path, limit)
+        if saved:
+            return _load_saved(path, split, limit)
         return _load_directory(path, limit)
     if path.is_file():
         part = _limit(read_file(path), limit)
@@ -138,6 +142,23 @@ def _load_prepared_source(path: Path, limit: int | None) -> Source:
                   columns=set(data["train"].column_names))
 
 
+def _load_saved(path: Path, split: str | None, limit: int | None) -> Source:
+    """A directory written by ``save_to_disk`` (not by aot): its splits, chosen as for a hub dataset."""
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        data = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(f"{path}: looks like a `save_to_disk` dataset but cannot be loaded ({exc})") from None
+    if not isinstance(data, DatasetDict):
+        data = DatasetDict(train=data)
+    chosen = _choose_splits(str(path), list(data), split)
+    splits = {ours: [_limit(RawPart(f"{path}[{theirs}]", data[theirs]), limit)] for ours, theirs in chosen.items()}
+    record = {"type": "saved", "path": str(path), "splits": chosen}
+    return Source("files", splits, record, [describe_input(path)],
+                  columns=set(splits["train"][0].rows.column_names))
+
+
 def _hub_splits(source: str, subset: str | None, split: str | None, revision: str | None) -> dict[str, str]:
     """Which hub splits become our train and test splits: ``{"train": name, "test": name}``."""
     from datasets import get_dataset_split_names
@@ -148,6 +169,11 @@ def _hub_splits(source: str, subset: str | None, split: str | None, revision: st
         raise UserError(f"{source}: not a local path, and not readable as a hub dataset "
                         f"({type(exc).__name__}: {exc}); check the path or the id, --subset and --revision, "
                         "and that the hub is reachable") from None
+    return _choose_splits(source, names, split)
+
+
+def _choose_splits(source: str, names: list[str], split: str | None) -> dict[str, str]:
+    """``{"train": name, "test": name}`` among a dataset's split `names` (see the module docstring)."""
     if split is not None and split not in names:
         raise UserError(f"{source}: no split {split!r} (available: {', '.join(names)})")
     train = split or next((n for n in names if n == "train"), None) or \

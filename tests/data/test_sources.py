@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 
 from aot_cli.data.sources import load_source, read_file
 from aot_cli.errors import UserError
@@ -59,6 +59,21 @@ def test_directory_splits_by_file_name(tmp_path):
     empty.mkdir()
     with pytest.raises(UserError, match="no .json/.jsonl/.parquet/.csv files"):
         load_source(str(empty))
+
+
+def test_save_to_disk_directory_is_read_as_a_dataset(tmp_path):
+    # Not its dataset_dict.json / state.json metadata as rows: the splits, as for a hub dataset.
+    rows = Dataset.from_list([ROW] * 3)
+    DatasetDict(train_prefs=rows, test_prefs=rows.select([0]), train_sft=rows).save_to_disk(str(tmp_path / "dd"))
+    source = load_source(str(tmp_path / "dd"), limit=2)
+    assert source.record == {"type": "saved", "path": str(tmp_path / "dd"),
+                             "splits": {"train": "train_prefs", "test": "test_prefs"}}
+    assert source.columns == set(ROW) and list(source.splits["train"][0]) == [ROW, ROW]
+    assert source.splits["test"][0].where(0) == f"{tmp_path / 'dd'}[test_prefs]: row 1"
+    assert load_source(str(tmp_path / "dd"), split="train_sft").record["splits"] == {"train": "train_sft",
+                                                                                     "test": "test_prefs"}
+    rows.save_to_disk(str(tmp_path / "ds"))  # a single Dataset: all train
+    assert list(load_source(str(tmp_path / "ds")).splits) == ["train"]
 
 
 def test_hub_source_picks_train_and_its_test_split(monkeypatch):
