@@ -74,6 +74,8 @@ def check_settings(config: TrainConfig, *, main: bool = True) -> None:
     for name in ("batch_size", "grad_accum", "lora_r"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.logps_chunk_size < 0:
+        raise UserError(f"--logps-chunk-size must be >= 0 (0 = full logits), got {config.logps_chunk_size}")
     if config.max_steps is not None and config.max_steps < 1:
         raise UserError(f"--max-steps must be at least 1, got {config.max_steps}")
     if config.max_steps is None and config.epochs <= 0:

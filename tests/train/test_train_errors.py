@@ -122,6 +122,15 @@ def test_full_finetuning_in_fp16_is_refused():
     check_settings(TrainConfig(model="m", data="d", output="o", lora=False, dtype="bf16"))
 
 
+def test_negative_chunk_size_is_refused():
+    from aot_cli.errors import UserError
+    from aot_cli.train.config import TrainConfig
+    from aot_cli.train.run import check_settings
+
+    with pytest.raises(UserError, match="--logps-chunk-size must be >= 0"):
+        check_settings(TrainConfig(model="m", data="d", output="o", logps_chunk_size=-1))
+
+
 def test_truncation_report_counts_rows_and_only_the_main_process_prints(capsys):
     from aot_cli.train.config import TrainConfig
     from aot_cli.train.run import check_lengths
