@@ -20,6 +20,7 @@ and nothing is left behind.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -35,6 +36,8 @@ DTYPE_NAMES = {torch_name: name for name, torch_name in DTYPES.items()}
 # The float32 default allows only accumulation-order noise; the half-precision ones the rounding
 # of every weight to 8 (bf16) or 11 (fp16) mantissa bits.
 VERIFY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 3e-2}
+# What save_pretrained's shard splitting (huggingface_hub) parses: a number and a decimal unit.
+SHARD_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*[KMGT]B\s*$", re.IGNORECASE)
 VERIFY_PROMPTS = (
     "The capital of France is",
     "Here is a short answer: yes. Here is a long answer:",
@@ -188,6 +191,9 @@ def run(config: MergeConfig) -> dict:
     from transformers import AutoModelForCausalLM
 
     check_output(config.output, config.overwrite)
+    if not SHARD_SIZE.match(config.max_shard_size):
+        raise UserError(f"--max-shard-size {config.max_shard_size!r}: expected a number and a unit of KB, MB, GB "
+                        "or TB, e.g. 5GB or 500MB")
     source = inspect_run(Path(config.run))
     dtype_name = checkpoint_dtype(source) if config.dtype == "auto" else config.dtype
     tolerance = config.verify_tolerance if config.verify_tolerance is not None else VERIFY_TOLERANCE[dtype_name]

@@ -108,6 +108,8 @@ def test_merge_bad_inputs(aot, tiny_model_dir, lora_run_dir, tmp_path):
     assert result.exit_code == 2 and "manifest.json" in result.stderr
     result = aot("merge", lora_run_dir, "-o", tmp_path / "x", "--dtype", "fp8")
     assert result.exit_code == 2 and "--dtype" in result.stderr
+    result = aot("merge", lora_run_dir, "-o", tmp_path / "x", "--max-shard-size", "5gigs")
+    assert result.exit_code == 2 and "--max-shard-size '5gigs': expected a number and a unit" in result.stderr
 
 
 def test_merge_refuses_a_quantized_base(aot, lora_run_dir, tiny_model_dir, tmp_path, monkeypatch):
