@@ -25,7 +25,8 @@ def test_score_expression_weights_fields_and_skips_missing():
         ScoreExpr("a + 3*")
     # HelpSteer2's reward weights penalize verbosity; a hyphen inside a name is part of the name.
     expr = ScoreExpr("0.65*helpfulness + 0.8*correctness - 0.4*verbosity - fine-grained_score")
-    assert expr.terms == [(0.65, "helpfulness"), (0.8, "correctness"), (-0.4, "verbosity"), (-1.0, "fine-grained_score")]
+    assert expr.terms == [(0.65, "helpfulness"), (0.8, "correctness"), (-0.4, "verbosity"),
+                          (-1.0, "fine-grained_score")]
     assert ScoreExpr("-2*a+b").terms == [(-2.0, "a"), (1.0, "b")]
 
 
