@@ -340,6 +340,12 @@ def test_empty_result_after_unpairing(aot, tmp_path):
     assert msg.startswith(f"error: {src}: no training rows left (read 1 rows; dropped: unpair_balance 1)")
 
 
+def test_output_under_a_file(aot, tmp_path):
+    (tmp_path / "f").write_text("x")
+    msg = _fails(aot, tmp_path, SHAPES / "paired_strings.jsonl", out_name="f/out")
+    assert msg.startswith(f"error: {tmp_path / 'f' / 'out'}: cannot create it, {tmp_path / 'f'} is a file")
+
+
 def test_existing_output_is_left_alone(aot, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
