@@ -91,6 +91,9 @@ def evaluate(config: Any, suite: str, source: Any, device: str, out: Path) -> tu
     from aot_cli.eval import leaderboard
     from aot_cli.eval.source import TORCH_DTYPES
 
+    if suite in SUITE_TASKS and config.tasks:
+        raise UserError(f"--tasks does not combine with --suite {suite} (its tasks are fixed); for other tasks "
+                        "run --suite lm-eval --tasks NAME[,NAME...] as a separate eval")
     tasks = SUITE_TASKS.get(suite) or split_task_names(config.tasks)
     if not tasks:
         raise UserError("--suite lm-eval needs --tasks NAME[,NAME...] (and --include-path DIR for local tasks)")

@@ -76,6 +76,8 @@ def test_eval_bad_inputs(aot, tmp_path, tiny_model_dir):
     assert result.exit_code == 2 and "no such directory" in result.stderr
     result = aot("eval", tiny_model_dir, "-o", tmp_path / "o")
     assert result.exit_code == 2 and "missing --suite" in result.stderr
+    result = aot("eval", tiny_model_dir, "-o", tmp_path / "o", "--suite", "openllm-v1", "--tasks", "arc_easy")
+    assert result.exit_code == 2 and "--tasks does not combine with --suite openllm-v1" in result.stderr
     result = aot("eval", tiny_model_dir, "-o", tmp_path / "o", "--tasks", "x", "--include-path", tmp_path / "nope")
     assert result.exit_code == 2 and "--include-path" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
