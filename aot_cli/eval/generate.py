@@ -53,19 +53,21 @@ def generate_batch(model: Any, tokenizer: Any, instructions: list[str], *, max_n
 def generate_outputs(model: Any, tokenizer: Any, rows: list[dict], path: Path, *, generator: str,
                      batch_size: int, max_new_tokens: int, temperature: float, seed: int) -> list[dict]:
     """Answer every row of `rows` ({instruction, dataset}) not yet in `path`; returns all outputs in
-    the order of `rows`."""
+    the order of `rows`. Batches are fixed slices of `rows`, each sampled under its own seed
+    (``seed + batch index``), so a resumed run (same batch size) writes what an uninterrupted one would."""
     import torch
 
     from aot_cli.console import progress
 
     done = {r["instruction"]: r for r in read_outputs(path)}
-    todo = [r for r in rows if r["instruction"] not in done]
-    if todo:
-        torch.manual_seed(seed)
+    batches = [(i, rows[start:start + batch_size]) for i, start in enumerate(range(0, len(rows), batch_size))]
+    batches = [(i, [r for r in batch if r["instruction"] not in done]) for i, batch in batches]
+    batches = [(i, batch) for i, batch in batches if batch]
+    if batches:
         with progress() as bar:
-            task = bar.add_task("generating", total=len(todo))
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start:start + batch_size]
+            task = bar.add_task("generating", total=sum(len(batch) for _, batch in batches))
+            for i, batch in batches:
+                torch.manual_seed(seed + i)
                 answers = generate_batch(model, tokenizer, [r["instruction"] for r in batch],
                                          max_new_tokens=max_new_tokens, temperature=temperature)
                 for row, answer in zip(batch, answers):

@@ -28,3 +28,22 @@ def test_batched_greedy_generation_matches_single_prompts(tiny_model_dir):
     batched = generate_batch(model, tok, prompts, max_new_tokens=8, temperature=0.0)
     singles = [generate_batch(model, tok, [p], max_new_tokens=8, temperature=0.0)[0] for p in prompts]
     assert batched == singles and all(batched)   # non-empty: the random model does not stop at once
+
+
+def test_a_resumed_sampling_run_writes_what_an_uninterrupted_one_writes(tiny_model_dir, tmp_path):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from aot_cli.data.tokenize import load_tokenizer
+    from aot_cli.eval.generate import generate_outputs
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    rows = [{"instruction": f"Say something about the number {i}.", "dataset": "t"} for i in range(4)]
+    settings = dict(generator="g", batch_size=2, max_new_tokens=6, temperature=1.0, seed=3)
+    whole = generate_outputs(model, tok, rows, tmp_path / "whole.json", **settings)
+    part = tmp_path / "part.json"
+    part.write_text(json.dumps(whole[:2]))      # interrupted after the first batch
+    assert generate_outputs(model, tok, rows, part, **settings) == whole
+    assert json.loads(part.read_text()) == whole
