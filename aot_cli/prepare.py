@@ -50,6 +50,8 @@ class PrepareConfig:
     test_size: float = opt(0.1, help="Test split when the source has none: a fraction (< 1) or a count")
     tokenizer: str | None = opt(None, help="Model or tokenizer path: record token-length stats with its "
                                            "chat template")
+    chat_template: Path | None = opt(None, help="With --tokenizer: Jinja chat template file, for a tokenizer "
+                                                "without one (a base model) or to override it, as in aot train")
     max_length: int | None = opt(None, help="With --tokenizer: drop rows longer than this many tokens")
     limit: int | None = opt(None, help="Read only the first N rows of each source split (quick runs)")
     overwrite: bool = opt(False, help="Replace OUT if it exists")
@@ -60,6 +62,8 @@ def _check_flags(config: PrepareConfig) -> None:
     """Flag combinations that cannot work, before any data is read."""
     if config.disjoint_prompts and not config.unpair:
         raise UserError("--disjoint-prompts needs --unpair")
+    if config.chat_template is not None and config.tokenizer is None:
+        raise UserError("--chat-template needs --tokenizer (the template is applied to count token lengths)")
     if config.max_length is not None and config.tokenizer is None:
         raise UserError("--max-length needs --tokenizer (the lengths are counted in that model's tokens)")
     if config.max_length is not None and config.max_length < 2:
@@ -158,7 +162,7 @@ def _prepare(config: PrepareConfig) -> _Prepared:
     if config.tokenizer:
         from aot_cli.data.tokenize import load_tokenizer, tokenizer_fingerprint
 
-        tokenizer = load_tokenizer(config.tokenizer)
+        tokenizer = load_tokenizer(config.tokenizer, config.chat_template)
         # Not describe_input: that would hash every file of a model directory (weights included).
         result.inputs.append({"tokenizer": config.tokenizer, "fingerprint": tokenizer_fingerprint(tokenizer)})
     if config.max_length is not None:

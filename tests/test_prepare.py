@@ -253,6 +253,24 @@ def test_tokenizer_lengths_and_max_length(aot, tmp_path, tiny_model_dir):
     assert list(data["train"]["prompt"]) == ["What is 2+2?", "Name a colour.", "Say hi."]  # France: 23 tokens
 
 
+def test_tokenizer_without_chat_template_takes_one_from_a_file(aot, tmp_path, tiny_model_dir):
+    # Base models (Mistral-7B-v0.1) have no chat template; prepare takes --chat-template as train does.
+    from aot_cli.data.tokenize import load_tokenizer
+    from aot_cli.tiny_model import chat_template
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path / "bare")
+    msg = _fails(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--tokenizer", tmp_path / "bare")
+    assert "no chat template; give one with --chat-template FILE" in msg
+    (tmp_path / "chatml.jinja").write_text(chat_template())
+    _, summary, _ = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "0",
+                             "--tokenizer", tmp_path / "bare", "--chat-template", tmp_path / "chatml.jinja")
+    assert summary["token_lengths"]["train"]["total"] == {"p50": 19, "p95": 23, "max": 23}  # as with the model's own
+    assert "--chat-template needs --tokenizer" in _fails(aot, tmp_path, SHAPES / "paired_strings.jsonl",
+                                                         "--chat-template", tmp_path / "chatml.jinja", out_name="o2")
+
+
 # --- bad input: exit 2, one line naming file/row/field, OUT not created ---------------------------
 
 
