@@ -27,6 +27,8 @@ DOMINANCE_SHORT = {"accuracy": "reward accuracy", "violation_fraction": "violati
 def column_name(task: str, metric: str) -> str:
     if task == "implicit_rewards" and metric in DOMINANCE_SHORT:
         return DOMINANCE_SHORT[metric]
+    if (task, metric) == ("average", "normalized"):   # leaderboard v2's, beside v1's plain average
+        return "v2 average"
     if metric in ("score", "normalized") or task == "alpacaeval":
         return SHORT.get(metric, task if metric in ("score", "normalized") else metric)
     return f"{task} {metric}"

@@ -59,3 +59,11 @@ def test_a_merged_model_shares_its_runs_row(aot, tmp_path):
     lines = table.read_text().splitlines()
     assert lines[0] == "| model | t acc | reward accuracy | violation fraction | violation area |"
     assert len(lines) == 3 and lines[2] == f"| {model} | 0.5000 | 0.7500 | 0.1000 | 0.0100 |"
+
+
+def test_v1_and_v2_averages_of_one_model(aot, tmp_path):
+    v1 = _eval_dir(tmp_path / "v1", "openllm-v1", "m", {"gsm8k": {"exact_match": 0.25}, "average": {"score": 0.5}})
+    v2 = _eval_dir(tmp_path / "v2", "openllm-v2", "m", {"bbh": {"normalized": 30.0}, "average": {"normalized": 20.0}})
+    table = tmp_path / "t.md"
+    assert aot("eval", "compare", v1, v2, "-o", table).exit_code == 0
+    assert table.read_text().splitlines()[0] == "| model | gsm8k exact_match | average | bbh | v2 average |"
