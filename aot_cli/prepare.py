@@ -151,6 +151,11 @@ def _conversational(splits: dict[str, Any]) -> bool:
 def _prepare(config: PrepareConfig) -> _Prepared:
     from aot_cli.data.sources import load_source
 
+    tokenizer = None
+    if config.tokenizer:  # first: a bad tokenizer fails before a long read
+        from aot_cli.data.tokenize import load_tokenizer
+
+        tokenizer = load_tokenizer(config.tokenizer, config.chat_template)
     source = load_source(config.source, subset=config.subset, split=config.split, revision=config.revision,
                          limit=config.limit)
     if source.kind == "prepared":
@@ -158,11 +163,9 @@ def _prepare(config: PrepareConfig) -> _Prepared:
     else:
         result = _from_raw(config, source)
     _ensure_rows(config, result)
-    tokenizer = None
-    if config.tokenizer:
-        from aot_cli.data.tokenize import load_tokenizer, tokenizer_fingerprint
+    if tokenizer is not None:
+        from aot_cli.data.tokenize import tokenizer_fingerprint
 
-        tokenizer = load_tokenizer(config.tokenizer, config.chat_template)
         # Not describe_input: that would hash every file of a model directory (weights included).
         result.inputs.append({"tokenizer": config.tokenizer, "fingerprint": tokenizer_fingerprint(tokenizer)})
     if config.max_length is not None:

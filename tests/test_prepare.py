@@ -267,6 +267,9 @@ def test_tokenizer_without_chat_template_takes_one_from_a_file(aot, tmp_path, ti
     _, summary, _ = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "0",
                              "--tokenizer", tmp_path / "bare", "--chat-template", tmp_path / "chatml.jinja")
     assert summary["token_lengths"]["train"]["total"] == {"p50": 19, "p95": 23, "max": 23}  # as with the model's own
+    # A bad tokenizer is reported before the data is read (a typo should not cost a 60k-row pass).
+    assert "nowhere: no such directory" in _fails(aot, tmp_path, tmp_path / "missing.jsonl",
+                                                  "--tokenizer", tmp_path / "nowhere", out_name="o3")
     assert "--chat-template needs --tokenizer" in _fails(aot, tmp_path, SHAPES / "paired_strings.jsonl",
                                                          "--chat-template", tmp_path / "chatml.jinja", out_name="o2")
 
