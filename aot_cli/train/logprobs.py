@@ -110,9 +110,12 @@ def model_sequence_logps(
         return _plain_model_logps(model, input_ids, attention_mask, labels)
 
     captured: list[torch.Tensor] = []
+    head_autocast: list[torch.dtype | None] = []
 
     def keep_last_position(module, args):
         captured.append(args[0])
+        device_type = args[0].device.type
+        head_autocast.append(torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None)
         return (args[0][:, -1:, :],)
 
     handle = head.register_forward_pre_hook(keep_last_position)
@@ -122,13 +125,15 @@ def model_sequence_logps(
         handle.remove()
     if len(captured) != 1:
         raise RuntimeError(f"expected the output head to run once per forward; it ran {len(captured)} times")
-    hidden = captured[0]
-    with torch.no_grad():
-        expected = head(hidden[:, -1:, :]).float()
-    if not torch.allclose(last_logits.detach().float(), expected, rtol=1e-3, atol=1e-3):
-        # The model changes logits after its head in a way we do not know: stay correct.
-        return _plain_model_logps(model, input_ids, attention_mask, labels)
-    return sequence_logps(hidden, head.weight, labels, lm_head_bias=head.bias, chunk_size=chunk_size)
+    hidden, dtype = captured[0], head_autocast[0]
+    # The head ran under the forward's autocast (accelerate's mixed precision, bf16 --full): so do we.
+    with torch.autocast(hidden.device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.no_grad():
+            expected = head(hidden[:, -1:, :]).float()
+        if not torch.allclose(last_logits.detach().float(), expected, rtol=1e-3, atol=1e-3):
+            # The model changes logits after its head in a way we do not know: stay correct.
+            return _plain_model_logps(model, input_ids, attention_mask, labels)
+        return sequence_logps(hidden, head.weight, labels, lm_head_bias=head.bias, chunk_size=chunk_size)
 
 
 def _plain_model_logps(model, input_ids, attention_mask, labels) -> torch.Tensor:

@@ -196,3 +196,21 @@ def test_chunk_size_zero_and_sharded_heads_take_the_plain_path():
     sharded = torch.nn.Linear(32, 100, bias=False)
     sharded.weight = torch.nn.Parameter(torch.empty(0))  # what ZeRO-3 leaves outside the forward
     assert _plain_linear_head(model.lm_head) and not _plain_linear_head(sharded)
+
+
+def test_autocast_forward_keeps_the_chunked_path():
+    """A forward wrapped in autocast (accelerate's mixed precision, bf16 full fine-tuning) runs its head in
+    bf16: the chunked head must use the same numerics, not fall back to a second, full-logits forward."""
+    model = _tiny_llama(tie=False)
+    model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward)
+    input_ids, attention_mask, labels = _batch()
+    head_outputs = []
+    handle = model.lm_head.register_forward_hook(lambda m, i, out: head_outputs.append(tuple(out.shape)))
+    got = model_sequence_logps(model, input_ids, attention_mask, labels, chunk_size=4)
+    handle.remove()
+    assert (3, 9, 100) not in head_outputs  # the full logits were never computed
+    with torch.no_grad():
+        want = plain_sequence_logps(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
+    assert torch.allclose(got.detach(), want, atol=2e-2)
+    got.sum().backward()
+    assert model.lm_head.weight.grad.dtype == torch.float32 and model.lm_head.weight.grad.abs().sum() > 0
