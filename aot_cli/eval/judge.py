@@ -124,7 +124,7 @@ class JudgeClient:
         for attempt in range(RETRIES):
             try:
                 with urllib.request.urlopen(request, timeout=TIMEOUT_S) as reply:
-                    return json.loads(reply.read())
+                    return self._parse(url, reply.read())
             except urllib.error.HTTPError as exc:
                 if exc.code != 429 and exc.code < 500:
                     detail = exc.read().decode(errors="replace")[:200]
@@ -135,6 +135,18 @@ class JudgeClient:
             if attempt + 1 < RETRIES:
                 time.sleep(BACKOFF_S * 2 ** attempt)
         raise UserError(f"judge {url} unreachable after {RETRIES} tries (last error: {last})")
+
+    @staticmethod
+    def _parse(url: str, body: bytes) -> dict:
+        """The chat-completions answer; a UserError when the server does not speak that API."""
+        hint = "is --judge-base-url an OpenAI-compatible endpoint ending in /v1?"
+        try:
+            answer = json.loads(body)
+        except json.JSONDecodeError:
+            raise UserError(f"judge {url} answered something that is not JSON ({body[:80]!r}); {hint}") from None
+        if not isinstance(answer, dict) or not answer.get("choices"):
+            raise UserError(f"judge {url} answered without 'choices' ({body[:120]!r}); {hint}")
+        return answer
 
     def complete(self, messages: list[dict]) -> dict:
         """The judge's response for these messages (cached)."""

@@ -3,7 +3,8 @@
 It prefers the reference answer (marked "REF") with probability 0.8, except for instructions
 starting with "FAVOR MODEL", where it prefers the model's answer with probability 0.9. It finds
 which label ('m' or 'M') holds the reference in the prompt, so the expected soft preferences are
-known by hand whatever order the client chose. `fail_first` answers HTTP 503 that many times first.
+known by hand whatever order the client chose. `fail_first` answers HTTP 503 that many times first;
+`raw` replaces every answer with those bytes (a server that is not OpenAI-compatible).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class JudgeServer:
-    def __init__(self, fail_first: int = 0, require_key: str | None = None):
+    def __init__(self, fail_first: int = 0, require_key: str | None = None, raw: bytes | None = None):
         self.fail_first = fail_first
+        self.raw = raw
         self.require_key = require_key
         self.requests: list[dict] = []
         self.failures = 0
@@ -39,7 +41,7 @@ class JudgeServer:
                     return
                 server.requests.append({"path": self.path, "body": body,
                                         "auth": self.headers.get("Authorization")})
-                reply = json.dumps(server.answer(body)).encode()
+                reply = server.raw if server.raw is not None else json.dumps(server.answer(body)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))

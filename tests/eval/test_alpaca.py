@@ -49,6 +49,17 @@ def test_model_label_is_seeded_and_balanced():
     assert 60 < labels.count("m") < 140
 
 
+def test_a_judge_that_is_not_openai_compatible(tmp_path):
+    from aot_cli.errors import UserError
+
+    messages = [{"role": "user", "content": "m or M?"}]
+    for raw, expected in ((b"<html>welcome</html>", "not JSON"), (b'{"detail": "no"}', "without 'choices'")):
+        with JudgeServer(raw=raw) as server:
+            client = judge.JudgeClient(judge.JudgeSettings(server.url, "x", 0), tmp_path / f"{len(raw)}.jsonl")
+            with pytest.raises(UserError, match=expected):
+                client.complete(messages)
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
