@@ -8,6 +8,7 @@ operation, so the same flags on the same data give the same artifact.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 from collections import Counter
@@ -67,7 +68,9 @@ class ScoreExpr:
 
 
 def missing_score(value: Any) -> bool:
-    """An absent score: null, or a string such as "N/A" or "" (UltraFeedback and CSV files have them)."""
+    """An absent score: null, NaN, or a string such as "N/A" or "" (UltraFeedback and CSV files have them)."""
+    if isinstance(value, float):
+        return math.isnan(value)
     return value is None or (isinstance(value, str) and value.strip().lower() in _MISSING_SCORES)
 
 

@@ -19,6 +19,7 @@ def test_score_expression_weights_fields_and_skips_missing():
     assert expr({"helpfulness": 4, "honesty": "3", "bonus": 1}, "w") == 0.5 * 4 + 2 * 3 + 1
     assert expr({"helpfulness": 4, "honesty": "N/A", "bonus": 1}, "w") is None
     assert expr({"helpfulness": 4, "bonus": 1}, "w") is None
+    assert expr({"helpfulness": float("nan"), "honesty": 1, "bonus": 1}, "w") is None  # NaN: a missing rating
     with pytest.raises(UserError, match="w: field 'bonus': expected a number for --score, got list"):
         expr({"helpfulness": 4, "honesty": 1, "bonus": [1]}, "w")
     with pytest.raises(UserError, match="cannot read '3\\*'"):
