@@ -26,6 +26,15 @@ def torch_dtype(name: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
+def master_weights_in_fp32(config) -> bool:
+    """Whether training keeps fp32 weights and computes under bf16 autocast (``--full`` with a bf16
+    dtype). Why: pure-bf16 weights round away any update below their resolution (~0.4% of the
+    weight), which is most of a small-LR step; LoRA adapters are fp32 already (peft)."""
+    import torch
+
+    return not config.lora and torch_dtype(config.dtype) == torch.bfloat16
+
+
 def check_model_inputs(model: str, *, load_in_4bit: bool = False, init_adapter: Path | None = None,
                        lora: bool = True) -> None:
     """Raise UserError for inputs that would fail only after minutes of loading."""
@@ -85,9 +94,11 @@ def load_base(model: str, *, dtype: str = "auto", load_in_4bit: bool = False,
 
 def build_policy(config) -> Any:
     """The trainable policy of a TrainConfig: LoRA on the base (fresh or from --init-adapter), or
-    the full model with every weight trainable."""
-    base = load_base(config.model, dtype=config.dtype, load_in_4bit=config.load_in_4bit,
-                     attn_implementation=config.attn_implementation)
+    the full model with every weight trainable (in bf16: fp32 weights, forward under bf16 autocast)."""
+    import torch
+
+    base = load_base(config.model, dtype="fp32" if master_weights_in_fp32(config) else config.dtype,
+                     load_in_4bit=config.load_in_4bit, attn_implementation=config.attn_implementation)
     if config.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
@@ -103,6 +114,10 @@ def build_policy(config) -> Any:
     if not config.lora:
         for param in base.parameters():
             param.requires_grad_(True)
+        if master_weights_in_fp32(config):
+            # Per instance, not accelerate's mixed_precision: that is process-wide state, fixed by the first run.
+            device_type = "cuda" if torch.cuda.is_available() else "cpu"
+            base.forward = torch.autocast(device_type, dtype=torch.bfloat16)(base.forward)
         return base
     from peft import LoraConfig, PeftModel, get_peft_model
 

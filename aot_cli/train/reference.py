@@ -58,11 +58,14 @@ def model_fingerprint(model: str) -> str:
 
 def cache_key(config, *, data_fingerprint: str, tokenizer_fingerprint: str, settings: dict) -> str:
     """The reference cache key of a TrainConfig's starting point on its tokenized training data."""
+    from aot_cli.train.model import master_weights_in_fp32
+
     return fingerprint({
         "model": model_fingerprint(config.model),
         "init_adapter": describe_input(config.init_adapter) if config.init_adapter else None,
         "data": data_fingerprint, "tokenizer": tokenizer_fingerprint, "settings": settings,
         "dtype": config.dtype, "load_in_4bit": config.load_in_4bit, "attn": config.attn_implementation,
+        "fp32_master_autocast": master_weights_in_fp32(config),
     })
 
 
