@@ -125,19 +125,23 @@ def load_unmerged(source: RunSource) -> tuple[Any, Any]:
 
 
 def checkpoint_dtype(source: RunSource) -> str:
-    """What ``--dtype auto`` means: the dtype in the base's config (a LoRA run) or in the run's saved
-    model (a full run), as bf16/fp16/fp32; fp32 when the config names none (nothing is lost)."""
+    """What ``--dtype auto`` means: the dtype in the base checkpoint's config, as bf16/fp16/fp32 (fp32
+    when it names none: nothing is lost). A full run falls back to its saved model's config when its
+    base cannot be read; its own weights may be wider than the base (fp32 master weights of bf16 training)."""
     from transformers import AutoConfig
 
-    where = source.base_model if source.adapter else source.weights_dir
-    try:
-        config = AutoConfig.from_pretrained(where)
-    except OSError as exc:
-        raise UserError(f"cannot read the config of {where!r} ({str(exc).splitlines()[0]})") from None
-    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    name = DTYPE_NAMES.get(str(saved).replace("torch.", ""), "fp32")
-    info(f"--dtype auto: {name} ({where} is saved in {saved or 'an unrecorded dtype'})")
-    return name
+    candidates = [source.base_model] if source.adapter else [source.base_model, source.weights_dir]
+    for where in filter(None, candidates):
+        try:
+            config = AutoConfig.from_pretrained(where)
+        except OSError as exc:
+            error = f"cannot read the config of {where!r} ({str(exc).splitlines()[0]})"
+            continue
+        saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        name = DTYPE_NAMES.get(str(saved).replace("torch.", ""), "fp32")
+        info(f"--dtype auto: {name} ({where} is saved in {saved or 'an unrecorded dtype'})")
+        return name
+    raise UserError(error)
 
 
 def merge_adapter(model: Any) -> Any:

@@ -76,13 +76,25 @@ def test_merge_lora_run(aot, lora_run_dir, tiny_model_dir, tmp_path):
 
 
 def test_merge_bf16_and_full_run(aot, full_run_dir, tmp_path):
+    """A full run of a bf16 base saved in fp32 (master weights): --dtype auto exports the base's bf16."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from aot_cli.artifacts import write_manifest
+
+    base = tmp_path / "base-bf16"
+    AutoModelForCausalLM.from_pretrained(full_run_dir / "model", dtype=torch.bfloat16).save_pretrained(base)
+    run = shutil.copytree(full_run_dir, tmp_path / "run")
+    write_manifest(run, kind="run", config={"model": str(base)}, summary={"base_model": str(base), "adapter": False})
     out = tmp_path / "full"
-    result = aot("merge", full_run_dir, "-o", out, "--dtype", "bf16")
+    result = aot("merge", run, "-o", out)
     assert result.exit_code == 0, result
     config = json.loads((out / "config.json").read_text())
-    assert config["dtype"] == "bfloat16"
+    assert config["dtype"] == "bfloat16" and json.loads((run / "model" / "config.json").read_text())["dtype"] == "float32"
     summary = json.loads((out / "manifest.json").read_text())["summary"]
-    assert summary["adapter"] is False and summary["verify"]["relative_diff"] < merge.VERIFY_TOLERANCE["bf16"]
+    assert summary["adapter"] is False and summary["dtype"] == "bf16"
+    assert summary["verify"]["relative_diff"] < merge.VERIFY_TOLERANCE["bf16"]
     assert torch.allclose(_logits(out), _logits(full_run_dir / "model"), atol=0.05, rtol=0.05)
 
 
