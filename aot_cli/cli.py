@@ -6,6 +6,8 @@ them to typer. Step modules import torch/transformers/datasets lazily so ``aot -
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from aot_cli import __version__
@@ -58,5 +60,27 @@ command(app, _evaluate.EvalConfig, _evaluate.run, name="eval",
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Runs typer in non-standalone mode so that usage errors (a value of the wrong type, an unknown
+    option) become one ``error:`` line with exit code 2, like every other user error, instead of
+    typer's multi-line panel. A bare ``aot`` prints the help.
+    """
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # click's exception family: usage errors
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(exc.ctx.get_help())
+            sys.exit(0)
+        from rich.markup import escape
+
+        from aot_cli.console import err_console
+
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        err_console.print(f"[bold red]error:[/bold red] {escape(exc.format_message() + hint)}",
+                          highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

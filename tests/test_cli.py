@@ -17,3 +17,23 @@ def test_version_and_help(aot):
 def test_python_dash_m_works_like_aot():
     out = subprocess.run([sys.executable, "-m", "aot_cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"aot {__version__}"
+
+
+def _aot(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aot_cli", *args], capture_output=True, text=True)
+
+
+def test_usage_errors_are_one_line_with_exit_2(tmp_path):
+    bad_value = _aot("prepare", "x.jsonl", "-o", str(tmp_path / "out"), "--test-size", "abc")
+    assert bad_value.returncode == 2
+    assert bad_value.stderr.startswith("error: Invalid value for '--test-size'")
+    assert len(bad_value.stderr.strip().splitlines()) == 1 and "Traceback" not in bad_value.stderr
+    unknown = _aot("prepare", "--bogus")
+    assert unknown.returncode == 2 and unknown.stderr.strip() == (
+        "error: No such option: --bogus (see `aot prepare --help`)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bare_aot_prints_help():
+    result = _aot()
+    assert result.returncode == 0 and "prepare" in result.stdout and "train" in result.stdout
