@@ -30,7 +30,7 @@ def test_usage_errors_are_one_line_with_exit_2(tmp_path):
     assert len(bad_value.stderr.strip().splitlines()) == 1 and "Traceback" not in bad_value.stderr
     unknown = _aot("prepare", "--bogus")
     assert unknown.returncode == 2 and unknown.stderr.strip() == (
-        "error: No such option: --bogus (see `aot prepare --help`)")
+        "error: No such option: --bogus (see `python -m aot_cli prepare --help`)")
     assert not (tmp_path / "out").exists()
 
 
