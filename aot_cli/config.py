@@ -156,6 +156,8 @@ def _typer_parameter(field: dataclasses.Field, annotation: Any) -> inspect.Param
     meta = field.metadata
     typ, _ = _base_type(annotation)
     help_text = meta["help"]
+    if meta.get("required"):
+        help_text += " (required)"
     if meta.get("choices"):
         help_text += f" (one of: {', '.join(meta['choices'])})"
     default = field.default if field.default is not _NO_DEFAULT else field.default_factory()
