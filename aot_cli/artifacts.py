@@ -51,6 +51,32 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+_SAMPLE_BYTES = 1 << 20
+
+
+def sampled_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes when it is small (<= 2 MiB); otherwise of its size, first MiB and
+    last MiB. Hashing a 14 GB checkpoint on every run would take minutes; a changed weight file
+    virtually always changes its size, header (safetensors metadata) or tail."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size <= 2 * _SAMPLE_BYTES:
+        return sha256_file(path)
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(_SAMPLE_BYTES))
+        handle.seek(-_SAMPLE_BYTES, os.SEEK_END)
+        digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def directory_fingerprint(path: str | Path) -> str:
+    """A fingerprint of a directory's files: relative names and their sampled digests."""
+    path = Path(path)
+    files = sorted(f for f in path.rglob("*") if f.is_file())
+    return fingerprint([(str(f.relative_to(path)), sampled_digest(f)) for f in files])
+
+
 def fingerprint(obj: Any) -> str:
     """A stable short hash of any JSON-serializable value (keys sorted), for cache keys."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
@@ -59,7 +85,7 @@ def fingerprint(obj: Any) -> str:
 
 def describe_input(path: str | Path) -> dict[str, str]:
     """An ``inputs`` entry: a file gets its SHA-256, an artifact directory its manifest's fingerprint,
-    any other directory the hash of its files' hashes; a hub id is recorded as is."""
+    any other directory (a model checkpoint) :func:`directory_fingerprint`; a hub id is recorded as is."""
     p = Path(path)
     if p.is_file():
         return {"path": str(p), "sha256": sha256_file(p)}
@@ -68,8 +94,7 @@ def describe_input(path: str | Path) -> dict[str, str]:
         fp = manifest.get("summary", {}).get("fingerprint") or sha256_file(p / MANIFEST)
         return {"path": str(p), "fingerprint": fp}
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file())
-        return {"path": str(p), "fingerprint": fingerprint([(str(f.relative_to(p)), sha256_file(f)) for f in files])}
+        return {"path": str(p), "fingerprint": directory_fingerprint(p)}
     return {"hub_id": str(path)}
 
 

@@ -60,3 +60,22 @@ def test_fingerprints_are_stable_and_content_based(tmp_path):
     f.write_text("2")
     assert describe_input(f)["sha256"] != first
     assert describe_input("org/name") == {"hub_id": "org/name"}
+
+
+def test_directory_fingerprint_samples_big_files(tmp_path):
+    from aot_cli.artifacts import directory_fingerprint, sampled_digest
+
+    big = tmp_path / "model.safetensors"
+    data = bytearray(5 << 20)
+    big.write_bytes(bytes(data))
+    first = directory_fingerprint(tmp_path)
+    data[-1] = 1  # the tail is sampled
+    big.write_bytes(bytes(data))
+    assert directory_fingerprint(tmp_path) != first
+    before_middle = sampled_digest(big)
+    data[3 << 20] = 7  # the middle of a big file is not read: that is the trade-off
+    big.write_bytes(bytes(data))
+    assert sampled_digest(big) == before_middle
+    small = tmp_path / "config.json"
+    small.write_text("{}")
+    assert describe_input(tmp_path)["fingerprint"] != first
