@@ -159,10 +159,11 @@ def train_loop(state: LoopState, metrics: MetricsLog | None) -> None:
                 f"loss {record['loss']:.4f}  acc {record['rewards/accuracies']:.2f}  "
                 f"margin {record['rewards/margins']:.4f}  {record['samples_per_s']:.1f} samples/s"))
             last_step = k + 1 == state.total_steps
+            saved = None
             if cfg.save_steps and (k + 1) % cfg.save_steps == 0 and not last_step:
-                _checkpoint(state, k + 1)
+                saved = _checkpoint(state, k + 1)
             if not last_step and stop.agreed(acc):
-                path = _checkpoint(state, k + 1)
+                path = saved or _checkpoint(state, k + 1)
                 if acc.is_main_process:
                     info(f"interrupted after step {k + 1}: checkpoint saved to {path}; "
                          f"continue with --resume auto -o {state.out}")

@@ -242,3 +242,18 @@ def test_full_finetuning_in_bf16_keeps_fp32_master_weights(tiny_model_dir, paire
     assert all(t.dtype == torch.float32 for t in after.values())
     changed = sum(int((after[k] != before[k]).sum()) for k in before) / sum(t.numel() for t in before.values())
     assert changed > 0.5
+
+
+def test_ctrl_c_on_a_save_step_writes_the_checkpoint_once(tiny_model_dir, paired_data, tmp_path, monkeypatch):
+    saved, real_save, real_step = [], loop.save_checkpoint, loop.step_gradient
+
+    def step_then_ctrl_c(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(loop, "save_checkpoint", lambda out, step, **kw: saved.append(step) or real_save(out, step, **kw))
+    monkeypatch.setattr(loop, "step_gradient", step_then_ctrl_c)
+    with pytest.raises(SystemExit):
+        run.train(config(tiny_model_dir, paired_data, tmp_path / "run", max_steps=3, save_steps=1))
+    assert saved == [1]
