@@ -46,10 +46,28 @@ class StepOutput:
 
 
 def policy_logps(model, batch: MicroBatch, chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs of the batch's side-A rows and side-B rows (one forward)."""
+    """Summed completion log-probs of the batch's side-A rows and side-B rows.
+
+    One forward over the concatenated rows, or two (shorter half, longer half) when that saves at
+    least a fifth of the padded positions: chosen and rejected answers often differ in length, and
+    one forward pads every row to the longest. Rows are independent (right padding, causal
+    attention), so the values are the same; compute and activations follow the positions (on the
+    benchmark's data, 15% less CPU time per step: docs/performance.md).
+    """
     from aot_cli.train.logprobs import model_sequence_logps
 
-    logps = model_sequence_logps(model, batch.input_ids, batch.attention_mask, batch.labels, chunk_size=chunk_size)
+    lengths = batch.attention_mask.sum(-1)
+    halves = torch.tensor_split(torch.argsort(lengths), 2)
+    split = sum(len(h) * int(lengths[h].max()) for h in halves if len(h))
+    if split > 0.8 * len(lengths) * batch.input_ids.shape[1]:
+        logps = model_sequence_logps(model, batch.input_ids, batch.attention_mask, batch.labels, chunk_size=chunk_size)
+        return logps[:batch.size], logps[batch.size:]
+    parts = []
+    for rows in halves:
+        width = int(lengths[rows].max())
+        parts.append(model_sequence_logps(model, batch.input_ids[rows, :width], batch.attention_mask[rows, :width],
+                                          batch.labels[rows, :width], chunk_size=chunk_size))
+    logps = torch.cat(parts)[torch.argsort(torch.cat(halves))]
     return logps[:batch.size], logps[batch.size:]
 
 

@@ -148,3 +148,24 @@ def test_global_scope_forwards_last_micro_batch_once(micro, forwards):
     model.register_forward_hook(lambda *args: calls.append(1))
     global_scope_step(model, _micro_batches(micro), _loss_fn("aot"), chunk_size=None)
     assert len(calls) == forwards
+
+
+def test_policy_logps_split_by_length_equals_one_forward():
+    from aot_cli.train.logprobs import model_sequence_logps
+
+    rng = np.random.default_rng(3)
+    rows = [(rng.integers(1, 64, n).tolist(), 2) for n in (5, 6, 5, 7, 24, 22, 25, 23)]  # short chosen, long rejected
+    ids, mask, labels = collate(rows, pad_id=0)
+    batch = MicroBatch(ids, mask, labels, np.arange(4), np.arange(4))
+    model = _model()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    a, b = policy_logps(model, batch, chunk_size=7)
+    assert len(calls) == 2  # two forwards: 4 x 7 + 4 x 25 positions instead of 8 x 25
+    grads = torch.autograd.grad((a * torch.arange(1.0, 5.0)).sum() - b.sum(), list(model.parameters()))
+    whole = model_sequence_logps(model, ids, mask, labels, chunk_size=7)
+    expected = torch.autograd.grad((whole[:4] * torch.arange(1.0, 5.0)).sum() - whole[4:].sum(),
+                                   list(model.parameters()))
+    assert torch.allclose(torch.cat([a, b]), whole, rtol=1e-5, atol=1e-4)
+    for got, want in zip(grads, expected):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
