@@ -58,7 +58,10 @@ class StepClock:
         self.profiler.stop()
         averages = self.profiler.key_averages()
         with open(self.profile_path, "w") as handle:
+            handle.write("Operators by self time:\n")
             handle.write(averages.table(sort_by="self_cpu_time_total", row_limit=30) + "\n")
+            handle.write("\nBy total time (includes callees: autograd Functions, backward nodes):\n")
+            handle.write(averages.table(sort_by="cpu_time_total", row_limit=40) + "\n")
         self.profiler = None
 
     def dump(self, path: str, **extra) -> None:

@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", default="trl,micro,global", help="Comma-separated subset of trl,micro,global.")
     parser.add_argument("--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                         help="TRL's gradient checkpointing (on by default in TRL's DPOConfig).")
+    parser.add_argument("--threads", type=int, help="Intra-op threads of every run (OMP_NUM_THREADS; default: "
+                        "torch's, one per core). 1 is steadier on a machine that other jobs share.")
     parser.add_argument("--profile", action="store_true", help="Also write OUT/profile-RUN.txt, torch.profiler's "
                         "operator table of each run's second step (slower: such numbers are not the record).")
     parser.add_argument("--lr", type=float, default=1e-6)
@@ -70,17 +72,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _child_env(cache: Path, profile: Path | None) -> dict[str, str]:
+def _child_env(cache: Path, profile: Path | None, threads: int | None) -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", AOT_CACHE_DIR=str(cache))
     env.pop("BENCH_PROFILE", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     if profile is not None:
         env["BENCH_PROFILE"] = str(profile)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
     return env
 
 
-def run_child(name: str, cmd: list[str], out: Path, profile: bool = False) -> dict:
+def run_child(name: str, cmd: list[str], out: Path, args: argparse.Namespace) -> dict:
     """Run one benchmark process; return its wall time and peak RSS (``wait4``: this child only)."""
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +96,7 @@ def run_child(name: str, cmd: list[str], out: Path, profile: bool = False) -> di
     with open(log, "w") as handle:
         handle.write(" ".join(cmd) + "\n")
         handle.flush()
-        env = _child_env(cache, out / f"profile-{name}.txt" if profile else None)
+        env = _child_env(cache, out / f"profile-{name}.txt" if args.profile else None, args.threads)
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -132,7 +136,7 @@ def run_trl(args, cfg: BenchConfig, model: Path, data: Path, out: Path) -> dict:
     }
     (out / "trl-spec.json").write_text(json.dumps(spec, indent=1))
     cmd = [sys.executable, str(HERE / "run_trl.py"), str(out / "trl-spec.json")]
-    proc = run_child("trl", cmd, out, args.profile)
+    proc = run_child("trl", cmd, out, args)
     marks = json.loads((out / "trl.json").read_text())
     return {"settings": spec, **proc, **summarize(marks, cfg.batch, args.warmup)}
 
@@ -149,7 +153,7 @@ def run_aot(args, cfg: BenchConfig, model: Path, data: Path, out: Path, scope: s
         "--warmup-ratio", "0", "--dtype", "fp32", "--seed", str(args.seed), "--save-steps", "0",
     ]
     cmd = [sys.executable, str(HERE / "run_aot.py"), str(result), "--", *train_args]
-    proc = run_child(f"aot-{scope}", cmd, out, args.profile)
+    proc = run_child(f"aot-{scope}", cmd, out, args)
     marks = json.loads(result.read_text())
     return {"settings": {"aot_train_args": train_args}, **proc, **summarize(marks, cfg.batch * accum, args.warmup)}
 
@@ -247,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     found = ratios(runs)
     report = {
         "config": asdict(cfg), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "warmup_steps": args.warmup, "profiled": args.profile, "machine": machine(),
         "load_1min_after": os.getloadavg()[0],
         "runs": runs, "ratios": found, "targets": TARGETS,
