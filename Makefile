@@ -26,8 +26,8 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# aot train against TRL's DPOTrainer(loss_type="aot"), side by side (docs/performance.md); about 20 min for
-# the small config on 2 CPU cores, a minute for BENCH_CONFIG=tiny.
+# aot train against TRL's DPOTrainer(loss_type="aot"), side by side (docs/performance.md); about 15 min for
+# the small config on 2 CPU cores, three for BENCH_CONFIG=tiny.
 BENCH_CONFIG ?= small
 BENCH_OUT ?= bench-out
 bench: install

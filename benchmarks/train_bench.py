@@ -8,8 +8,9 @@ own, read with ``os.wait4``):
 
 1. ``trl``: TRL's DPOTrainer, loss_type "aot", full fine-tuning, TRL's defaults (online reference
    model, gradient checkpointing) but fp32 on CPU;
-2. ``aot micro``: ``aot train --full --sort-scope micro`` (TRL's sort set: one micro-batch);
-3. ``aot global``: ``aot train --full --sort-scope global`` with the same micro-batch and enough
+2. ``trl-nogc``: the same with gradient checkpointing off (faster, more memory);
+3. ``micro``: ``aot train --full --sort-scope micro`` (TRL's sort set: one micro-batch);
+4. ``global``: ``aot train --full --sort-scope global`` with the same micro-batch and enough
    accumulation for a sort set of ``--sort-set`` (64).
 
 Same model, micro-batch, max_length, learning rate, beta, dtype and number of samples per run
@@ -51,9 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sort-set", type=int, default=64, help="Samples per optimizer step of the global-scope "
                         "run (a multiple of the micro-batch).")
     parser.add_argument("--warmup", type=int, default=1, help="Leading optimizer steps left out of the timing.")
-    parser.add_argument("--runs", default="trl,micro,global", help="Comma-separated subset of trl,micro,global.")
-    parser.add_argument("--trl-gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                        help="TRL's gradient checkpointing (on by default in TRL's DPOConfig).")
+    parser.add_argument("--runs", default="trl,trl-nogc,micro,global", help="Comma-separated subset of trl "
+                        "(TRL's defaults: gradient checkpointing on), trl-nogc (checkpointing off), micro, global.")
     parser.add_argument("--threads", type=int, help="Intra-op threads of every run (OMP_NUM_THREADS; default: "
                         "torch's, one per core). 1 is steadier on a machine that other jobs share.")
     parser.add_argument("--profile", action="store_true", help="Also write OUT/profile-RUN.txt, torch.profiler's "
@@ -127,17 +127,17 @@ def summarize(marks: dict, samples_per_step: int, warmup: int) -> dict:
     }
 
 
-def run_trl(args, cfg: BenchConfig, model: Path, data: Path, out: Path) -> dict:
+def run_trl(args, cfg: BenchConfig, model: Path, data: Path, out: Path, name: str) -> dict:
     spec = {
-        "model": str(model), "data": str(data), "out": str(out / "trl-run"), "result": str(out / "trl.json"),
+        "model": str(model), "data": str(data), "out": str(out / f"{name}-run"), "result": str(out / f"{name}.json"),
         "dtype": "fp32", "seed": args.seed, "beta": args.beta, "lr": args.lr, "batch": cfg.batch, "grad_accum": 1,
         "steps": args.steps, "max_length": cfg.max_length,
-        "gradient_checkpointing": args.trl_gradient_checkpointing, "precompute_ref": False,
+        "gradient_checkpointing": name == "trl", "precompute_ref": False,
     }
-    (out / "trl-spec.json").write_text(json.dumps(spec, indent=1))
-    cmd = [sys.executable, str(HERE / "run_trl.py"), str(out / "trl-spec.json")]
-    proc = run_child("trl", cmd, out, args)
-    marks = json.loads((out / "trl.json").read_text())
+    (out / f"{name}-spec.json").write_text(json.dumps(spec, indent=1))
+    cmd = [sys.executable, str(HERE / "run_trl.py"), str(out / f"{name}-spec.json")]
+    proc = run_child(name, cmd, out, args)
+    marks = json.loads((out / f"{name}.json").read_text())
     return {"settings": spec, **proc, **summarize(marks, cfg.batch, args.warmup)}
 
 
@@ -182,6 +182,9 @@ def ratios(runs: dict) -> dict:
         found["memory_vs_trl"] = micro["peak_rss_bytes"] / trl["peak_rss_bytes"]
         found["speed_vs_trl_median"] = micro["median_samples_per_s"] / trl["median_samples_per_s"]
         found["speed_vs_trl_cpu"] = trl["cpu_s_per_sample"] / micro["cpu_s_per_sample"]
+    if runs.get("trl-nogc") and micro:
+        found["speed_vs_trl_nogc"] = micro["samples_per_s"] / runs["trl-nogc"]["samples_per_s"]
+        found["memory_vs_trl_nogc"] = micro["peak_rss_bytes"] / runs["trl-nogc"]["peak_rss_bytes"]
     if trl and glob:
         found["global_speed_vs_trl"] = glob["samples_per_s"] / trl["samples_per_s"]
         found["global_memory_vs_trl"] = glob["peak_rss_bytes"] / trl["peak_rss_bytes"]
@@ -242,8 +245,9 @@ def main(argv: list[str] | None = None) -> dict:
         build_dataset(path, model, cfg, rows, seed=args.seed)
 
     runs = {}
-    if "trl" in args.runs:
-        runs["trl"] = run_trl(args, cfg, model, data_micro, out)
+    for name in ("trl", "trl-nogc"):
+        if name in args.runs:
+            runs[name] = run_trl(args, cfg, model, data_micro, out, name)
     if "micro" in args.runs:
         runs["micro"] = run_aot(args, cfg, model, data_micro, out, "micro")
     if "global" in args.runs:

@@ -37,12 +37,15 @@ def test_ratios_compare_micro_and_global_to_trl():
         return {"samples_per_s": samples_per_s, "s_per_sample": 1 / samples_per_s, "peak_rss_bytes": rss,
                 "median_samples_per_s": median_samples_per_s, "cpu_s_per_sample": cpu_s_per_sample}
 
-    runs = {"trl": run(0.1, 0.12, 20.0, 8e9), "micro": run(0.3, 0.3, 5.0, 2e9), "global": run(0.25, 0.25, 6.0, 3e9)}
+    runs = {"trl": run(0.1, 0.12, 20.0, 8e9), "trl-nogc": run(0.15, 0.15, 18.0, 1e10), "micro": run(0.3, 0.3, 5.0, 2e9),
+            "global": run(0.25, 0.25, 6.0, 3e9)}
     got = train_bench.ratios(runs)
     assert got["speed_vs_trl"] == pytest.approx(3.0)
     assert got["speed_vs_trl_median"] == pytest.approx(2.5)
     assert got["speed_vs_trl_cpu"] == pytest.approx(4.0)
     assert got["memory_vs_trl"] == pytest.approx(0.25)
+    assert got["speed_vs_trl_nogc"] == pytest.approx(2.0)
+    assert got["memory_vs_trl_nogc"] == pytest.approx(0.2)
     assert got["global_speed_vs_trl"] == pytest.approx(2.5)
     assert got["global_time_vs_micro"] == pytest.approx(0.3 / 0.25)
     assert got["global_time_vs_micro_cpu"] == pytest.approx(1.2)
@@ -75,8 +78,8 @@ def test_synthetic_dataset_is_an_aot_dataset_that_fits_max_length(smoke_model, t
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL is the `bench` extra")
 def test_harness_runs_trl_and_both_aot_scopes(tmp_path):
-    report = train_bench.main(["--config", "smoke", "--steps", "2", "--global-steps", "2", "--sort-set", "4",
-                               "--out", str(tmp_path)])
+    report = train_bench.main(["--config", "smoke", "--runs", "trl,micro,global", "--steps", "2", "--global-steps",
+                               "2", "--sort-set", "4", "--out", str(tmp_path)])
     assert set(report["runs"]) == {"trl", "micro", "global"}
     for name, run in report["runs"].items():
         assert run["steps"] == 2, name
