@@ -59,7 +59,10 @@ def policy_logps(model, batch: MicroBatch, chunk_size: int | None) -> tuple[torc
     lengths = batch.attention_mask.sum(-1)
     halves = torch.tensor_split(torch.argsort(lengths), 2)
     split = sum(len(h) * int(lengths[h].max()) for h in halves if len(h))
-    if split > 0.8 * len(lengths) * batch.input_ids.shape[1]:
+    # Several processes: one forward per micro-batch (DDP syncs buffers in each forward; ranks must agree).
+    several = (torch.distributed.is_available() and torch.distributed.is_initialized()
+               and torch.distributed.get_world_size() > 1)
+    if several or split > 0.8 * len(lengths) * batch.input_ids.shape[1]:
         logps = model_sequence_logps(model, batch.input_ids, batch.attention_mask, batch.labels, chunk_size=chunk_size)
         return logps[:batch.size], logps[batch.size:]
     parts = []

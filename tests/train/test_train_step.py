@@ -169,3 +169,20 @@ def test_policy_logps_split_by_length_equals_one_forward():
     assert torch.allclose(torch.cat([a, b]), whole, rtol=1e-5, atol=1e-4)
     for got, want in zip(grads, expected):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_policy_logps_never_splits_across_processes(monkeypatch):
+    """Under DDP every forward broadcasts buffers and a backward expects one forward: ranks whose
+    micro-batches split differently would hang (measured: 2 gloo processes on real data never finished
+    step 1), so several processes always run one forward per micro-batch."""
+    rng = np.random.default_rng(3)
+    rows = [(rng.integers(1, 64, n).tolist(), 2) for n in (5, 6, 5, 7, 24, 22, 25, 23)]
+    ids, mask, labels = collate(rows, pad_id=0)
+    batch = MicroBatch(ids, mask, labels, np.arange(4), np.arange(4))
+    model = _model()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *args: 2)
+    policy_logps(model, batch, chunk_size=7)
+    assert len(calls) == 1
