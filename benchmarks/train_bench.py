@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs["global"] = run_aot(args, cfg, model, data_global, out, "global")
     found = ratios(runs)
     report = {
-        "config": asdict(cfg), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "config": asdict(cfg), "command": " ".join(["benchmarks/train_bench.py", *(sys.argv[1:] if argv is None else argv)]),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "warmup_steps": args.warmup, "profiled": args.profile, "machine": machine(),
         "load_1min_after": os.getloadavg()[0],
