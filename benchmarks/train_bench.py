@@ -210,7 +210,7 @@ def print_table(cfg: BenchConfig, runs: dict, found: dict) -> None:
     for name, run in runs.items():
         table.add_row(
             name, str(run["samples_per_step"] if name == "global" else cfg.batch), str(run["timed_steps"]),
-            f"{run['samples_per_s']:.3f}", f"{run['median_samples_per_s']:.3f}", f"{run['cpu_s_per_sample']:.2f}",
+            f"{run['samples_per_s']:.3f}", f"{run['median_samples_per_s']:.3f}", f"{run['cpu_s_per_sample']:.3g}",
             f"{run['peak_rss_bytes'] / 2**30:.2f} GiB",
             f"{run['samples_per_s'] / trl['samples_per_s']:.2f}x" if trl else "-",
             f"{run['peak_rss_bytes'] / trl['peak_rss_bytes']:.2f}x" if trl else "-",
@@ -221,6 +221,23 @@ def print_table(cfg: BenchConfig, runs: dict, found: dict) -> None:
             ok = found[key] >= target if key == "speed_vs_trl" else found[key] <= target
             sign = ">=" if key == "speed_vs_trl" else "<="
             console.print(f"{key}: {found[key]:.2f} (target {sign} {target}) {'met' if ok else 'NOT met'}")
+
+
+def markdown(cfg: BenchConfig, runs: dict, found: dict) -> str:
+    """The table as Markdown (OUT/results.md), for docs/performance.md."""
+    trl = runs.get("trl")
+    lines = ["| run | sort set | timed steps | samples/s | median samples/s | CPU s/sample | peak RSS | "
+             "speed vs trl | RSS vs trl |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, run in runs.items():
+        lines.append(
+            f"| {name} | {run['samples_per_step'] if name == 'global' else cfg.batch} | {run['timed_steps']} | "
+            f"{run['samples_per_s']:.3f} | {run['median_samples_per_s']:.3f} | {run['cpu_s_per_sample']:.3g} | "
+            f"{run['peak_rss_bytes'] / 2**30:.2f} GiB | "
+            + (f"{run['samples_per_s'] / trl['samples_per_s']:.2f}x | "
+               f"{run['peak_rss_bytes'] / trl['peak_rss_bytes']:.2f}x |" if trl else "- | - |"))
+    lines.append("")
+    lines += [f"- {key}: {value:.2f}" for key, value in found.items()]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -261,6 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs, "ratios": found, "targets": TARGETS,
     }
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(cfg, runs, found))
     print_table(cfg, runs, found)
     return report
 

@@ -87,3 +87,4 @@ def test_harness_runs_trl_and_both_aot_scopes(tmp_path):
     assert report["runs"]["global"]["samples_per_step"] == 4  # micro-batch 2 x accumulation 2
     assert set(report["ratios"]) >= {"speed_vs_trl", "memory_vs_trl", "global_time_vs_micro"}
     assert json.loads((tmp_path / "results.json").read_text())["ratios"] == report["ratios"]
+    assert "| global | 4 | 1 |" in (tmp_path / "results.md").read_text()
