@@ -62,6 +62,15 @@ def unpaired_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def mixed_length_data(tmp_path) -> Path:
+    """64 training pairs where every other rejected answer is long: micro-batches mix lengths."""
+    train = preference_rows(64, 0)
+    for row in train[::2]:
+        row["rejected"] += " stone cloud paper river" * 6
+    return write_dataset(tmp_path / "mixed", train, preference_rows(8, 1), paired=True)
+
+
+@pytest.fixture
 def noisy_paired_data(tmp_path) -> Path:
     """512 training pairs with 45% of them flipped (label noise), 64 clean test pairs."""
     rng = random.Random(0)

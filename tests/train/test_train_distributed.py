@@ -1,6 +1,8 @@
 """Two CPU processes (gloo) x micro-batch 4 give the same update as one process x micro-batch 8: the
 global-scope step gathers the rewards of both ranks and sorts them together. Both accumulate 2
-micro-batches, so the DDP ``no_sync`` / single all-reduce path of the two-pass step is exercised."""
+micro-batches, so the DDP ``no_sync`` / single all-reduce path of the two-pass step is exercised. Half
+the rejected answers are long, so micro-batches mix lengths as real data do (a single process then
+forwards a micro-batch in two length-sorted halves; several processes must not)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ def _delta(run_dir, base):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process(tiny_model_dir, paired_data, tmp_path):
+def test_two_processes_equal_one_process(tiny_model_dir, mixed_length_data, tmp_path):
+    paired_data = mixed_length_data
     one = tmp_path / "one"
     run.train(TrainConfig(model=str(tiny_model_dir), data=paired_data, output=one, batch_size=8, **ARGS))
 
