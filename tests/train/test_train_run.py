@@ -252,7 +252,8 @@ def test_ctrl_c_on_a_save_step_writes_the_checkpoint_once(tiny_model_dir, paired
         signal.raise_signal(signal.SIGINT)
         return out
 
-    monkeypatch.setattr(loop, "save_checkpoint", lambda out, step, **kw: saved.append(step) or real_save(out, step, **kw))
+    monkeypatch.setattr(loop, "save_checkpoint",
+                        lambda out, step, **kw: saved.append(step) or real_save(out, step, **kw))
     monkeypatch.setattr(loop, "step_gradient", step_then_ctrl_c)
     with pytest.raises(SystemExit):
         run.train(config(tiny_model_dir, paired_data, tmp_path / "run", max_steps=3, save_steps=1))
