@@ -236,13 +236,26 @@ class Setup:
 
 def train(config: TrainConfig) -> dict:
     """Train per `config`; returns the run manifest's summary."""
-    setup = validate_and_load(config)
+    setup = validate_and_load(with_absolute_paths(config))
     out = prepare_output(config, setup.accelerator)
     try:
         return run_training(setup, out)
     except KeyboardInterrupt:
         setup.say(f"interrupted; {out} keeps the checkpoints written so far (continue with --resume auto)")
         raise SystemExit(130) from None
+
+
+def with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Local inputs as absolute paths, so the run manifest still points at the base model (and data,
+    adapter, template) when `aot merge` / `aot eval` run from another directory. Hub ids stay as given."""
+    import dataclasses
+
+    def absolute(value):
+        return type(value)(Path(value).resolve()) if value is not None and Path(value).exists() else value
+
+    return dataclasses.replace(config, model=absolute(config.model), data=absolute(config.data),
+                               init_adapter=absolute(config.init_adapter),
+                               chat_template=absolute(config.chat_template))
 
 
 def validate_and_load(config: TrainConfig) -> Setup:

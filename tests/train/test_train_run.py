@@ -23,19 +23,23 @@ def config(model, data, out, **overrides) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-def test_cli_writes_run_artifact_and_every_lora_parameter_changes(aot, tiny_model_dir, paired_data, tmp_path):
+def test_cli_writes_run_artifact_and_every_lora_parameter_changes(aot, tiny_model_dir, paired_data, tmp_path,
+                                                                   monkeypatch):
     from accelerate.utils import set_seed
     from peft import get_peft_model_state_dict
 
     from aot_cli.train.model import build_policy
 
     out = tmp_path / "run"
-    result = aot("train", "--model", tiny_model_dir, "--data", paired_data, "-o", out, "--max-steps", 2,
+    monkeypatch.chdir(tiny_model_dir.parent)  # a relative --model is recorded absolute (merge/eval run elsewhere)
+    result = aot("train", "--model", tiny_model_dir.name, "--data", paired_data, "-o", out, "--max-steps", 2,
                  "--batch-size", 2, "--grad-accum", 4, "--lr", 1e-3, "--save-steps", 1, "--max-length", 64)
     assert result.exit_code == 0, result
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "run"
-    assert manifest["config"]["model"] == str(tiny_model_dir) and manifest["config"]["sort_scope"] == "global"
+    assert manifest["config"]["model"] == str(tiny_model_dir.resolve())
+    assert manifest["summary"]["base_model"] == str(tiny_model_dir.resolve())
+    assert manifest["config"]["sort_scope"] == "global"
     summary = manifest["summary"]
     assert summary["steps"] == 2 and summary["adapter"] is True and summary["global_batch"] == 8
     assert summary["init_adapter"] is None and summary["peak_memory_bytes"] > 0
