@@ -12,7 +12,6 @@ tokenization settings, dtype and loading options): changing any of them recomput
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from contextlib import contextmanager, nullcontext
@@ -22,17 +21,15 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from aot_cli.artifacts import describe_input, fingerprint, sha256_file
+from aot_cli.artifacts import describe_input, directory_fingerprint, fingerprint
 from aot_cli.cache import cache_dir
 from aot_cli.train.batching import Side, collate
 
-_SAMPLE_BYTES = 1 << 20
-
 
 def model_fingerprint(model: str) -> str:
-    """A cheap fingerprint of a model directory: every file's name and size, small files' full
-    SHA-256, big files' first and last MiB (hashing a 14 GB checkpoint each run would take minutes).
-    A hub id is fingerprinted through its locally cached snapshot (its name alone if none is cached)."""
+    """A cheap fingerprint of a model directory (:func:`aot_cli.artifacts.directory_fingerprint`:
+    big files are sampled, hashing a 14 GB checkpoint each run would take minutes). A hub id is
+    fingerprinted through its locally cached snapshot (its name alone if none is cached)."""
     path = Path(model)
     if not path.is_dir():
         try:
@@ -41,19 +38,7 @@ def model_fingerprint(model: str) -> str:
             path = Path(snapshot_download(model, local_files_only=True))
         except (OSError, ValueError):  # not cached, or not a repo id: loading the model will say so
             return fingerprint({"hub_id": model})
-    entries = []
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        size = file.stat().st_size
-        if size <= 2 * _SAMPLE_BYTES:
-            digest = sha256_file(file)
-        else:
-            with open(file, "rb") as handle:
-                sample = hashlib.sha256(handle.read(_SAMPLE_BYTES))
-                handle.seek(-_SAMPLE_BYTES, os.SEEK_END)
-                sample.update(handle.read())
-            digest = sample.hexdigest()
-        entries.append((str(file.relative_to(path)), size, digest))
-    return fingerprint(entries)
+    return directory_fingerprint(path)
 
 
 def cache_key(config, *, data_fingerprint: str, tokenizer_fingerprint: str, settings: dict) -> str:
