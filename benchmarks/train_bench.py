@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "run (a multiple of the micro-batch).")
     parser.add_argument("--warmup", type=int, default=1, help="Leading optimizer steps left out of the timing.")
     parser.add_argument("--runs", default="trl,trl-nogc,micro,global", help="Comma-separated subset of trl "
-                        "(TRL's defaults: gradient checkpointing on), trl-nogc (checkpointing off), micro, global.")
+                        "(TRL's defaults: gradient checkpointing on), trl-nogc (checkpointing off), micro, "
+                        "micro-gc (with --gradient-checkpointing), global.")
     parser.add_argument("--threads", type=int, help="Intra-op threads of every run (OMP_NUM_THREADS; default: "
                         "torch's, one per core). 1 is steadier on a machine that other jobs share.")
     parser.add_argument("--profile", action="store_true", help="Also write OUT/profile-RUN.txt, torch.profiler's "
@@ -141,19 +142,22 @@ def run_trl(args, cfg: BenchConfig, model: Path, data: Path, out: Path, name: st
     return {"settings": spec, **proc, **summarize(marks, cfg.batch, args.warmup)}
 
 
-def run_aot(args, cfg: BenchConfig, model: Path, data: Path, out: Path, scope: str) -> dict:
+def run_aot(args, cfg: BenchConfig, model: Path, data: Path, out: Path, name: str) -> dict:
+    """``name``: micro, micro-gc (with --gradient-checkpointing, as TRL's default) or global."""
+    scope = "global" if name == "global" else "micro"
     accum = 1 if scope == "micro" else args.sort_set // cfg.batch
     steps = args.steps if scope == "micro" else args.global_steps
-    result = out / f"aot-{scope}.json"
+    result = out / f"aot-{name}.json"
     train_args = [
-        "--model", str(model), "--data", str(data), "-o", str(out / f"aot-{scope}-run"), "--overwrite",
+        "--model", str(model), "--data", str(data), "-o", str(out / f"aot-{name}-run"), "--overwrite",
         "--loss", "aot", "--full", "--sort-scope", scope, "--batch-size", str(cfg.batch),
         "--grad-accum", str(accum), "--max-steps", str(steps), "--max-length", str(cfg.max_length),
         "--max-prompt-length", str(cfg.max_length), "--lr", str(args.lr), "--beta", str(args.beta),
         "--warmup-ratio", "0", "--dtype", "fp32", "--seed", str(args.seed), "--save-steps", "0",
+        *(["--gradient-checkpointing"] if name == "micro-gc" else []),
     ]
     cmd = [sys.executable, str(HERE / "run_aot.py"), str(result), "--", *train_args]
-    proc = run_child(f"aot-{scope}", cmd, out, args)
+    proc = run_child(f"aot-{name}", cmd, out, args)
     marks = json.loads(result.read_text())
     return {"settings": {"aot_train_args": train_args}, **proc, **summarize(marks, cfg.batch * accum, args.warmup)}
 
@@ -265,13 +269,15 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("trl", "trl-nogc"):
         if name in args.runs:
             runs[name] = run_trl(args, cfg, model, data_micro, out, name)
-    if "micro" in args.runs:
-        runs["micro"] = run_aot(args, cfg, model, data_micro, out, "micro")
+    for name in ("micro", "micro-gc"):
+        if name in args.runs:
+            runs[name] = run_aot(args, cfg, model, data_micro, out, name)
     if "global" in args.runs:
         runs["global"] = run_aot(args, cfg, model, data_global, out, "global")
     found = ratios(runs)
     report = {
-        "config": asdict(cfg), "command": " ".join(["benchmarks/train_bench.py", *(sys.argv[1:] if argv is None else argv)]),
+        "config": asdict(cfg),
+        "command": " ".join(["benchmarks/train_bench.py", *(sys.argv[1:] if argv is None else argv)]),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "warmup_steps": args.warmup, "profiled": args.profile, "machine": machine(),
         "load_1min_after": os.getloadavg()[0],
