@@ -26,7 +26,7 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# aot train against TRL's DPOTrainer(loss_type="aot"), side by side (docs/performance.md); about 15 min for
+# aot train against TRL's DPOTrainer(loss_type="aot"), side by side (docs/performance.md); about 10 min for
 # the small config on 2 CPU cores, three for BENCH_CONFIG=tiny.
 BENCH_CONFIG ?= small
 BENCH_OUT ?= bench-out
