@@ -24,7 +24,7 @@ import torch
 
 from aot_cli.artifacts import MANIFEST, describe_input, write_manifest
 from aot_cli.config import to_dict
-from aot_cli.console import info, progress, warn
+from aot_cli.console import info, progress, quiet_libraries, warn
 from aot_cli.errors import UserError
 from aot_cli.train.config import TrainConfig
 
@@ -189,17 +189,6 @@ def peak_memory_bytes() -> int:
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def quiet_libraries() -> None:
-    """Hide library noise that says nothing to the user (per-load progress bars, deprecations
-    raised inside peft)."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 @dataclass
