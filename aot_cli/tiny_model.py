@@ -124,6 +124,9 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    from aot_cli.console import quiet_libraries
+
+    quiet_libraries()
     build_tiny_model(args.out_dir, corpus=_corpus_from(args.corpus), hidden=args.hidden,
                      layers=args.layers, vocab=args.vocab, seed=args.seed)
     print(args.out_dir)
