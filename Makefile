@@ -38,7 +38,7 @@ bench: install
 # bundled LLaMA-Factory DPO demo set. Each step's target is its manifest.json, so make re-runs only
 # what changed; --overwrite lets a changed input rebuild a step's directory.
 DEMO_DATA ?= tests/data/real/llamafactory_dpo_en_demo.json
-DEMO_TASKS ?= tests/data/lm_eval_tasks
+DEMO_TASKS ?= tests/fixtures/lm_eval_tasks
 AOT := $(BIN)/aot
 
 $(DEMO)/tiny-model/config.json: | install
@@ -56,16 +56,16 @@ $(DEMO)/model/manifest.json: $(DEMO)/run/manifest.json
 	$(AOT) merge $(DEMO)/run -o $(DEMO)/model --overwrite
 
 $(DEMO)/eval-dominance/manifest.json: $(DEMO)/run/manifest.json
-	$(AOT) eval $(DEMO)/run --suite dominance --data $(DEMO)/data -o $(DEMO)/eval-dominance --overwrite
+	$(AOT) eval dominance $(DEMO)/run -o $(DEMO)/eval-dominance --overwrite
 
 $(DEMO)/eval-base/manifest.json: $(DEMO)/tiny-model/config.json
-	$(AOT) eval $(DEMO)/tiny-model --tasks aot_tiny_mc --include-path $(DEMO_TASKS) -o $(DEMO)/eval-base --overwrite
+	$(AOT) eval tasks $(DEMO)/tiny-model --tasks aot_tiny_mc --include-path $(DEMO_TASKS) -o $(DEMO)/eval-base --overwrite
 
 $(DEMO)/eval-tasks/manifest.json: $(DEMO)/model/manifest.json
-	$(AOT) eval $(DEMO)/model --tasks aot_tiny_mc --include-path $(DEMO_TASKS) -o $(DEMO)/eval-tasks --overwrite
+	$(AOT) eval tasks $(DEMO)/model --tasks aot_tiny_mc --include-path $(DEMO_TASKS) -o $(DEMO)/eval-tasks --overwrite
 
 demo: $(DEMO)/eval-dominance/manifest.json $(DEMO)/eval-base/manifest.json $(DEMO)/eval-tasks/manifest.json
-	$(AOT) eval compare $(DEMO)/eval-base $(DEMO)/eval-tasks $(DEMO)/eval-dominance -o $(DEMO)/compare.md
+	$(AOT) compare $(DEMO)/eval-base $(DEMO)/eval-tasks $(DEMO)/eval-dominance -o $(DEMO)/compare.md
 	@echo "demo: artifacts in $(DEMO)/ (data, run, model, eval-*); plots: $(DEMO)/run/*.png $(DEMO)/eval-dominance/*.png"
 
 clean:

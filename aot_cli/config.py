@@ -1,36 +1,43 @@
-"""Typed configs: one dataclass per subcommand is its CLI, its YAML schema and its record.
+"""Typed configs: one dataclass per command is its CLI, its YAML schema, its checks and its record.
 
-A config is a dataclass whose fields carry their help text and flags (``opt`` / ``arg``).
-``command(app, Config, run)`` turns it into a typer command with an extra ``--config FILE.yaml``;
-the YAML keys are the field names (dashes or underscores), and precedence is
+A config is a dataclass whose fields carry their help text, flags, choices and valid range
+(``opt`` / ``arg``). :mod:`aot_cli.cli` turns it into a typer command with an extra
+``--config FILE.yaml``; the YAML keys are the field names (dashes or underscores), and precedence is
 dataclass defaults < YAML < flags given on the command line. The resolved config is what the step
 receives and what it records in its manifest, so any artifact says exactly how it was made
 (litgpt's habit: the signature is the CLI).
+
+Ranges (``ge``, ``gt``, ``le``, ``lt``) are checked whenever a config is built, from the CLI or from
+Python, and NaN or inf fail every numeric check: a value outside its range is one error before
+anything is read or written. ``--help`` shows each range next to the option.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
+import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
+from collections.abc import Sequence
 
-import typer
+import yaml
 
 from aot_cli.errors import UserError
 
-_NO_DEFAULT = dataclasses.MISSING
+NO_DEFAULT = dataclasses.MISSING
 
 
 def opt(default: Any = None, *flags: str, help: str, choices: Sequence[str] | None = None,
-        required: bool = False, hidden: bool = False) -> Any:
-    """A ``--flag`` field. `flags` default to ``--field-name``; `choices` are checked for flags and
-    YAML alike; `required` means it must come from a flag or the YAML file."""
-    meta = {"help": help, "flags": flags, "choices": tuple(choices) if choices else None,
-            "required": required, "hidden": hidden}
+        required: bool = False, hidden: bool = False, metavar: str | None = None, panel: str | None = None,
+        ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A ``--flag`` field. `flags` default to ``--field-name``; `choices` and the range
+    (`ge` >=, `gt` >, `le` <=, `lt` <) are checked for flags, YAML and Python alike; `required`
+    means it must come from a flag or the YAML file; `panel` groups it in ``--help``."""
+    meta = {"help": help, "flags": flags, "choices": tuple(choices) if choices else None, "required": required,
+            "hidden": hidden, "metavar": metavar, "panel": panel, "range": (ge, gt, le, lt)}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -38,8 +45,53 @@ def opt(default: Any = None, *flags: str, help: str, choices: Sequence[str] | No
 
 def arg(default: Any = None, *, help: str, metavar: str | None = None, required: bool = True) -> Any:
     """A positional argument field (may also be given as a YAML key)."""
-    meta = {"help": help, "positional": True, "metavar": metavar, "required": required, "choices": None}
+    meta = {"help": help, "positional": True, "metavar": metavar, "required": required, "choices": None,
+            "range": (None, None, None, None)}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    """How the user names a field: its long flag (``--max-length``) or, positional, its METAVAR."""
+    if field.metadata.get("positional"):
+        return field.metadata.get("metavar") or field.name.upper()
+    flags = field.metadata.get("flags") or ()
+    longs = [f for f in flags if f.startswith("--")]
+    return longs[0].split("/")[0] if longs else "--" + field.name.replace("_", "-")
+
+
+def range_text(field: dataclasses.Field) -> str:
+    """The valid range of a numeric field in words, e.g. ``> 0`` or ``0 to 1``; "" when unbounded."""
+    ge, gt, le, lt = field.metadata.get("range", (None,) * 4)
+    low = f">= {ge:g}" if ge is not None else f"> {gt:g}" if gt is not None else ""
+    high = f"<= {le:g}" if le is not None else f"< {lt:g}" if lt is not None else ""
+    if ge is not None and le is not None:
+        return f"{ge:g} to {le:g}"
+    return ", ".join(part for part in (low, high) if part)
+
+
+def check_range(field: dataclasses.Field, value: Any) -> None:
+    """UserError when a numeric value is NaN, infinite, or outside the field's range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    ge, gt, le, lt = field.metadata.get("range", (None,) * 4)
+    ok = math.isfinite(value) and (ge is None or value >= ge) and (gt is None or value > gt) \
+        and (le is None or value <= le) and (lt is None or value < lt)
+    if not ok:
+        bounds = range_text(field)
+        expected = f"a finite number {bounds}" if bounds else "a finite number"
+        raise UserError(f"{flag_name(field)} must be {expected}, got {value:g}")
+
+
+class StepConfig:
+    """Base of every command's config: checks ranges and choices whenever one is built."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            check_range(field, value)
+            choices = field.metadata.get("choices")
+            if choices and value is not None and value not in choices:
+                raise UserError(f"{flag_name(field)}: {value!r} is not one of {', '.join(choices)}")
 
 
 def to_dict(config: Any) -> dict:
@@ -55,13 +107,7 @@ def to_dict(config: Any) -> dict:
     return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
-def _flag_name(field: dataclasses.Field) -> str:
-    flags = field.metadata.get("flags") or ()
-    longs = [f for f in flags if f.startswith("--")]
-    return longs[0].split("/")[0] if longs else "--" + field.name.replace("_", "-")
-
-
-def _base_type(annotation: Any) -> tuple[Any, bool]:
+def base_type(annotation: Any) -> tuple[Any, bool]:
     """(inner type, optional?) for ``X``, ``Optional[X]`` and ``X | None``."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -72,7 +118,7 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
 
 def _coerce(name: str, value: Any, annotation: Any, choices: Sequence[str] | None) -> Any:
     """Check and convert a YAML or flag value to the field's type; a UserError names the key."""
-    typ, optional = _base_type(annotation)
+    typ, optional = base_type(annotation)
     if value is None:
         if optional:
             return None
@@ -101,7 +147,7 @@ def _coerce(name: str, value: Any, annotation: Any, choices: Sequence[str] | Non
             if isinstance(value, (dict, list)):
                 raise ValueError
             value = str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"{name}: expected {wanted}, got {value!r}") from None
     if choices and value not in choices:
         hint = difflib.get_close_matches(str(value), choices, n=1)
@@ -112,8 +158,6 @@ def _coerce(name: str, value: Any, annotation: Any, choices: Sequence[str] | Non
 
 def load_yaml(path: Path) -> dict:
     """Read a ``--config`` file: a mapping of option names to values."""
-    import yaml
-
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
     try:
@@ -122,6 +166,8 @@ def load_yaml(path: Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise UserError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -143,70 +189,8 @@ def resolve(config_cls: type, yaml_values: dict, flag_values: dict, source: str 
         values[name] = _coerce(f"{source}: {key}", value, hints[name], fields[name].metadata.get("choices"))
     for name, value in flag_values.items():
         field = fields[name]
-        label = name.upper() if field.metadata.get("positional") else _flag_name(field)
-        values[name] = _coerce(label, value, hints[name], field.metadata.get("choices"))
+        values[name] = _coerce(flag_name(field), value, hints[name], field.metadata.get("choices"))
     for name, field in fields.items():
-        if field.metadata.get("required") and values.get(name, field.default) in (None, _NO_DEFAULT):
-            label = name.upper() if field.metadata.get("positional") else _flag_name(field)
-            raise UserError(f"missing {label} (give it on the command line or as {name!r} in --config)")
+        if field.metadata.get("required") and values.get(name, field.default) in (None, NO_DEFAULT):
+            raise UserError(f"missing {flag_name(field)} (give it on the command line or as {name!r} in --config)")
     return config_cls(**values)
-
-
-def _typer_parameter(field: dataclasses.Field, annotation: Any) -> inspect.Parameter:
-    meta = field.metadata
-    typ, _ = _base_type(annotation)
-    help_text = meta["help"]
-    if meta.get("required"):
-        help_text += " (required)"
-    if meta.get("choices"):
-        help_text += f" (one of: {', '.join(meta['choices'])})"
-    default = field.default if field.default is not _NO_DEFAULT else field.default_factory()
-    if meta.get("positional"):
-        info = typer.Argument(None, help=help_text, metavar=meta.get("metavar") or field.name.upper(),
-                              show_default=False)
-    else:
-        flags = meta.get("flags") or ("--" + field.name.replace("_", "-"),)
-        info = typer.Option(default, *flags, help=help_text, hidden=meta.get("hidden", False),
-                            show_default=default is not None and default != [])
-    click_annotation = Optional[typ] if typ is not bool or meta.get("positional") else bool
-    if typing.get_origin(typ) is list:
-        click_annotation = Optional[typ]
-    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=info,
-                             annotation=click_annotation)
-
-
-def command(app: Any, config_cls: type, run: Callable[[Any], Any], *, name: str, help: str) -> None:
-    """Register `run(config)` as ``aot NAME`` with one option per field of `config_cls` plus --config.
-
-    This wrapper is the single place where a UserError becomes ``error: ...`` and exit code 2.
-    """
-    from aot_cli.console import err_console, quiet_libraries
-
-    hints = typing.get_type_hints(config_cls)
-    params = [_typer_parameter(f, hints[f.name]) for f in dataclasses.fields(config_cls)]
-    params.insert(0, inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context))
-    params.append(inspect.Parameter(
-        "config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-        default=typer.Option(None, "--config", help="YAML file of option values (keys = option names); "
-                                                     "flags given on the command line win.")))
-
-    def wrapper(ctx: typer.Context, **kwargs: Any) -> None:
-        config_file = kwargs.pop("config")
-        # typer vendors click, so compare parameter sources by name rather than by class.
-        given = {k: v for k, v in kwargs.items()
-                 if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
-        quiet_libraries()
-        try:
-            yaml_values = load_yaml(config_file) if config_file else {}
-            config = resolve(config_cls, yaml_values, given, source=str(config_file or "--config"))
-            run(config)
-        except UserError as exc:
-            from rich.markup import escape
-
-            err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    wrapper.__name__ = name.replace("-", "_")
-    wrapper.__doc__ = help
-    app.command(name=name, help=help)(wrapper)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -46,14 +50,9 @@ def quiet_libraries() -> None:
     """Hide library noise that tells the user nothing: per-file "Loading weights" bars and known
     deprecation warnings raised inside peft/transformers. Set through the environment and warning
     filters, so nothing heavy is imported; safe to call again once transformers is loaded."""
-    import os
-    import sys
-    import warnings
-
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    if "transformers" in sys.modules:  # already imported (Python API callers): the env var came too late
-        from transformers.utils import logging as hf_logging
-
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None:  # already imported (Python API callers): the env var came too late
         hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -12,9 +12,16 @@ Used by the tests (session fixture) and by ``make demo`` as the bundled tiny def
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from aot_cli.console import quiet_libraries
 
 BOS, EOS, PAD, UNK = "<s>", "<|im_end|>", "<pad>", "<unk>"
 IM_START = "<|im_start|>"
@@ -37,9 +44,6 @@ def chat_template() -> str:
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024):
     """A byte-level BPE tokenizer (Llama-like: BOS prepended) with the ChatML template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -65,9 +69,6 @@ def build_tiny_model(out_dir: str | Path, *, corpus: Iterable[str] = (), hidden:
                      layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab: int = 1024,
                      max_positions: int = 1024, seed: int = 0) -> Path:
     """Write a tiny Llama (safetensors) and its tokenizer to `out_dir`; deterministic for a seed."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(corpus, vocab)
     torch.manual_seed(seed)
@@ -90,8 +91,6 @@ def build_tiny_model(out_dir: str | Path, *, corpus: Iterable[str] = (), hidden:
 
 def _corpus_from(paths: list[str]) -> list[str]:
     """Every string value in JSON/JSONL files, so the tokenizer knows the demo data's words."""
-    import json
-
     texts: list[str] = []
 
     def walk(value):
@@ -124,8 +123,6 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from aot_cli.console import quiet_libraries
-
     quiet_libraries()
     build_tiny_model(args.out_dir, corpus=_corpus_from(args.corpus), hidden=args.hidden,
                      layers=args.layers, vocab=args.vocab, seed=args.seed)

@@ -98,7 +98,7 @@ def build_dataset(out_dir: Path, model_dir: Path, cfg: BenchConfig, n_train: int
     from datasets import Dataset, DatasetDict
     from transformers import AutoTokenizer
 
-    from aot_cli.artifacts import fingerprint, write_manifest
+    from aot_cli.artifacts.store import fingerprint, write_manifest
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     words = (model_dir / "words.txt").read_text().split()

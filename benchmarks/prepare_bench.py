@@ -76,7 +76,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from aot_cli.config import resolve
-    from aot_cli.prepare import PrepareConfig, run
+    from aot_cli.prepare.config import Config as PrepareConfig
+    from aot_cli.prepare.run import run
 
     args.out.mkdir(parents=True, exist_ok=True)
     source = args.out / f"uf_{args.shape}_{args.rows}.jsonl"

@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    from aot_cli.artifacts import library_versions
+    from aot_cli.artifacts.store import library_versions
     from aot_cli.console import info
 
     torch.set_num_threads(args.threads)

@@ -165,7 +165,7 @@ def run_aot(args, cfg: BenchConfig, model: Path, data: Path, out: Path, name: st
 def machine() -> dict:
     import torch
 
-    from aot_cli.artifacts import library_versions
+    from aot_cli.artifacts.store import library_versions
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""

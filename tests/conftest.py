@@ -1,31 +1,26 @@
-"""Shared fixtures: offline mode, one torch thread, a tiny model built on the spot, a CLI runner."""
+"""Shared fixtures: offline mode, one torch thread, a tiny model built on the spot, hand-made runs
+(LoRA and full) for merge and eval, a CLI runner."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from aot_cli.artifacts.store import write_manifest
+
+# Before any Hugging Face library is imported (none of the imports above does): tests never reach the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
-
 torch.set_num_threads(1)
 
-DATA = Path(__file__).parent / "data"
-REAL = DATA / "real"
-
-
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """tests/data: small fixtures (real public files under real/, with their provenance note)."""
-    return DATA
+REAL = Path(__file__).parent / "data" / "real"
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +64,50 @@ def aot():
 def _isolated_cache(tmp_path_factory):
     """Caches (tokenization, reference log-probs) go to a per-session temp dir, not ~/.cache."""
     os.environ["AOT_CACHE_DIR"] = str(tmp_path_factory.mktemp("aot-cache"))
+
+
+def _run_manifest(run_dir: Path, base: Path, *, adapter: bool) -> None:
+    config = {"model": str(base), "data": "unused", "loss": "aot", "beta": 0.1, "lora": adapter,
+              "load_in_4bit": False}
+    write_manifest(run_dir, kind="run", config=config,
+                   summary={"base_model": str(base), "adapter": adapter, "init_adapter": None, "steps": 0})
+
+
+@pytest.fixture(scope="session")
+def lora_run_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA run: random (non-zero) adapter on every attention and MLP projection, saved with the
+    tokenizer in run/adapter, and a run manifest. The adapter changes the logits, so a merge that
+    drops it is visible."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = tmp_path_factory.mktemp("lora-run")
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                         "gate_proj", "up_proj", "down_proj"],
+                      init_lora_weights=False, task_type="CAUSAL_LM")
+    model = get_peft_model(base, lora)
+    model.save_pretrained(run_dir / "adapter")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(run_dir / "adapter")
+    _run_manifest(run_dir, tiny_model_dir, adapter=True)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def full_run_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A full fine-tuning run: the tiny model with perturbed weights in run/model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = tmp_path_factory.mktemp("full-run")
+    torch.manual_seed(2)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.save_pretrained(run_dir / "model")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(run_dir / "model")
+    _run_manifest(run_dir, tiny_model_dir, adapter=False)
+    return run_dir

@@ -63,8 +63,8 @@ def test_synthetic_dataset_is_an_aot_dataset_that_fits_max_length(smoke_model, t
     from aot_cli.data.dataset import load_prepared
 
     cfg = bench_setup.CONFIGS["smoke"]
-    data, manifest = load_prepared(bench_setup.build_dataset(tmp_path / "data", smoke_model, cfg, 6))
-    assert manifest["summary"]["paired"] is True
+    artifact, data = load_prepared(bench_setup.build_dataset(tmp_path / "data", smoke_model, cfg, 6))
+    assert artifact.paired is True
     assert len(data["train"]) == 6
     tokenizer = AutoTokenizer.from_pretrained(smoke_model)
     for row in data["train"]:

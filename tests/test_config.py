@@ -10,16 +10,17 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from aot_cli.config import arg, command, opt, resolve, to_dict
+from aot_cli.cli import command
+from aot_cli.config import StepConfig, arg, opt, resolve, to_dict
 from aot_cli.errors import UserError
 
 
 @dataclass
-class Demo:
+class Demo(StepConfig):
     source: Optional[str] = arg(help="where from")
     output: Optional[Path] = opt(None, "-o", "--output", help="where to", required=True)
-    beta: float = opt(0.01, help="temperature")
-    steps: int = opt(3, help="steps")
+    beta: float = opt(0.01, help="temperature", gt=0)
+    steps: int = opt(3, help="steps", ge=1)
     loss: str = opt("aot", help="loss", choices=("aot", "dpo"))
     lora: bool = opt(True, "--lora/--full", help="adapter or full")
     tags: list[str] = opt([], "--tag", help="tags")
@@ -86,3 +87,20 @@ def test_resolve_coerces_yaml_ints_to_float_and_lists():
     assert cfg.beta == 1.0 and isinstance(cfg.beta, float) and cfg.tags == ["one"]
     with pytest.raises(UserError, match="steps: expected int, got 1.5"):
         resolve(Demo, {"steps": 1.5, "output": "o", "source": "s"}, {})
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "--steps must be a finite number >= 1, got 0"),
+    ("nan", "--beta must be a finite number > 0, got nan"),
+    ("inf", "--beta must be a finite number > 0, got inf"),
+])
+def test_ranges_and_nan_fail_before_run(value, message):
+    seen: list = []
+    flag = "--steps" if message.startswith("--steps") else "--beta"
+    result = CliRunner().invoke(make_app(seen), ["demo", "x", "-o", "o", flag, value])
+    assert result.exit_code == 2 and message in result.stderr and not seen
+
+
+def test_ranges_apply_to_python_callers_too():
+    with pytest.raises(UserError, match="--beta must be a finite number > 0, got -1"):
+        Demo(source="s", output=Path("o"), beta=-1.0)

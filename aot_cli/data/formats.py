@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from aot_cli.data.operations import ScoreExpr, missing_score, to_label
 from aot_cli.errors import UserError

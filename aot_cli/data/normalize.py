@@ -1,100 +1,17 @@
-"""From raw source rows to normalized records: pick the shape, check the flags fit it, read every row.
+"""From raw source rows to normalized records, split by split.
 
-``aot prepare`` calls these in order: ``resolve_shape`` (``--format`` or detection from the columns
-and a sample of values, plus the flag checks that depend on the shape), ``normalize_split`` for each
-split (counting drops and remembering the first row dropped for each reason), then ``unify`` so a
-dataset is all strings or all message lists.
+``aot prepare`` calls ``normalize_split`` for each split once the shape is known (counting drops and
+remembering the first row dropped for each reason), then ``unify`` so a dataset is all strings or
+all message lists.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from aot_cli.console import progress
-from aot_cli.data.formats import (SHAPES, Drop, ShapeOptions, default_label_field, detect_shape, normalize_row,
-                                  required_columns)
-from aot_cli.data.operations import ScoreExpr
-from aot_cli.data.sources import RawPart, Source
-from aot_cli.errors import UserError
-
-DEFAULT_SCORES = {"ultrafeedback": "overall_score", "scored": "helpfulness"}
-
-
-def resolve_shape(config: Any, source: Source) -> tuple[str, ShapeOptions]:
-    """(shape name, ShapeOptions) from ``--format`` or the source's columns, checking that the flags
-    of `config` (a PrepareConfig) fit the shape."""
-    sample = source_sample(source)
-    if not source.columns:
-        raise UserError(f"{config.source}: no rows to read (an empty file or split)")
-    if config.format == "auto":
-        try:
-            shape = detect_shape(source.columns, sample, config.label_field)
-        except UserError as exc:
-            raise UserError(f"{config.source}: {exc}") from None
-    else:
-        shape = config.format
-        missing = required_columns(shape, source.columns, config.label_field)
-        if missing:
-            raise UserError(f"{config.source}: --format {shape} needs column(s) {', '.join(missing)}; "
-                            f"found {', '.join(sorted(source.columns))}")
-    kind = SHAPES[shape].kind
-    if config.binarize and kind != "scored":
-        raise UserError(f"--binarize applies to ultrafeedback or scored data; {config.source} is {shape}")
-    if config.label_field and kind == "paired":
-        raise UserError(f"--label-field applies to labelled or scored data; {config.source} is {shape} "
-                        "(paired); use --unpair to make labels from pairs")
-    if config.prefer != "better" and shape != "pku":
-        raise UserError(f"--prefer applies to PKU-SafeRLHF-style data; {config.source} is {shape}")
-    label_field = default_label_field(shape, source.columns, config.label_field)
-    if config.unpair and kind == "unpaired":
-        raise UserError(f"--unpair needs paired data; {config.source} is {shape} (already unpaired)")
-    for flag, value in (("--score", config.score), ("--min-margin", config.min_margin)):
-        if value and (kind != "scored" or label_field is not None):
-            what = "with labels from --label-field" if kind == "scored" else f"({kind})"
-            raise UserError(f"{flag} applies when scored responses are binarized into pairs; {config.source} is "
-                            f"{shape} {what}")
-    if config.unpair and label_field is not None:
-        raise UserError(f"--unpair needs paired data; {config.source} is {shape} with labels from --label-field "
-                        "(already unpaired); drop --unpair, or --label-field to binarize the scores into pairs")
-    score = None
-    if kind == "scored" and label_field is None:
-        score = ScoreExpr(config.score or DEFAULT_SCORES[shape])
-        _check_score_fields(config.source, shape, score, source.columns, sample)
-    return shape, ShapeOptions(label_field, config.label_threshold, score, config.prefer)
-
-
-def source_sample(source: Source, rows: int = 100) -> dict:
-    """The first non-null value of each column over the first `rows` train rows (to tell strings
-    from message lists even when the very first row has a gap)."""
-    sample: dict = {}
-    for part in source.splits["train"]:
-        for index, row in enumerate(part):
-            for key, value in row.items():
-                if sample.get(key) is None:
-                    sample[key] = value
-            if index + 1 >= rows:
-                return sample
-    return sample
-
-
-def _check_score_fields(name: str, shape: str, score: ScoreExpr, columns: set[str], sample: dict) -> None:
-    """Fail early when a --score field exists nowhere (a typo), listing the fields there are."""
-    if shape == "ultrafeedback":
-        completions = sample.get("completions")
-        first = next((c for c in completions if isinstance(c, dict)), None) if isinstance(completions, list) else None
-        if first is None:  # no completion object to look in: reading the rows names the bad field
-            return
-        available = set(first) | set(first.get("annotations") or {})
-    else:
-        available = set(columns)
-    missing = [f for f in score.fields if f not in available]
-    if missing:
-        numeric = sorted(available - {"prompt", "response", "completion", "annotations", "model", "principle",
-                                      "custom_system_prompt", "critique"})
-        raise UserError(f"{name}: --score field(s) {', '.join(missing)} not found "
-                        f"(available: {', '.join(numeric)})")
-
+from aot_cli.data.formats import (Drop, ShapeOptions, normalize_row)
+from aot_cli.data.sources import RawPart
 
 def normalize_split(shape: str, parts: list[RawPart], opts: ShapeOptions, dropped: Counter,
                     examples: dict[str, str]) -> list[dict]:
@@ -121,7 +38,7 @@ def normalize_split(shape: str, parts: list[RawPart], opts: ShapeOptions, droppe
 
 def unify(records: dict[str, list[dict]], paired: bool) -> bool:
     """Make every text field a string, or (when any is a message list) every one a message list:
-    a dataset is one or the other (CONTRACTS.md). Returns whether it is conversational."""
+    a dataset is one or the other (docs/architecture.md, the dataset artifact). Returns whether it is conversational."""
     fields = ("prompt", "chosen", "rejected") if paired else ("prompt", "completion")
     conversational = any(isinstance(r[f], list) for rows in records.values() for r in rows for f in fields)
     if conversational:

@@ -14,6 +14,9 @@ import re
 from collections import Counter
 from typing import Any
 
+import pyarrow as pa
+from datasets import Dataset, Features, Value
+
 from aot_cli.errors import UserError
 
 # One signed term: [+|-] [WEIGHT *] FIELD; a hyphen between name characters is part of the name
@@ -261,9 +264,6 @@ def unpair(ds: Any, disjoint: bool, seed: int) -> tuple[Any, Counter]:
     so far; the larger side is then trimmed at random to the smaller (``unpair_balance``).
     Duplicates created by unpairing (one answer in several pairs) are dropped as ``duplicate``.
     """
-    import pyarrow as pa
-    from datasets import Dataset, Features, Value
-
     features = Features({"prompt": ds.features["prompt"], "completion": ds.features["chosen"],
                          "label": Value("bool")})
     if len(ds) == 0:

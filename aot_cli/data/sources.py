@@ -19,12 +19,19 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
+from collections.abc import Iterator, Sequence
 
-from aot_cli.artifacts import MANIFEST, describe_input
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import DatasetDict, get_dataset_split_names, load_dataset, load_from_disk
+from huggingface_hub import HfApi
+
+from aot_cli.artifacts.store import MANIFEST, describe_input
+from aot_cli.data.dataset import load_prepared
 from aot_cli.errors import UserError
-
-SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+from aot_cli.vocab import DATA_SUFFIXES as SUFFIXES
+from aot_cli.vocab import is_local_path
 
 
 @dataclass
@@ -59,7 +66,7 @@ class Source:
     splits: dict[str, list[RawPart]]
     record: dict
     inputs: list[dict]
-    prepared: Any = None  # (DatasetDict, manifest) for a prepared dataset
+    prepared: Any = None  # (DatasetArtifact, DatasetDict) for a prepared dataset
     columns: set[str] = field(default_factory=set)
 
 
@@ -80,7 +87,7 @@ def load_source(source: str, *, subset: str | None = None, split: str | None = N
     if path.is_file():
         part = _limit(read_file(path), limit)
         return _files_source({"train": [part]}, [path], source)
-    if path.suffix.lower() in SUFFIXES or source.startswith((".", "/", "~")) or source.count("/") != 1:
+    if is_local_path(source):
         raise UserError(f"{source}: no such file or directory (give a local .json/.jsonl/.parquet/.csv "
                         "file, a directory of them, a prepared dataset, or a hub id like org/name)")
     return _load_hub(source, subset=subset, split=split, revision=revision, limit=limit)
@@ -129,23 +136,18 @@ def _limit_parts(parts: list[RawPart], limit: int | None) -> list[RawPart]:
 
 
 def _load_prepared_source(path: Path, limit: int | None) -> Source:
-    from aot_cli.data.dataset import load_prepared
-
-    data, manifest = load_prepared(path)
+    artifact, data = load_prepared(path)
     if limit is not None:
         data = data.__class__({k: v.select(range(min(limit, len(v)))) for k, v in data.items()})
-    record = {"type": "prepared", "path": str(path),
-              "fingerprint": manifest.get("summary", {}).get("fingerprint"),
-              "source": manifest.get("summary", {}).get("source")}
+    record = {"type": "prepared", "path": str(path), "fingerprint": artifact.fingerprint,
+              "source": artifact.summary.get("source")}
     splits = {name: [RawPart(f"{path}[{name}]", data[name])] for name in ("train", "test")}
-    return Source("prepared", splits, record, [describe_input(path)], prepared=(data, manifest),
+    return Source("prepared", splits, record, [describe_input(path)], prepared=(artifact, data),
                   columns=set(data["train"].column_names))
 
 
 def _load_saved(path: Path, split: str | None, limit: int | None) -> Source:
     """A directory written by ``save_to_disk`` (not by aot): its splits, chosen as for a hub dataset."""
-    from datasets import DatasetDict, load_from_disk
-
     try:
         data = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
@@ -161,11 +163,9 @@ def _load_saved(path: Path, split: str | None, limit: int | None) -> Source:
 
 def _hub_splits(source: str, subset: str | None, split: str | None, revision: str | None) -> dict[str, str]:
     """Which hub splits become our train and test splits: ``{"train": name, "test": name}``."""
-    from datasets import get_dataset_split_names
-
     try:
         names = get_dataset_split_names(source, subset, revision=revision)
-    except Exception as exc:  # noqa: BLE001 -- the hub client raises many types; all mean "cannot read it"
+    except Exception as exc:  # the hub client raises many types; all mean "cannot read it"
         raise UserError(f"{source}: not a local path, and not readable as a hub dataset "
                         f"({type(exc).__name__}: {exc}); check the path or the id, --subset and --revision, "
                         "and that the hub is reachable") from None
@@ -188,14 +188,12 @@ def _choose_splits(source: str, names: list[str], split: str | None) -> dict[str
 
 def _load_hub(source: str, *, subset: str | None, split: str | None, revision: str | None,
               limit: int | None) -> Source:
-    from datasets import load_dataset
-
     chosen = _hub_splits(source, subset, split, revision)
     splits: dict[str, list[RawPart]] = {}
     for ours, theirs in chosen.items():
         try:
             ds = load_dataset(source, subset, split=theirs, revision=revision)
-        except Exception as exc:  # noqa: BLE001 -- see _hub_splits
+        except Exception as exc:  # see _hub_splits
             raise UserError(f"{source}: cannot load split {theirs!r} ({type(exc).__name__}: {exc})") from None
         splits[ours] = [_limit(RawPart(f"{source}[{theirs}]", ds), limit)]
     commit = _hub_commit(source, revision)
@@ -208,11 +206,9 @@ def _load_hub(source: str, *, subset: str | None, split: str | None, revision: s
 def _hub_commit(source: str, revision: str | None) -> str | None:
     """The commit a hub dataset resolves to (so the manifest pins what `revision` meant that day);
     None when the hub cannot be asked (offline)."""
-    from huggingface_hub import HfApi
-
     try:
         return HfApi().dataset_info(source, revision=revision).sha
-    except Exception:  # noqa: BLE001 -- offline or rate-limited: the record just lacks the commit
+    except Exception:  # offline or rate-limited: the record just lacks the commit
         return None
 
 
@@ -294,9 +290,6 @@ def _read_csv(path: Path, text: str) -> RawPart:
 
 
 def _read_parquet(path: Path) -> RawPart:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:

@@ -38,12 +38,19 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
-from aot_cli.artifacts import fingerprint as _fingerprint_of
+import datasets
+from datasets import Features, Value
+from jinja2 import TemplateError
+from transformers import AutoTokenizer
+
+from aot_cli.artifacts.store import fingerprint as _fingerprint_of
 from aot_cli.cache import cache_dir
 from aot_cli.console import progress
 from aot_cli.errors import UserError
+from aot_cli.vocab import is_local_path
 
 # Bump when the encoding logic changes, so cached tokenizations made by older code are not reused.
 ENCODING_VERSION = 1
@@ -105,8 +112,6 @@ def load_tokenizer(name_or_path: str | Path, chat_template_file: Path | None = N
     token gets EOS as its pad token; padded positions are masked out (attention and labels), so the
     choice never reaches the loss.
     """
-    from transformers import AutoTokenizer
-
     template = None
     if chat_template_file is not None:
         path = Path(chat_template_file)
@@ -114,7 +119,7 @@ def load_tokenizer(name_or_path: str | Path, chat_template_file: Path | None = N
             raise UserError(f"{path}: chat template file not found")
         template = path.read_text(encoding="utf-8")
     name = str(name_or_path)
-    if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+    if is_local_path(name) and not Path(name).expanduser().exists():
         raise UserError(f"{name}: no such directory (give a model directory or a hub id like org/name)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -141,8 +146,6 @@ def as_messages(value: Any, role: str, field: str) -> list[dict]:
 
 
 def _template(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> str:
-    from jinja2 import TemplateError
-
     try:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
     except TemplateError as exc:
@@ -268,11 +271,9 @@ def _columns(paired: bool) -> dict[str, str]:
 
 
 def _features(split: Any, paired: bool) -> Any:
-    from datasets import Features, Sequence, Value
-
     features = {}
     for prefix in _columns(paired):
-        features[f"{prefix}input_ids"] = Sequence(Value("int32"))
+        features[f"{prefix}input_ids"] = datasets.Sequence(Value("int32"))
         features[f"{prefix}prompt_len"] = Value("int32")
     features["truncated_prompt"] = Value("bool")
     features["truncated_completion"] = Value("bool")
@@ -292,8 +293,6 @@ def tokenize_split(split: Any, tokenizer: Any, settings: TokenizeSettings, *, pa
     count, tokenizer fingerprint, settings, encoding version): pass the dataset manifest's
     fingerprint plus the split name as `fingerprint` when the split is the saved one, unchanged.
     """
-    import datasets
-
     key = _fingerprint_of({
         "encoding": ENCODING_VERSION, "data": fingerprint or split._fingerprint, "rows": split.num_rows,
         "tokenizer": tokenizer_fingerprint(tokenizer), "settings": dataclasses.asdict(settings),

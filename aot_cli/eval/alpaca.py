@@ -20,14 +20,21 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import hf_hub_download
+
+from aot_cli.artifacts.models import load_for_generation, resolve_device
+from aot_cli.artifacts.store import output_lock
+from aot_cli.console import info, progress
 from aot_cli.errors import UserError
+from aot_cli.eval.config import DEFAULT_JUDGE, AlpacaConfig
 from aot_cli.eval.generate import MODEL_OUTPUTS, generate_outputs, read_outputs
 from aot_cli.eval.judge import DEFAULT_JUDGE_MODEL, OPENAI_BASE_URL, JudgeClient, JudgeSettings, api_key
-
-DEFAULT_JUDGE = "weighted_alpaca_eval_gpt4_turbo"
+from aot_cli.eval.report import announce, write_eval
+from aot_cli.eval.source import resolve_model
 STANDARD_REPO, STANDARD_FILE = "tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json"
 STANDARD_SIZE = 805
 
@@ -50,8 +57,6 @@ def read_rows(path: Path, what: str) -> list[dict]:
 
 def standard_set() -> list[dict]:
     """The 805 AlpacaEval 2.0 instructions with the GPT-4 Turbo reference outputs (hub JSON file)."""
-    from huggingface_hub import hf_hub_download
-
     try:
         path = hf_hub_download(STANDARD_REPO, STANDARD_FILE, repo_type="dataset")
     except Exception as exc:  # offline, no cache, hub down: all mean the same to the user
@@ -102,8 +107,6 @@ def use_builtin_judge(config: Any) -> bool:
 def judge_builtin(config: Any, outputs: list[dict], rows: list[dict], out: Path,
                   full_set: bool) -> tuple[dict, list[dict], str]:
     """Judge with the built-in client; returns (metrics, annotations, LC-null reason)."""
-    from aot_cli.console import progress
-
     client = JudgeClient(judge_settings(config), out / "judge_cache.jsonl")
     annotations = []
     with progress() as bar:
@@ -125,7 +128,7 @@ def judge_alpaca_eval(config: Any, outputs: list[dict], rows: list[dict], out: P
                       full_set: bool) -> tuple[dict, list[dict], str | None]:
     """Judge through alpaca-eval's annotators (the ``alpaca`` extra); caches in OUT. The length-controlled
     win rate is asked for only on the full standard set, where its instruction difficulties apply."""
-    import alpaca_eval
+    import alpaca_eval  # the optional `alpaca` extra (use_builtin_judge checked that it is installed)
 
     try:
         from openai import OpenAIError as api_errors
@@ -177,9 +180,6 @@ def judge_settings(config: Any) -> JudgeSettings:
 
 def _outputs(config: Any, source: Any, device: str, rows: list[dict], path: Path) -> list[dict]:
     """The model's answers to `rows`: those already in `path` (a resumed run) plus newly generated ones."""
-    from aot_cli.console import info
-    from aot_cli.eval.source import load_model
-
     generator = Path(source.spec).name or source.spec
     existing = read_outputs(path)
     others = {r.get("generator") for r in existing} - {generator}
@@ -192,7 +192,7 @@ def _outputs(config: Any, source: Any, device: str, rows: list[dict], path: Path
         info(f"resuming: {already} of {len(rows)} instructions already answered in {path}")
     if already == len(rows):
         return [done[r["instruction"]] for r in rows]
-    model, tokenizer = load_model(source, config.dtype, device)
+    model, tokenizer = load_for_generation(source, config.dtype, device)
     return generate_outputs(model, tokenizer, rows, path, generator=generator, batch_size=config.batch_size,
                             max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed)
 
@@ -215,7 +215,8 @@ def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, di
         judge = judge_builtin if builtin else judge_alpaca_eval
         metrics, annotations, lc_reason = judge(config, outputs, rows, out, full_set)
     except UserError as exc:
-        raise UserError(f"{exc}; the generated outputs are kept in {path}: rerun the same command to judge them") from None
+        raise UserError(f"{exc}; the generated outputs are kept in {path}: rerun the same command to judge "
+                        "them") from None
     (out / "annotations.json").write_text(json.dumps(annotations, indent=2, ensure_ascii=False, default=str) + "\n")
 
     notes = {}
@@ -232,3 +233,20 @@ def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, di
                 "temperature": config.temperature, "seed": config.seed, "batch_size": config.batch_size,
                 "chat_template": True, "dtype": config.dtype, "device": device, "generator": outputs[0]["generator"]}
     return {"alpacaeval": metrics}, settings, notes
+
+
+def run(config: AlpacaConfig) -> dict:
+    """`aot eval alpaca`. Unlike the other suites it writes into OUT as it goes: generation is the slow
+    part and must survive a judge failure. The manifest, written last, marks OUT complete; an OUT
+    without one is resumed (the answers already generated are kept)."""
+    config.preflight()
+    out = Path(config.output)
+    source = resolve_model(config.model)
+    with output_lock(out):
+        if out.exists() and config.overwrite:
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        scores, settings, notes = evaluate(config, source, resolve_device(config.device), out)
+        results = write_eval(out, config, "alpacaeval", source, scores, settings, notes)
+    announce(results, out, (MODEL_OUTPUTS, "annotations.json"))
+    return results

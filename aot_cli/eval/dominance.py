@@ -20,52 +20,54 @@ model in memory); a run with an init adapter, or a full run, loads its reference
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
+import torch
+from matplotlib.figure import Figure
 
+from aot_cli.artifacts.kinds import DatasetArtifact, RunArtifact, artifact_kind
+from aot_cli.artifacts.models import load_run, resolve_device
+from aot_cli.artifacts.store import atomic_dir
+from aot_cli.console import info, progress
+from aot_cli.data.dataset import load_prepared
+from aot_cli.data.tokenize import TokenizeSettings, tokenize_split
 from aot_cli.errors import UserError
+from aot_cli.eval.config import DominanceConfig
 from aot_cli.eval.quantiles import dominance, quantile_curve, quantile_levels
+from aot_cli.eval.report import announce, write_eval
+from aot_cli.eval.source import resolve_model
+from aot_cli.train.batching import collate
+from aot_cli.train.logprobs import model_sequence_logps
 
 
-# What each row of the scores compares ("first vs second"), as the report and the terminal table say it.
-COMPARISONS = {
-    True: {"before": "the reference (before training): margins log ref(chosen)/ref(rejected) vs 0",
-           "after": "the policy (after training): margins log pi(chosen)/pi(rejected) vs 0",
-           "implicit_rewards": "implicit rewards log pi/ref of chosen vs rejected (paper Fig. 1a)",
-           "margins": "policy margins vs reference margins (paper Fig. 1b; what paired AOT trains)"},
-    False: {"before": "the reference (before training): log ref(y) of positives vs negatives",
-            "after": "the policy (after training): log pi(y) of positives vs negatives",
-            "implicit_rewards": "implicit rewards log pi/ref of positives vs negatives (paper Fig. 1a; "
-                                "what unpaired AOT trains)"},
-}
-METRICS_LEGEND = ("all scaled by beta; accuracy: share where the first beats the second (unpaired: AUC); "
-                  "violation fraction / area: quantile levels where the first is below the second")
-
-
-def _run_dir(source: Any) -> Path:
-    if source.run_dir is not None:
-        return source.run_dir
-    manifest = Path(source.spec) / "manifest.json"
-    hint = ""
-    if manifest.is_file():
-        run = json.loads(manifest.read_text()).get("summary", {}).get("source_run")
-        hint = f" (this model was merged from {run}: pass that)" if run else ""
-    raise UserError(f"{source.spec}: --suite dominance needs a run directory made by `aot train` "
+def _run(spec: str) -> RunArtifact:
+    """MODEL as a run; a merged model names the run it came from in the error."""
+    source = resolve_model(spec)
+    if source.run is not None:
+        return source.run
+    hint = f" (this model was merged from {source.merged_from}: pass that)" if source.merged_from else ""
+    raise UserError(f"{spec}: `aot eval dominance` needs a run directory made by `aot train` "
                     f"(its manifest names the reference model){hint}")
 
 
-def _test_split(path: Path | None, limit: int | None) -> tuple[Any, dict]:
-    from aot_cli.data.dataset import load_prepared
+def _dataset(config: DominanceConfig, run: RunArtifact) -> Path:
+    """--data, or the dataset the run trained on (its test split is held out)."""
+    if config.data is not None:
+        return Path(config.data)
+    if run.dataset is None or artifact_kind(run.dataset) != "dataset":
+        raise UserError(f"{run.path}: the run's dataset {run.dataset} is gone; pass --data DATASET "
+                        "(a directory made by `aot prepare`)")
+    info(f"scoring the test split of the run's dataset {run.dataset} (pass --data to choose another)")
+    return run.dataset
 
-    if path is None:
-        raise UserError("--suite dominance needs --data DATASET (a directory made by `aot prepare`)")
+
+def _test_split(path: Path, limit: int | None) -> tuple[Any, DatasetArtifact]:
     empty = UserError(f"{path}: the test split is empty; dominance scores held-out examples: prepare the data "
                       "again with a test split, e.g. `aot prepare ... --test-size 0.1`")
     try:
-        data, manifest = load_prepared(path)
+        artifact, data = load_prepared(path)
     except IndexError:  # datasets cannot load a split saved without any data file (0 rows)
         if not any((Path(path) / "test").glob("*.arrow")):
             raise empty from None
@@ -73,34 +75,12 @@ def _test_split(path: Path | None, limit: int | None) -> tuple[Any, dict]:
     test = data["test"]
     if test.num_rows == 0:
         raise empty
-    return (test.select(range(min(limit, test.num_rows))) if limit else test), manifest
-
-
-@contextmanager
-def reference_model(policy: Any, run_dir: Path, run_config: dict, device: str) -> Iterator[Any]:
-    """The run's reference: the policy with its adapter off when that is the reference, else loaded."""
-    from peft import PeftModel
-
-    if isinstance(policy, PeftModel) and not run_config.get("init_adapter"):
-        with policy.disable_adapter():
-            yield policy
-        return
-    from aot_cli.train.model import load_run_reference
-
-    reference, _ = load_run_reference(run_dir)
-    yield reference.to(device)
-    del reference
+    return (test.select(range(min(limit, test.num_rows))) if limit else test), artifact
 
 
 def sequence_logps(model: Any, sequences: list[tuple[list[int], int]], pad_id: int, batch_size: int,
                    label: str) -> np.ndarray:
     """Summed completion log-probs of (ids, prompt_len) rows, in batches, without full logits."""
-    import torch
-
-    from aot_cli.console import progress
-    from aot_cli.train.batching import collate
-    from aot_cli.train.logprobs import model_sequence_logps
-
     out = []
     with torch.no_grad(), progress(transient=True) as bar:
         task = bar.add_task(label, total=len(sequences))
@@ -133,13 +113,11 @@ def compare(logps: dict[str, np.ndarray], *, paired: bool, beta: float, levels: 
 
 def plot(logps: dict[str, np.ndarray], *, paired: bool, beta: float, levels: np.ndarray, path: Path) -> None:
     """Quantile curves: before/after (left), implicit rewards with the violations shaded (right)."""
-    import matplotlib
+    def q(values: np.ndarray) -> np.ndarray:
+        return quantile_curve(values, levels)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    q = lambda v: quantile_curve(v, levels)  # noqa: E731
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    left, right = fig.subplots(1, 2)
     if paired:
         left.plot(levels, q(beta * (logps["ref_chosen"] - logps["ref_rejected"])), "--", color="gray",
                   label="reference margin (before)")
@@ -169,27 +147,33 @@ def plot(logps: dict[str, np.ndarray], *, paired: bool, beta: float, levels: np.
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
-def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, dict]:
+def run(config: DominanceConfig) -> dict:
+    """`aot eval dominance RUN`: score the held-out split, write logps.jsonl, dominance.png, results."""
+    config.preflight()
+    run_dir = _run(config.model)
+    data_path = _dataset(config, run_dir)
+    device = resolve_device(config.device)
+    source = resolve_model(config.model)
+    with atomic_dir(config.output, overwrite=config.overwrite, inputs=config.input_paths() + [data_path]) as tmp:
+        scores, settings = evaluate(config, run_dir, data_path, device, tmp)
+        results = write_eval(tmp, config, "dominance", source, scores, settings)
+    announce(results, Path(config.output), ("logps.jsonl", "dominance.png"))
+    return results
+
+
+def evaluate(config: DominanceConfig, run: RunArtifact, data_path: Path, device: str, out: Path) -> tuple[dict, dict]:
     """Score the test split under policy and reference; write logps.jsonl and dominance.png."""
-    from aot_cli.artifacts import read_manifest
-    from aot_cli.data.tokenize import TokenizeSettings, tokenize_split
-    from aot_cli.train.model import load_run_policy
-
-    run_dir = _run_dir(source)
-    test, data_manifest = _test_split(config.data, config.limit)
-    paired = bool(data_manifest.get("summary", {}).get("paired", True))
-    run_config = read_manifest(run_dir, kind="run")["config"]
-    beta = config.beta if config.beta is not None else float(run_config.get("beta", 0.01))
-    policy, tokenizer = load_run_policy(run_dir)
-    policy.to(device)
-    settings = TokenizeSettings(max_length=run_config.get("max_length"),
-                                max_prompt_length=run_config.get("max_prompt_length"))
-    data_fp = data_manifest.get("summary", {}).get("fingerprint")
+    test, dataset = _test_split(data_path, config.limit)
+    paired = dataset.paired
+    beta = config.beta if config.beta is not None else run.beta
+    loaded = load_run(run, device=device)
+    policy, tokenizer = loaded.policy, loaded.tokenizer
+    settings = TokenizeSettings(max_length=run.config.get("max_length"),
+                                max_prompt_length=run.config.get("max_prompt_length"))
     tokenized = tokenize_split(test, tokenizer, settings, paired=paired,
-                               fingerprint=f"{data_fp}:test" if data_fp and not config.limit else None)
+                               fingerprint=f"{dataset.fingerprint}:test" if not config.limit else None)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sides = {"chosen": ("chosen_input_ids", "chosen_prompt_len"),
              "rejected": ("rejected_input_ids", "rejected_prompt_len")} if paired else {"": ("input_ids", "prompt_len")}
@@ -199,23 +183,24 @@ def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, di
     for side, rows in seqs.items():
         logps["_".join(filter(None, ("policy", side)))] = sequence_logps(policy, rows, pad_id, config.batch_size,
                                                                          f"policy {side}".strip())
-    with reference_model(policy, run_dir, run_config, device) as reference:
+    with loaded.reference() as reference:
         for side, rows in seqs.items():
             logps["_".join(filter(None, ("ref", side)))] = sequence_logps(reference, rows, pad_id, config.batch_size,
                                                                           f"reference {side}".strip())
     if not paired:
         logps["label"] = np.asarray(tokenized["label"], dtype=bool)
         if logps["label"].all() or not logps["label"].any():
-            raise UserError(f"{config.data}: the test split has only {'positive' if logps['label'].all() else 'negative'} "
-                            "examples; dominance needs both")
+            raise UserError(f"{data_path}: the test split has only "
+                            f"{'positive' if logps['label'].all() else 'negative'} examples; dominance needs both")
 
     levels = quantile_levels()
     scores = compare(logps, paired=paired, beta=beta, levels=levels)
     with open(out / "logps.jsonl", "w", encoding="utf-8") as handle:
         for i in range(len(next(iter(logps.values())))):
-            handle.write(json.dumps({k: (bool(v[i]) if v.dtype == bool else float(v[i])) for k, v in logps.items()}) + "\n")
+            row = {k: (bool(v[i]) if v.dtype == bool else float(v[i])) for k, v in logps.items()}
+            handle.write(json.dumps(row) + "\n")
     plot(logps, paired=paired, beta=beta, levels=levels, path=out / "dominance.png")
-    settings_record = {"data": str(config.data), "paired": paired, "n_test": test.num_rows, "beta": beta,
+    settings_record = {"data": str(data_path), "paired": paired, "n_test": test.num_rows, "beta": beta,
                        "quantile_levels": len(levels), "limit": config.limit, "batch_size": config.batch_size,
                        "device": device, "max_length": settings.max_length,
                        "max_prompt_length": settings.max_prompt_length, "chat_template": True}

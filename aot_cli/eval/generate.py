@@ -13,6 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from aot_cli.console import progress
+
 MODEL_OUTPUTS = "model_outputs.json"
 
 
@@ -36,14 +40,13 @@ def prompt_ids(tokenizer: Any, instruction: str) -> list[int]:
 def generate_batch(model: Any, tokenizer: Any, instructions: list[str], *, max_new_tokens: int,
                    temperature: float) -> list[str]:
     """Answers to `instructions` (left-padded batch; sampling when temperature > 0, else greedy)."""
-    import torch
-
     ids = [prompt_ids(tokenizer, text) for text in instructions]
     width = max(len(x) for x in ids)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=model.device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=model.device)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
+    sampling = ({"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature > 0
+                else {"do_sample": False})
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                              pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **sampling)
@@ -55,10 +58,6 @@ def generate_outputs(model: Any, tokenizer: Any, rows: list[dict], path: Path, *
     """Answer every row of `rows` ({instruction, dataset}) not yet in `path`; returns all outputs in
     the order of `rows`. Batches are fixed slices of `rows`, each sampled under its own seed
     (``seed + batch index``), so a resumed run (same batch size) writes what an uninterrupted one would."""
-    import torch
-
-    from aot_cli.console import progress
-
     done = {r["instruction"]: r for r in read_outputs(path)}
     batches = [(i, rows[start:start + batch_size]) for i, start in enumerate(range(0, len(rows), batch_size))]
     batches = [(i, [r for r in batch if r["instruction"] not in done]) for i, batch in batches]

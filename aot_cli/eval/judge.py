@@ -26,9 +26,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
-from aot_cli.artifacts import fingerprint
+from aot_cli.artifacts.store import fingerprint
 from aot_cli.errors import UserError
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -62,7 +61,7 @@ class JudgeSettings:
         return self.base_url.rstrip("/") == OPENAI_BASE_URL
 
 
-def api_key(settings: JudgeSettings) -> Optional[str]:
+def api_key(settings: JudgeSettings) -> str | None:
     """OPENAI_API_KEY from the environment; required for OpenAI itself, optional for local servers."""
     key = os.environ.get("OPENAI_API_KEY")
     if not key and settings.is_openai:
@@ -82,7 +81,7 @@ def judge_messages(instruction: str, output: str, reference: str, label: str) ->
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def preference_from_response(response: dict, label: str) -> Optional[float]:
+def preference_from_response(response: dict, label: str) -> float | None:
     """P(model better) from the first generated token's top log-probs (or its text when the server
     gives no log-probs); None when neither label appears."""
     choice = response["choices"][0]

@@ -1,4 +1,4 @@
-"""The lm-eval suites: openllm-v1, openllm-v2 and any lm-eval task (``--tasks``, ``--include-path``).
+"""`aot eval openllm` and `aot eval tasks`: the Open LLM Leaderboard suites and any lm-eval task.
 
 All three go through one code path, ``lm_eval.simple_evaluate`` in-process with the "hf" model, so
 the offline tests on local tasks exercise exactly what the leaderboard suites run. What changes
@@ -18,7 +18,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import lm_eval
+import yaml
+from lm_eval.tasks import TaskManager
+from lm_eval.tasks._yaml_loader import load_yaml
+
+from aot_cli.artifacts.models import resolve_device
+from aot_cli.artifacts.store import atomic_dir
+from aot_cli.console import info
 from aot_cli.errors import UserError
+from aot_cli.eval import leaderboard
+from aot_cli.eval.config import OpenLLMConfig, TasksConfig
+from aot_cli.eval.report import announce, write_eval
+from aot_cli.eval.source import ModelSource, resolve_model
+from aot_cli.vocab import DTYPES
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 V1_GROUP_FILE = TASKS_DIR / "openllm_v1.yaml"
@@ -28,8 +41,6 @@ CHAT_TEMPLATE_DEFAULT = {"openllm-v1": False, "openllm-v2": True, "lm-eval": Tru
 
 def group_shots(path: Path = V1_GROUP_FILE) -> dict[str, int]:
     """{task or group name: num_fewshot} of a group YAML's members (the v1 suite's shots)."""
-    import yaml
-
     group = yaml.safe_load(path.read_text())
     return {entry.get("task") or entry["group"]: entry["num_fewshot"] for entry in group["task"]}
 
@@ -41,14 +52,8 @@ def split_task_names(values: list[str]) -> list[str]:
 
 def task_manager(include_path: Path | None) -> Any:
     """One TaskManager for the run: lm-eval's tasks + the suites shipped here + the user's directory."""
-    from lm_eval.tasks import TaskManager
-
-    from aot_cli.console import info
-
     paths = [str(TASKS_DIR)]
     if include_path is not None:
-        if not Path(include_path).is_dir():
-            raise UserError(f"--include-path {include_path}: no such directory")
         paths.append(str(include_path))
     info("indexing lm-eval tasks")
     return TaskManager(include_path=paths)
@@ -64,6 +69,44 @@ def check_task_names(names: list[str], known: list[str]) -> None:
                             "--include-path DIR (a directory of lm-eval task YAMLs)")
 
 
+def _resolve_files(value: Any, yaml_dir: Path, task: str, yaml_path: Path) -> Any:
+    """data_files (a path, a list, or a dict of them) with relative paths made absolute next to the YAML."""
+    if isinstance(value, dict):
+        return {k: _resolve_files(v, yaml_dir, task, yaml_path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_files(v, yaml_dir, task, yaml_path) for v in value]
+    path = Path(str(value)).expanduser()
+    if path.is_absolute() or "://" in str(value):
+        return value
+    beside = yaml_dir / path
+    if not beside.exists():
+        raise UserError(f"task {task} ({yaml_path}): data file {value} not found (looked for {beside}: "
+                        "data_files are relative to the task's YAML file)")
+    return str(beside.resolve())
+
+
+def local_task_specs(manager: Any, tasks: list[str], include_path: Path | None) -> list[str | dict]:
+    """The tasks to run, with each task YAML of `include_path` given as its config with its data files
+    found next to the YAML (lm-eval would look for them relative to the current directory, so a
+    local task would only work from one directory). Other names are passed through."""
+    if include_path is None:
+        return list(tasks)
+    root = Path(include_path).resolve()
+    specs: list[str | dict] = []
+    for name in tasks:
+        entry = manager.task_index.get(name)
+        yaml_path = Path(entry.yaml_path).resolve() if entry is not None and entry.yaml_path else None
+        if yaml_path is None or root not in yaml_path.parents or "task" not in (config := load_yaml(yaml_path)):
+            specs.append(name)
+            continue
+        files = (config.get("dataset_kwargs") or {}).get("data_files")
+        if files is not None:
+            config["dataset_kwargs"] = {**config["dataset_kwargs"],
+                                        "data_files": _resolve_files(files, yaml_path.parent, name, yaml_path)}
+        specs.append(config)
+    return specs
+
+
 def resolve_chat_settings(suite: str, apply_chat_template: bool | None,
                           fewshot_as_multiturn: bool | None) -> tuple[bool, bool]:
     """(apply_chat_template, fewshot_as_multiturn) after the suite's defaults; multi-turn needs the template."""
@@ -72,6 +115,28 @@ def resolve_chat_settings(suite: str, apply_chat_template: bool | None,
     if multiturn and not chat:
         raise UserError("--fewshot-as-multiturn needs the chat template (drop --no-apply-chat-template)")
     return chat, multiturn
+
+
+def run_openllm(config: OpenLLMConfig) -> dict:
+    """`aot eval openllm`: the leaderboard's fixed tasks and scores."""
+    suite = f"openllm-{config.version}"
+    return _run(config, suite, SUITE_TASKS[suite], include_path=None)
+
+
+def run_tasks(config: TasksConfig) -> dict:
+    """`aot eval tasks`: any lm-eval tasks, every metric they report."""
+    return _run(config, "lm-eval", split_task_names(config.tasks), include_path=config.include_path)
+
+
+def _run(config: Any, suite: str, tasks: list[str], include_path: Path | None) -> dict:
+    config.preflight()
+    source = resolve_model(config.model)
+    device = resolve_device(config.device)
+    with atomic_dir(config.output, overwrite=config.overwrite, inputs=config.input_paths()) as tmp:
+        scores, settings = evaluate(config, suite, tasks, include_path, source, device, tmp)
+        results = write_eval(tmp, config, suite, source, scores, settings)
+    announce(results, Path(config.output), ("lm_eval_results.json", "samples/"))
+    return results
 
 
 def _write_samples(samples: dict, out: Path) -> None:
@@ -84,30 +149,21 @@ def _write_samples(samples: dict, out: Path) -> None:
                 handle.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
 
 
-def evaluate(config: Any, suite: str, source: Any, device: str, out: Path) -> tuple[dict, dict]:
-    """Run lm-eval for `suite`; write raw results and samples into `out`; return (scores, settings)."""
-    import lm_eval
-
-    from aot_cli.eval import leaderboard
-    from aot_cli.eval.source import TORCH_DTYPES
-
-    if suite in SUITE_TASKS and config.tasks:
-        raise UserError(f"--tasks does not combine with --suite {suite} (its tasks are fixed); for other tasks "
-                        "run --suite lm-eval --tasks NAME[,NAME...] as a separate eval")
-    tasks = SUITE_TASKS.get(suite) or split_task_names(config.tasks)
-    if not tasks:
-        raise UserError("--suite lm-eval needs --tasks NAME[,NAME...] (and --include-path DIR for local tasks)")
+def evaluate(config: Any, suite: str, tasks: list[str], include_path: Path | None, source: ModelSource,
+             device: str, out: Path) -> tuple[dict, dict]:
+    """Run lm-eval on `tasks`; write raw results and samples into `out`; return (scores, settings)."""
     chat, multiturn = resolve_chat_settings(suite, config.apply_chat_template, config.fewshot_as_multiturn)
-    manager = task_manager(config.include_path)
+    manager = task_manager(include_path)
     check_task_names(tasks, manager.all_tasks)
+    specs = local_task_specs(manager, tasks, include_path)
 
     model_args = {"pretrained": source.pretrained, "tokenizer": source.tokenizer,
-                  "dtype": TORCH_DTYPES[config.dtype]}
+                  "dtype": DTYPES.get(config.dtype, "auto")}
     if source.peft:
         model_args["peft"] = source.peft
     try:
         results = lm_eval.simple_evaluate(
-            model="hf", model_args=model_args, tasks=tasks, num_fewshot=config.num_fewshot,
+            model="hf", model_args=model_args, tasks=specs, num_fewshot=config.num_fewshot,
             batch_size=config.batch_size, device=device, limit=config.limit,
             apply_chat_template=chat, fewshot_as_multiturn=multiturn, task_manager=manager,
             log_samples=True, random_seed=config.seed, numpy_random_seed=config.seed,
@@ -128,7 +184,7 @@ def evaluate(config: Any, suite: str, source: Any, device: str, out: Path) -> tu
         scores = leaderboard.task_scores(raw)
     settings = {
         "lm_eval_version": lm_eval.__version__,
-        "tasks": tasks, "include_path": str(config.include_path) if config.include_path else None,
+        "tasks": tasks, "include_path": str(include_path) if include_path else None,
         "apply_chat_template": chat, "fewshot_as_multiturn": multiturn,
         "num_fewshot": config.num_fewshot, "n_shot": results.get("n-shot", {}),
         "limit": config.limit, "batch_size": config.batch_size, "dtype": config.dtype, "device": device,

@@ -11,9 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aot_cli.artifacts import library_versions, write_manifest
+from rich.table import Table
 
-RESULTS = "results.json"
+from aot_cli.artifacts.kinds import RESULTS
+from aot_cli.artifacts.store import describe_input, library_versions, write_manifest
+from aot_cli.config import to_dict
+from aot_cli.console import info, out_console
+from aot_cli.eval.dominance_legend import COMPARISONS, METRICS_LEGEND
 
 
 def format_value(value: Any) -> str:
@@ -34,8 +38,6 @@ def score_table(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
     per comparison with its four numbers as columns, and a legend saying what each row compares."""
     if results["suite"] != "dominance":
         return ["task", "metric", "value"], [[t, m, format_value(v)] for t, m, v in score_rows(results["scores"])], []
-    from aot_cli.eval.dominance import COMPARISONS, METRICS_LEGEND
-
     what = COMPARISONS[bool(results["settings"].get("paired", True))]
     metrics = list(next(iter(results["scores"].values())))
     header = ["comparison"] + [m.replace("_", " ") for m in metrics]
@@ -63,10 +65,6 @@ def markdown(results: dict) -> str:
 
 
 def print_table(results: dict) -> None:
-    from rich.table import Table
-
-    from aot_cli.console import out_console
-
     header, rows, legend = score_table(results)
     table = Table(title=f"{results['suite']}: {results['model']}")
     for column in header:
@@ -81,11 +79,24 @@ def print_table(results: dict) -> None:
         out_console.print(f"{key}: {note}", highlight=False)
 
 
-def write_eval(out: Path, results: dict, *, config: dict, inputs: list[dict]) -> dict:
-    """Write results.json and report.md into `out`, then the manifest (last), and print the table."""
+def write_eval(out: Path, config: Any, suite: str, source: Any, scores: dict, settings: dict,
+               notes: dict | None = None) -> dict:
+    """Write results.json and report.md into `out`, then the manifest (last); returns the results.
+
+    `config` is the sub-command's config (recorded with every input it read); `source` the resolved
+    MODEL (:class:`aot_cli.eval.source.ModelSource`)."""
+    settings["model_source"] = source.describe()
+    results = results_document(suite, source.spec, scores, settings, notes)
     (out / RESULTS).write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / "report.md").write_text(markdown(results))
-    manifest = write_manifest(out, kind="eval", config=config, inputs=inputs,
-                              summary={"suite": results["suite"], "scores": results["scores"]})
+    inputs = [describe_input(p) for p in config.input_paths() if p is not None]
+    write_manifest(out, kind="eval", config=to_dict(config), inputs=inputs,
+                   summary={"suite": results["suite"], "scores": results["scores"]})
+    return results
+
+
+def announce(results: dict, out: Path, extra_files: tuple[str, ...] = ()) -> None:
+    """The scores table, then what was written and what to run next (after the output is in place)."""
     print_table(results)
-    return manifest
+    files = ", ".join((RESULTS, "report.md", *extra_files))
+    info(f"wrote {out} ({files}); compare evals with: aot compare {out} OTHER_EVAL_DIR...")

@@ -16,7 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
+
+from aot_cli.train.logprobs import build_labels
 
 
 @dataclass
@@ -38,8 +41,6 @@ class Side:
 
 
 def _lengths(dataset, column: str) -> np.ndarray:
-    import pyarrow.compute as pc
-
     return np.asarray(pc.list_value_length(dataset.with_format("arrow")[column]).to_numpy(), dtype=np.int64)
 
 
@@ -51,7 +52,8 @@ def make_sides(tokenized, *, paired: bool) -> tuple[Side, Side]:
 
     if paired:
         rows = np.arange(len(tokenized))
-        return side("chosen_input_ids", "chosen_prompt_len", rows), side("rejected_input_ids", "rejected_prompt_len", rows)
+        return (side("chosen_input_ids", "chosen_prompt_len", rows),
+                side("rejected_input_ids", "rejected_prompt_len", rows))
     labels = np.asarray(tokenized["label"], dtype=bool)
     return (side("input_ids", "prompt_len", np.flatnonzero(labels)),
             side("input_ids", "prompt_len", np.flatnonzero(~labels)))
@@ -130,7 +132,7 @@ class MicroBatch:
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
-    def to(self, device) -> "MicroBatch":
+    def to(self, device) -> MicroBatch:
         move = (lambda t: None if t is None else t.to(device))
         return MicroBatch(move(self.input_ids), move(self.attention_mask), move(self.labels), self.idx_a,
                           self.idx_b, move(self.ref_a), move(self.ref_b))
@@ -139,8 +141,6 @@ class MicroBatch:
 def collate(sequences: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask, labels)`` of ``(ids, prompt_len)`` rows, right-padded to the
     longest row; labels count completion tokens only (``build_labels``)."""
-    from aot_cli.train.logprobs import build_labels
-
     width = max(len(ids) for ids, _ in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from aot_cli.errors import UserError
 
@@ -61,8 +62,6 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(out: Path, step: int, *, model, optimizer, scheduler, state: dict, accelerator) -> Path:
     """Write ``checkpoints/step-<step>`` (main process writes the shared files, every rank its RNG)."""
-    from safetensors.torch import save_file
-
     target = checkpoint_dir(out, step)
     tmp = target.with_name(f".{target.name}.tmp")
     if accelerator.is_main_process:
@@ -103,8 +102,6 @@ def check_compatible(saved: dict, current: dict, path: Path) -> None:
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler, accelerator) -> int:
     """Restore weights, optimizer, scheduler and this rank's RNG; return the step to continue from."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     state = read_state(path)
     weights = load_file(str(path / "trainable.safetensors"))

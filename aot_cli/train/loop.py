@@ -17,13 +17,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 from rich.progress import TextColumn
 
 from aot_cli.console import info, progress
 from aot_cli.errors import UserError
+from aot_cli.losses import reward_metrics
 from aot_cli.train.batching import Side, StepSampler, make_micro_batch, split_micro_batches
 from aot_cli.train.checkpoint import latest_checkpoint, save_checkpoint
 from aot_cli.train.metrics import MetricsLog
@@ -96,8 +98,6 @@ def micro_batches(state: LoopState, k: int) -> list:
 
 
 def _record(state: LoopState, k: int, out, grad_norm: float, lr: float, seconds: float, started: float) -> dict:
-    from aot_cli.losses import reward_metrics
-
     acc, cfg = state.accelerator, state.config
     tokens = out.n_tokens
     if acc.num_processes > 1:

@@ -3,24 +3,13 @@ extras), and ``training_curves.png`` at the end. Only the main process writes.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-from aot_cli.errors import UserError
+from matplotlib.figure import Figure
 
 METRICS = "metrics.jsonl"
 CURVES = "training_curves.png"
-_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}
-
-
-def check_tracker(name: str) -> None:
-    """Fail before any work when the chosen tracker's package is not installed."""
-    if name == "none":
-        return
-    module, extra = _TRACKER_PACKAGES[name]
-    if importlib.util.find_spec(module) is None:
-        raise UserError(f"--report-to {name} needs the {module} package: pip install 'aot-cli[{extra}]'")
 
 
 class MetricsLog:
@@ -50,7 +39,7 @@ class MetricsLog:
 
 class _TensorBoard:
     def __init__(self, out: Path):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # needs the optional `tensorboard` extra
 
         self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
 
@@ -65,7 +54,7 @@ class _TensorBoard:
 
 class _Wandb:
     def __init__(self, out: Path, config: dict):
-        import wandb
+        import wandb  # the optional `wandb` extra, checked by Config.preflight
 
         self.run = wandb.init(project="aot", name=out.name, dir=str(out), config=config)
 
@@ -91,13 +80,9 @@ def read_metrics(out: Path) -> list[dict]:
 
 def plot_curves(records: list[dict], path: Path) -> None:
     """Loss, implicit rewards and accuracy / violation fraction against the step, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [r["step"] for r in records]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     axes[0].plot(steps, [r["loss"] for r in records])
     axes[0].set_title("loss (global batch)")
     for key, label in (("rewards/chosen", "chosen / positive"), ("rewards/rejected", "rejected / negative"),
@@ -115,4 +100,3 @@ def plot_curves(records: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -12,18 +12,24 @@ tokenization settings, dtype and loading options): changing any of them recomput
 
 from __future__ import annotations
 
-import os
-import uuid
+import pickle
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from aot_cli.artifacts import describe_input, directory_fingerprint, fingerprint
+from accelerate.utils import gather_object
+from huggingface_hub import snapshot_download
+
+from aot_cli.artifacts.models import load_reference, reference_of
+from aot_cli.artifacts.store import atomic_file, describe_input, directory_fingerprint, fingerprint
 from aot_cli.cache import cache_dir
+from aot_cli.console import warn
 from aot_cli.train.batching import Side, collate
+from aot_cli.train.logprobs import model_sequence_logps
+from aot_cli.train.model import master_weights_in_fp32, reference_recipe
 
 
 def model_fingerprint(model: str) -> str:
@@ -33,8 +39,6 @@ def model_fingerprint(model: str) -> str:
     path = Path(model)
     if not path.is_dir():
         try:
-            from huggingface_hub import snapshot_download
-
             path = Path(snapshot_download(model, local_files_only=True))
         except (OSError, ValueError):  # not cached, or not a repo id: loading the model will say so
             return fingerprint({"hub_id": model})
@@ -42,9 +46,7 @@ def model_fingerprint(model: str) -> str:
 
 
 def cache_key(config, *, data_fingerprint: str, tokenizer_fingerprint: str, settings: dict) -> str:
-    """The reference cache key of a TrainConfig's starting point on its tokenized training data."""
-    from aot_cli.train.model import master_weights_in_fp32
-
+    """The reference cache key of a train Config's starting point on its tokenized training data."""
     return fingerprint({
         "model": model_fingerprint(config.model),
         "init_adapter": describe_input(config.init_adapter) if config.init_adapter else None,
@@ -59,19 +61,24 @@ def cache_path(key: str) -> Path:
 
 
 def load_cached(key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached reference log-probs of `key`, or None when absent or damaged (then recomputed)."""
     path = cache_path(key)
     if not path.is_file():
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    return saved["a"], saved["b"]
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved["a"], saved["b"]
+    except (RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as exc:
+        warn(f"reference cache entry {path} is damaged ({type(exc).__name__}); computing it again")
+        path.unlink(missing_ok=True)
+        return None
 
 
 def save_cached(key: str, ref_a: torch.Tensor, ref_b: torch.Tensor) -> Path:
     """Write through a temporary file and rename, so a reader (or a killed run) never sees half an entry."""
     path = cache_path(key)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    torch.save({"a": ref_a, "b": ref_b}, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save({"a": ref_a, "b": ref_b}, tmp)
     return path
 
 
@@ -80,23 +87,18 @@ def reference_model(policy, config, *, at_start: bool) -> Iterator[torch.nn.Modu
     """The model that gives reference log-probs, in eval mode, restored to train mode afterwards.
 
     LoRA without an init adapter: the policy with adapters disabled. Otherwise, at the start of a
-    run: the policy itself (nothing has changed it yet). Otherwise: a frozen copy loaded from disk.
+    run: the policy itself (nothing has changed it yet). Otherwise: a frozen copy loaded from disk
+    (:func:`aot_cli.artifacts.models.reference_of`).
     """
-    from aot_cli.train.model import build_reference
-
-    adapters_off = config.lora and config.init_adapter is None
-    if not (adapters_off or at_start):
-        frozen = build_reference(config).to(next(policy.parameters()).device)
-        try:
-            yield frozen
-        finally:
-            del frozen
-        return
+    recipe = reference_recipe(config)
     was_training = policy.training
     policy.eval()
     try:
-        with policy.disable_adapter() if adapters_off else nullcontext():
+        if at_start and not recipe.reference_is_policy_without_adapter:
             yield policy
+        else:
+            with reference_of(policy, recipe) as model:
+                yield model
     finally:
         policy.train(was_training)
 
@@ -106,8 +108,6 @@ def side_logps(model, side: Side, *, pad_id: int, batch_rows: int, chunk_size: i
                device, rank: int = 0, world_size: int = 1, on_batch=None) -> dict[int, float]:
     """``{side index: summed completion log-prob}`` for this rank's share of one side, in batches of
     similar length (rank r takes batches r, r + world_size, ...)."""
-    from aot_cli.train.logprobs import model_sequence_logps
-
     order = np.argsort(side.lengths, kind="stable")
     batches = [order[i:i + batch_rows] for i in range(0, len(order), batch_rows)]
     out: dict[int, float] = {}
@@ -132,8 +132,6 @@ def precompute(model, sides: tuple[Side, Side], *, pad_id: int, batch_rows: int,
         local = side_logps(model, side, pad_id=pad_id, batch_rows=batch_rows, chunk_size=chunk_size,
                            device=device, rank=rank, world_size=world, on_batch=on_batch)
         if world > 1:
-            from accelerate.utils import gather_object
-
             merged: dict[int, float] = {}
             for part in gather_object([local]):
                 merged.update(part)
@@ -152,17 +150,14 @@ class OnlineReference:
     """
 
     def __init__(self, policy, config, chunk_size: int | None):
-        from aot_cli.train.model import build_reference
-
         self.policy, self.config, self.chunk_size = policy, config, chunk_size
+        recipe = reference_recipe(config)
         self.frozen = None
-        if not (config.lora and config.init_adapter is None):
-            self.frozen = build_reference(config).to(next(policy.parameters()).device)
+        if not recipe.reference_is_policy_without_adapter:
+            self.frozen = load_reference(recipe).to(next(policy.parameters()).device)
 
     @torch.no_grad()
     def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        from aot_cli.train.logprobs import model_sequence_logps
-
         with (nullcontext(self.frozen) if self.frozen is not None
               else reference_model(self.policy, self.config, at_start=False)) as model:
             logps = model_sequence_logps(model, batch.input_ids, batch.attention_mask, batch.labels,

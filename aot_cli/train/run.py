@@ -1,62 +1,66 @@
-"""`aot train`: validate everything, then build the run and train (callable without the CLI:
-``aot_cli.train.run.train(TrainConfig(...))``).
+"""`aot train`: check everything, then build the run and train (callable without the CLI:
+``aot_cli.train.run.run(Config(...))``).
 
 Order matters for the "nothing half-written" promise: every check that can fail on user input
 (output directory, dataset kind vs loss, loss settings, model path, 4-bit, tracker package, chat
-template, lengths, batch size vs data) runs before the output directory is created. From then on
-the run directory holds checkpoints and ``metrics.jsonl`` (no manifest: incomplete, so
-``--resume auto`` continues it); the adapter or model, the curves and ``manifest.json`` (last)
-are written when training ends.
+template, lengths, batch size vs data) runs before the output directory is created: the cheap ones
+in :meth:`Config.preflight`, the ones that need the data or the model here. From then on the run
+directory holds checkpoints and ``metrics.jsonl`` (no manifest: incomplete, so ``--resume auto``
+continues it), under an exclusive lock; the adapter or model, the curves and ``manifest.json``
+(last) are written when training ends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import resource
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_scheduler
 
-from aot_cli.artifacts import MANIFEST, describe_input, write_manifest
+from aot_cli.artifacts.models import check_4bit
+from aot_cli.artifacts.store import describe_input, output_lock, write_manifest
 from aot_cli.config import to_dict
 from aot_cli.console import info, progress, quiet_libraries, warn
+from aot_cli.data.dataset import load_prepared
+from aot_cli.data.tokenize import (TokenizeSettings, load_tokenizer, tokenize_split, tokenizer_fingerprint,
+                                   truncation_counts)
 from aot_cli.errors import UserError
-from aot_cli.train.config import TrainConfig
+from aot_cli.losses import preference_loss
+from aot_cli.train import reference
+from aot_cli.train.batching import StepSampler, make_sides
+from aot_cli.train.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, read_state
+from aot_cli.train.config import Config
+from aot_cli.train.loop import LoopState, train_loop
+from aot_cli.train.metrics import CURVES, MetricsLog, plot_curves, read_metrics
+from aot_cli.train.model import build_policy, save_trained
 
-PAIRED_ONLY = ("aot", "dpo", "ipo")
 
-
-def resolve_resume(config: TrainConfig) -> Path | None:
-    """The checkpoint to continue from, or None for a fresh run; checks the output directory."""
-    from aot_cli.train.checkpoint import latest_checkpoint, read_state
-
-    out = Path(config.output)
+def resume_point(config: Config) -> Path | None:
+    """The checkpoint to continue from, or None for a fresh run (the output was checked in preflight)."""
     if config.resume is None:
-        if out.exists() and not config.overwrite:
-            raise UserError(f"{out} already exists (pass --overwrite to replace it, or --resume auto to continue it)")
         return None
-    if config.overwrite:
-        raise UserError("--resume and --overwrite contradict each other: choose one")
-    if (out / MANIFEST).is_file():
-        raise UserError(f"{out} is a finished run (it has {MANIFEST}); nothing to resume "
-                        "(use another -o, or --overwrite to train again)")
     if config.resume == "auto":
-        return latest_checkpoint(out)
+        return latest_checkpoint(Path(config.output))
     path = Path(config.resume)
     read_state(path)
     return path
 
 
-def make_loss_fn(config: TrainConfig):
+def make_loss_fn(config: Config):
     """The preference loss on (policy A, policy B, reference A, reference B) log-prob vectors,
     checked once on dummy values so bad settings fail before any work."""
-    from aot_cli.losses import preference_loss
-
     def loss_fn(pa, pb, ra, rb):
         return preference_loss(config.loss, pa, pb, ra, rb, beta=config.beta, surrogate=config.surrogate,
                                label_smoothing=config.label_smoothing, sort=config.sort,
@@ -69,28 +73,11 @@ def make_loss_fn(config: TrainConfig):
     return loss_fn
 
 
-def check_settings(config: TrainConfig, *, main: bool = True) -> None:
-    """Flag combinations that are wrong whatever the data (every rank checks; only `main` warns)."""
-    for name in ("batch_size", "grad_accum", "lora_r"):
-        if getattr(config, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
-    if config.logps_chunk_size < 0:
-        raise UserError(f"--logps-chunk-size must be >= 0 (0 = full logits), got {config.logps_chunk_size}")
-    if config.max_steps is not None and config.max_steps < 1:
-        raise UserError(f"--max-steps must be at least 1, got {config.max_steps}")
-    if config.max_steps is None and config.epochs <= 0:
-        raise UserError(f"--epochs must be positive, got {config.epochs}")
-    if not 0 <= config.warmup_ratio < 1:
-        raise UserError(f"--warmup-ratio must be in [0, 1), got {config.warmup_ratio}")
-    if config.load_in_4bit and not config.lora:
-        raise UserError("--load-in-4bit trains LoRA adapters on a frozen 4-bit base; it cannot be combined with --full")
-    if not config.lora and config.dtype == "fp16":
-        # No fp32 master weights or loss scaling: AdamW's eps is 0 in fp16 and the first update writes -inf.
-        raise UserError("--full with --dtype fp16 would train fp16 weights without loss scaling and break at the "
-                        "first update; use --dtype bf16 or fp32 (or LoRA, whose adapters stay fp32)")
+def check_machine(config: Config, *, main: bool = True) -> None:
+    """Settings that depend on what is installed here (every rank checks; only `main` warns)."""
+    if config.load_in_4bit:
+        check_4bit()
     if config.optim == "paged_adamw_8bit":
-        from aot_cli.train.model import check_4bit
-
         try:
             check_4bit()
         except UserError as exc:
@@ -100,22 +87,9 @@ def check_settings(config: TrainConfig, *, main: bool = True) -> None:
              "dropout noise (the gradient stays exact: both passes replay the same dropout masks)")
 
 
-def check_data(config: TrainConfig, manifest: dict) -> bool:
-    """Whether the dataset is paired; an unpaired one with a paired loss is a UserError."""
-    paired = bool(manifest.get("summary", {}).get("paired", True))
-    if not paired and config.loss in PAIRED_ONLY:
-        raise UserError(f"{config.data}: unpaired data (prompt, completion, label) with --loss {config.loss}: "
-                        "use --loss aot_unpaired (or prepare paired data)")
-    return paired
-
-
-def check_lengths(tokenized, config: TrainConfig, paired: bool, *, main: bool = True) -> None:
+def check_lengths(tokenized, config: Config, paired: bool, *, main: bool = True) -> None:
     """Error when --max-length leaves no room after any prompt; report truncated rows (only `main`
     reports, so several processes print it once)."""
-    import numpy as np
-
-    from aot_cli.data.tokenize import truncation_counts
-
     counts = truncation_counts(tokenized)
     if config.max_length is not None:
         prompt_lens = np.asarray(tokenized["chosen_prompt_len" if paired else "prompt_len"])
@@ -132,27 +106,25 @@ def check_lengths(tokenized, config: TrainConfig, paired: bool, *, main: bool = 
              f"completion: {counts['completion']}); see `aot inspect` for lengths")
 
 
-def make_optimizer(config: TrainConfig, params: list):
+def make_optimizer(config: Config, params: list):
     if config.optim == "sgd":
         return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optim == "paged_adamw_8bit":
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # the optional `qlora` extra, checked by check_machine
 
         return bnb.optim.PagedAdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def make_scheduler(config: TrainConfig, optimizer, total_steps: int):
+def make_scheduler(config: Config, optimizer, total_steps: int):
     """transformers' schedule with ``floor(warmup_ratio * steps)`` warmup steps from 0; our ``constant``
     keeps the warmup (transformers' ``constant_with_warmup``)."""
-    from transformers import get_scheduler
-
     name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
     return get_scheduler(name, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
                          num_training_steps=total_steps)
 
 
-def prepare_output(config: TrainConfig, accelerator) -> Path:
+def prepare_output(config: Config, accelerator) -> Path:
     """Create (or clear) the run directory; everything above must already have been checked."""
     out = Path(config.output)
     if accelerator.is_main_process:
@@ -165,8 +137,6 @@ def prepare_output(config: TrainConfig, accelerator) -> Path:
 
 def reference_logps(config, policy, sides, *, key: str, pad_id: int, at_start: bool, accelerator):
     """Precomputed reference log-probs of both sides, from the cache when the key matches."""
-    from aot_cli.train import reference
-
     cached = reference.load_cached(key)
     if cached is not None:
         if accelerator.is_main_process:
@@ -195,7 +165,7 @@ def peak_memory_bytes() -> int:
 class Setup:
     """Everything checked and loaded before the run directory is created."""
 
-    config: TrainConfig
+    config: Config
     accelerator: Any
     started: float
     resume_from: Path | None
@@ -223,22 +193,23 @@ class Setup:
                 "chat_template": str(c.chat_template) if c.chat_template else None}
 
 
-def train(config: TrainConfig) -> dict:
+def run(config: Config) -> dict:
     """Train per `config`; returns the run manifest's summary."""
+    config.preflight()
     setup = validate_and_load(with_absolute_paths(config))
-    out = prepare_output(config, setup.accelerator)
-    try:
-        return run_training(setup, out)
-    except KeyboardInterrupt:
-        setup.say(f"interrupted; {out} keeps the checkpoints written so far (continue with --resume auto)")
-        raise SystemExit(130) from None
+    lock = output_lock(Path(config.output)) if setup.accelerator.is_main_process else nullcontext()
+    with lock:
+        out = prepare_output(config, setup.accelerator)
+        try:
+            return run_training(setup, out)
+        except KeyboardInterrupt:
+            setup.say(f"interrupted; {out} keeps the checkpoints written so far (continue with --resume auto)")
+            raise SystemExit(130) from None
 
 
-def with_absolute_paths(config: TrainConfig) -> TrainConfig:
+def with_absolute_paths(config: Config) -> Config:
     """Local inputs as absolute paths, so the run manifest still points at the base model (and data,
     adapter, template) when `aot merge` / `aot eval` run from another directory. Hub ids stay as given."""
-    import dataclasses
-
     def absolute(value):
         return type(value)(Path(value).resolve()) if value is not None and Path(value).exists() else value
 
@@ -247,34 +218,20 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
                                chat_template=absolute(config.chat_template))
 
 
-def validate_and_load(config: TrainConfig) -> Setup:
+def validate_and_load(config: Config) -> Setup:
     """Every check that can fail on user input, and the loading it needs; writes nothing but caches."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from aot_cli.data.dataset import load_prepared
-    from aot_cli.data.tokenize import TokenizeSettings, load_tokenizer, tokenize_split
-    from aot_cli.train.batching import StepSampler, make_sides
-    from aot_cli.train.checkpoint import check_compatible, read_state
-    from aot_cli.train.metrics import check_tracker
-    from aot_cli.train.model import build_policy, check_model_inputs
-
     started = time.time()
     quiet_libraries()
     # Several processes without CUDA (torchrun / accelerate launch on CPU): gloo, via accelerate's cpu mode.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(cpu=multi_cpu)
-    resume_from = resolve_resume(config)
-    check_settings(config, main=accelerator.is_main_process)
+    resume_from = resume_point(config)
+    check_machine(config, main=accelerator.is_main_process)
     loss_fn = make_loss_fn(config)
-    check_tracker(config.report_to)
-    data, data_manifest = load_prepared(config.data)
-    paired = check_data(config, data_manifest)
-    check_model_inputs(config.model, load_in_4bit=config.load_in_4bit, init_adapter=config.init_adapter,
-                       lora=config.lora)
+    dataset, data = load_prepared(config.data)
+    paired, data_fp = dataset.paired, dataset.fingerprint
     tokenizer = load_tokenizer(config.model, config.chat_template)
     settings = TokenizeSettings(config.max_length, config.max_prompt_length)
-    data_fp = data_manifest.get("summary", {}).get("fingerprint") or describe_input(config.data)["fingerprint"]
     with accelerator.main_process_first():
         tokenized = tokenize_split(data["train"], tokenizer, settings, paired=paired, fingerprint=f"{data_fp}:train")
     check_lengths(tokenized, config, paired, main=accelerator.is_main_process)
@@ -298,12 +255,6 @@ def validate_and_load(config: TrainConfig) -> Setup:
 
 def run_training(setup: Setup, out: Path) -> dict:
     """Reference log-probs, optimizer, optional resume, the loop, then the final artifact."""
-    from aot_cli.data.tokenize import tokenizer_fingerprint
-    from aot_cli.train import reference
-    from aot_cli.train.checkpoint import load_checkpoint
-    from aot_cli.train.loop import LoopState, train_loop
-    from aot_cli.train.metrics import MetricsLog
-
     config, accelerator = setup.config, setup.accelerator
     policy = accelerator.prepare(setup.policy)
     unwrapped = accelerator.unwrap_model(policy)
@@ -352,10 +303,6 @@ def run_training(setup: Setup, out: Path) -> dict:
 
 def finish(setup: Setup, out: Path, model, *, n_trainable: int, reference_key: str | None) -> dict:
     """The final artifact: weights + tokenizer, curves, then the manifest (last)."""
-    from aot_cli.train.metrics import CURVES, plot_curves, read_metrics
-    from aot_cli.train.model import save_trained
-    from aot_cli.train.reference import model_fingerprint
-
     config = setup.config
     save_trained(model, setup.tokenizer, out / ("adapter" if config.lora else "model"))
     records = read_metrics(out)
@@ -372,7 +319,8 @@ def finish(setup: Setup, out: Path, model, *, n_trainable: int, reference_key: s
         "final": {k: v for k, v in final.items() if k not in ("step", "elapsed_s")},
         "wall_time_s": round(time.time() - setup.started, 2), "peak_memory_bytes": peak_memory_bytes(),
     }
-    inputs = [describe_input(config.data), {"path": config.model, "fingerprint": model_fingerprint(config.model)}]
+    inputs = [describe_input(config.data),
+              {"path": config.model, "fingerprint": reference.model_fingerprint(config.model)}]
     if config.init_adapter:
         inputs.append(describe_input(config.init_adapter))
     write_manifest(out, kind="run", config=to_dict(config), inputs=inputs, summary=summary)

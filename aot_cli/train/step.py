@@ -24,11 +24,12 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from aot_cli.train.batching import MicroBatch
+from aot_cli.train.logprobs import model_sequence_logps
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -54,8 +55,6 @@ def policy_logps(model, batch: MicroBatch, chunk_size: int | None) -> tuple[torc
     attention), so the values are the same; compute and activations follow the positions (on the
     benchmark's data, 15% less CPU time per step: docs/performance.md).
     """
-    from aot_cli.train.logprobs import model_sequence_logps
-
     lengths = batch.attention_mask.sum(-1)
     halves = torch.tensor_split(torch.argsort(lengths), 2)
     split = sum(len(h) * int(lengths[h].max()) for h in halves if len(h))

@@ -77,18 +77,19 @@ def test_save_to_disk_directory_is_read_as_a_dataset(tmp_path):
 
 
 def test_hub_source_picks_train_and_its_test_split(monkeypatch):
-    import datasets
     import huggingface_hub
 
+    from aot_cli.data import sources
+
     calls = []
-    monkeypatch.setattr(datasets, "get_dataset_split_names",
+    monkeypatch.setattr(sources, "get_dataset_split_names",
                         lambda name, subset, revision=None: ["train_prefs", "test_prefs", "train_sft"])
 
     def fake_load(name, subset, split, revision):
         calls.append((name, subset, split, revision))
         return Dataset.from_list([ROW] * (3 if split.startswith("train") else 1))
 
-    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr(sources, "load_dataset", fake_load)
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info",
                         lambda self, name, revision=None: SimpleNamespace(sha=f"sha-of-{revision}"))
     source = load_source("org/uf", subset="default", split="train_prefs", revision="abc", limit=2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from aot_cli.eval.judge import model_label, preference_from_response
 
 from judge_server import JudgeServer
 
-DATA = "tests/data/alpaca_tiny.json"
+DATA = str(Path(__file__).parents[1] / "fixtures" / "alpaca_tiny.json")
 GEN = ("--max-new-tokens", 8, "--batch-size", 2, "--seed", 1)
 
 
@@ -67,14 +68,14 @@ def _closed_port() -> int:
 
 
 @pytest.mark.slow
-def test_alpacaeval_end_to_end(aot, tiny_model_dir, in_repo, tmp_path, monkeypatch):
+def test_alpacaeval_end_to_end(aot, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(judge, "BACKOFF_S", 0.01)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
     out = tmp_path / "ae"
 
     # 1. judge unreachable: clear error after the retries, generated outputs kept, no manifest
     dead = f"http://127.0.0.1:{_closed_port()}/v1"
-    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", out,
+    result = aot("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", out,
                  "--judge-base-url", dead, "--judge-model", "judge-x", *GEN)
     assert result.exit_code == 2, result
     assert f"unreachable after {judge.RETRIES} tries" in result.stderr and "outputs are kept" in result.stderr
@@ -88,9 +89,9 @@ def test_alpacaeval_end_to_end(aot, tiny_model_dir, in_repo, tmp_path, monkeypat
     def no_model(*a, **k):
         raise AssertionError("generation should have been skipped")
 
-    monkeypatch.setattr("aot_cli.eval.source.load_model", no_model)
+    monkeypatch.setattr("aot_cli.eval.alpaca.load_for_generation", no_model)
     with JudgeServer(fail_first=2, require_key="sk-test-secret") as server:
-        result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", out,
+        result = aot("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", out,
                      "--judge-base-url", server.url, "--judge-model", "judge-x", *GEN)
     assert result.exit_code == 0, result
     assert "resuming: 4 of 4" in result.stderr
@@ -117,37 +118,37 @@ def test_alpacaeval_end_to_end(aot, tiny_model_dir, in_repo, tmp_path, monkeypat
         assert not f.is_file() or "sk-test-secret" not in f.read_text(errors="ignore"), f
 
     # 3. a complete eval dir is not resumed: --overwrite is needed
-    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", out,
+    result = aot("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", out,
                  "--judge-base-url", server.url)
     assert result.exit_code == 2 and "--overwrite" in result.stderr
 
 
-def test_alpacaeval_bad_inputs(aot, tiny_model_dir, in_repo, tmp_path, monkeypatch):
+def test_alpacaeval_bad_inputs(aot, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setattr("aot_cli.eval.alpaca._alpaca_eval_installed", lambda: False)
-    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", tmp_path / "a")
+    result = aot("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", tmp_path / "a")
     assert result.exit_code == 2 and "OPENAI_API_KEY" in result.stderr
     assert not (tmp_path / "a" / "model_outputs.json").exists()
-    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "-o", tmp_path / "b",
+    result = aot("eval", "alpaca", tiny_model_dir, "-o", tmp_path / "b",
                  "--judge-base-url", "http://127.0.0.1:9/v1")
     assert result.exit_code == 2 and "cannot get the AlpacaEval set" in result.stderr and "--instructions" in result.stderr
-    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", tmp_path / "c",
+    result = aot("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", tmp_path / "c",
                  "--judge", "alpaca_eval_gpt4", "--judge-base-url", "http://127.0.0.1:9/v1")
     assert result.exit_code == 2 and "only weighted_alpaca_eval_gpt4_turbo is built in" in result.stderr
     other = tmp_path / "other"
     other.mkdir()
     (other / "model_outputs.json").write_text('[{"instruction": "x", "output": "y", "generator": "someone-else"}]')
-    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", other,
+    result = aot("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", other,
                  "--judge-base-url", "http://127.0.0.1:9/v1")
     assert result.exit_code == 2 and "answers of another model (someone-else)" in result.stderr
     bad = tmp_path / "bad.json"
     bad.write_text('[{"instruction": "a", "output": "b"}, {"prompt": "x"}]')
-    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", bad, "-o", tmp_path / "d",
+    result = aot("eval", "alpaca", tiny_model_dir, "--instructions", bad, "-o", tmp_path / "d",
                  "--judge-base-url", "http://127.0.0.1:9/v1")
     assert result.exit_code == 2 and "row 2" in result.stderr
 
 
-def test_judge_choice_and_key_with_the_alpaca_extra(aot, tiny_model_dir, in_repo, tmp_path, monkeypatch):
+def test_judge_choice_and_key_with_the_alpaca_extra(aot, tiny_model_dir, tmp_path, monkeypatch):
     """With alpaca-eval installed: --judge-model (like --judge-base-url) selects the built-in judge,
     which alpaca-eval's annotators cannot be pointed at; an OpenAI annotator without a key fails
     before any generation."""
@@ -162,12 +163,12 @@ def test_judge_choice_and_key_with_the_alpaca_extra(aot, tiny_model_dir, in_repo
     assert alpaca.use_builtin_judge(SimpleNamespace(**{**options, "judge_base_url": "http://127.0.0.1:9/v1"}))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_CLIENT_CONFIG_PATH", raising=False)
-    result = aot("eval", tiny_model_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", tmp_path / "a")
+    result = aot("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", tmp_path / "a")
     assert result.exit_code == 2 and "OPENAI_API_KEY" in result.stderr
     assert not (tmp_path / "a" / "model_outputs.json").exists()
 
 
-def test_alpaca_eval_annotators_when_installed(aot, lora_run_dir, in_repo, tmp_path, monkeypatch):
+def test_alpaca_eval_annotators_when_installed(aot, lora_run_dir, tmp_path, monkeypatch):
     """With the alpaca extra (faked here: it is not installed in CI) and no --judge-base-url, judging
     goes through alpaca_eval.evaluate with our outputs and references, caching in OUT. The model is a
     LoRA run: generation runs base + adapter."""
@@ -199,7 +200,7 @@ def test_alpaca_eval_annotators_when_installed(aot, lora_run_dir, in_repo, tmp_p
     monkeypatch.setitem(sys.modules, "openai", types.SimpleNamespace(OpenAIError=OpenAIError))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     out = tmp_path / "ae"
-    args = ("eval", lora_run_dir, "--suite", "alpacaeval", "--instructions", DATA, "-o", out,
+    args = ("eval", "alpaca", lora_run_dir, "--instructions", DATA, "-o", out,
             "--judge", "alpaca_eval_gpt4", *GEN)
     result = aot(*args)   # the judge fails (alpaca-eval gave up): one line, the answers are kept
     assert result.exit_code == 2 and "alpaca-eval's judge alpaca_eval_gpt4 failed: OpenAIError" in result.stderr

@@ -50,7 +50,7 @@ def _rows(path):
 def test_dominance_paired(aot, trained, tmp_path):
     run, data, _ = trained
     out = tmp_path / "dom"
-    result = aot("eval", run, "--suite", "dominance", "--data", data, "-o", out, "--batch-size", 8)
+    result = aot("eval", "dominance", run, "--data", data, "-o", out, "--batch-size", 8)
     assert result.exit_code == 0, result
     res = json.loads((out / "results.json").read_text())
     assert res["settings"]["paired"] is True and res["settings"]["n_test"] == 16 and res["settings"]["beta"] == 0.1
@@ -82,7 +82,7 @@ def test_dominance_reference_is_the_base_model(aot, trained, tiny_model_dir, tmp
 
     run, _, udata = trained
     out = tmp_path / "udom"
-    result = aot("eval", run, "--suite", "dominance", "--data", udata, "-o", out, "--limit", 6)
+    result = aot("eval", "dominance", run, "--data", udata, "-o", out, "--limit", 6)
     assert result.exit_code == 0, result
     res = json.loads((out / "results.json").read_text())
     assert res["settings"]["paired"] is False and res["settings"]["n_test"] == 6
@@ -116,21 +116,21 @@ def test_report_table_one_row_per_comparison():
 def test_dominance_bad_inputs(aot, lora_run_dir, tiny_model_dir, tmp_path):
     from datasets import Dataset, DatasetDict
 
-    from aot_cli.artifacts import write_manifest
+    from aot_cli.artifacts.store import write_manifest
 
-    result = aot("eval", lora_run_dir, "--suite", "dominance", "-o", tmp_path / "a")
-    assert result.exit_code == 2 and "needs --data" in result.stderr
-    result = aot("eval", tiny_model_dir, "--suite", "dominance", "--data", tmp_path, "-o", tmp_path / "b")
+    result = aot("eval", "dominance", lora_run_dir, "-o", tmp_path / "a")
+    assert result.exit_code == 2 and "the run's dataset unused is gone; pass --data DATASET" in result.stderr
+    result = aot("eval", "dominance", tiny_model_dir, "--data", lora_run_dir, "-o", tmp_path / "b")
     assert result.exit_code == 2 and "needs a run directory" in result.stderr
     no_test = tmp_path / "no-test"
     DatasetDict({"train": Dataset.from_dict({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]})}).save_to_disk(no_test)
     write_manifest(no_test, kind="dataset", config={}, summary={"paired": True})
-    result = aot("eval", lora_run_dir, "--suite", "dominance", "--data", no_test, "-o", tmp_path / "c")
-    assert result.exit_code == 2 and "'test'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = aot("eval", "dominance", lora_run_dir, "--data", no_test, "-o", tmp_path / "c")
+    assert result.exit_code == 2 and "test is missing" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     empty_test = tmp_path / "empty-test"       # `aot prepare --test-size 0` makes such a dataset
     pairs = Dataset.from_dict({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]})
     DatasetDict({"train": pairs, "test": pairs.select([])}).save_to_disk(empty_test)
     write_manifest(empty_test, kind="dataset", config={}, summary={"paired": True})
-    result = aot("eval", lora_run_dir, "--suite", "dominance", "--data", empty_test, "-o", tmp_path / "d")
+    result = aot("eval", "dominance", lora_run_dir, "--data", empty_test, "-o", tmp_path / "d")
     assert result.exit_code == 2 and "test split is empty" in result.stderr and "--test-size" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "d").exists()

@@ -1,23 +1,24 @@
-"""`aot eval --tasks`: lm-eval in-process on local task YAMLs (one multiple-choice, one
+"""`aot eval tasks`: lm-eval in-process on local task YAMLs (one multiple-choice, one
 generate_until), through the same code path as the leaderboard suites. One lm-eval run in total:
 lm-eval's task index costs ~15 s to build."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from aot_cli.eval.lm_eval_suites import check_task_names, resolve_chat_settings, split_task_names
 from aot_cli.errors import UserError
 
-TASK_DIR = "tests/data/lm_eval_tasks"
+TASK_DIR = Path(__file__).parents[1] / "fixtures" / "lm_eval_tasks"
 
 
 @pytest.mark.slow
-def test_lm_eval_on_a_lora_run(aot, lora_run_dir, in_repo, tmp_path):
+def test_lm_eval_on_a_lora_run(aot, lora_run_dir, tmp_path):
     out = tmp_path / "ev"
-    result = aot("eval", lora_run_dir, "-o", out, "--tasks", "aot_tiny_mc,aot_tiny_gen",
+    result = aot("eval", "tasks", lora_run_dir, "-o", out, "--tasks", "aot_tiny_mc,aot_tiny_gen",
                  "--include-path", TASK_DIR, "--limit", 3, "--batch-size", 4, "--num-fewshot", 1)
     assert result.exit_code == 0, result
     res = json.loads((out / "results.json").read_text())
@@ -65,22 +66,43 @@ def test_chat_settings_defaults_per_suite():
 
 
 def test_eval_bad_inputs(aot, tmp_path, tiny_model_dir):
-    result = aot("eval", tiny_model_dir, "-o", tmp_path / "o", "--suite", "openllm-v3")
-    assert result.exit_code == 2 and "(did you mean 'openllm-v" in result.stderr
+    result = aot("eval", "openllm", tiny_model_dir, "-o", tmp_path / "o", "--version", "v3")
+    assert result.exit_code == 2 and "'v3' is not one of v1, v2" in result.stderr
     empty = tmp_path / "empty-model"
     empty.mkdir()
     (empty / "config.json").write_text("{}")
-    result = aot("eval", empty, "-o", tmp_path / "o", "--tasks", "x")
+    result = aot("eval", "tasks", empty, "-o", tmp_path / "o", "--tasks", "x")
     assert result.exit_code == 2 and "model directory without weights" in result.stderr
-    result = aot("eval", "./no/such/dir", "-o", tmp_path / "o", "--tasks", "x")
+    result = aot("eval", "tasks", "./no/such/dir", "-o", tmp_path / "o", "--tasks", "x")
     assert result.exit_code == 2 and "no such directory" in result.stderr
-    result = aot("eval", tiny_model_dir, "-o", tmp_path / "o")
-    assert result.exit_code == 2 and "missing --suite" in result.stderr
-    result = aot("eval", tiny_model_dir, "-o", tmp_path / "o", "--suite", "openllm-v1", "--tasks", "arc_easy")
-    assert result.exit_code == 2 and "--tasks does not combine with --suite openllm-v1" in result.stderr
-    result = aot("eval", tiny_model_dir, "-o", tmp_path / "o", "--tasks", "x", "--include-path", tmp_path / "nope")
+    result = aot("eval", "tasks", tiny_model_dir, "-o", tmp_path / "o")
+    assert result.exit_code == 2 and "missing --tasks" in result.stderr
+    result = aot("eval", "openllm", tiny_model_dir, "-o", tmp_path / "o", "--tasks", "arc_easy")
+    assert result.exit_code == 2 and "No such option: --tasks" in result.stderr   # the suite's tasks are fixed
+    result = aot("eval", "tasks", tiny_model_dir, "-o", tmp_path / "o", "--tasks", "x", "--include-path",
+                 tmp_path / "nope")
     assert result.exit_code == 2 and "--include-path" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_local_task_data_files_are_found_next_to_the_yaml_from_any_directory(aot, tmp_path, tiny_model_dir,
+                                                                           monkeypatch):
+    tasks = TASK_DIR
+    monkeypatch.chdir(tmp_path)   # not the repository root: the YAML's relative data_files still resolve
+    result = aot("eval", "tasks", tiny_model_dir, "-o", tmp_path / "o", "--tasks", "aot_tiny_mc",
+                 "--include-path", tasks, "--limit", 2, "--device", "cpu")
+    assert result.exit_code == 0, result
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "aot_broken.yaml").write_text((tasks / "aot_tiny_mc.yaml").read_text()
+                                            .replace("aot_tiny_mc", "aot_broken").replace("aot_broken.jsonl",
+                                                                                          "missing.jsonl"))
+    result = aot("eval", "tasks", tiny_model_dir, "-o", tmp_path / "o2", "--tasks", "aot_broken",
+                 "--include-path", broken)
+    assert result.exit_code == 2
+    assert f"data file missing.jsonl not found (looked for {broken / 'missing.jsonl'}" in result.stderr
 
 
 def test_unreachable_model_or_data_is_a_user_error(aot, tiny_model_dir, tmp_path, monkeypatch):
@@ -96,6 +118,6 @@ def test_unreachable_model_or_data_is_a_user_error(aot, tiny_model_dir, tmp_path
 
     monkeypatch.setattr(lm_eval_suites, "task_manager", lambda include_path: Manager())
     monkeypatch.setattr(lm_eval, "simple_evaluate", offline)
-    result = aot("eval", tiny_model_dir, "--tasks", "arc_challenge", "-o", tmp_path / "o")
+    result = aot("eval", "tasks", tiny_model_dir, "--tasks", "arc_challenge", "-o", tmp_path / "o")
     assert result.exit_code == 2 and "Couldn't reach 'allenai/ai2_arc'" in result.stderr
     assert not (tmp_path / "o").exists()

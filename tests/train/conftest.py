@@ -1,5 +1,5 @@
 """Fixtures for `aot train`: small learnable preference datasets written as dataset artifacts
-(CONTRACTS.md), so the training tests do not depend on `aot prepare`."""
+(docs/architecture.md), so the training tests do not depend on `aot prepare`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aot_cli.artifacts import fingerprint, write_manifest
+from aot_cli.artifacts.store import fingerprint, write_manifest
 
 WORDS = ["apple", "river", "stone", "cloud", "paper", "garden", "window", "music", "forest", "candle",
          "bridge", "silver", "planet", "coffee", "market", "winter", "engine", "letter", "island", "pencil"]
@@ -89,23 +89,25 @@ def held_out_log_ratios():
 
 def _held_out_log_ratios(run_dir: Path, data: Path):
     """Policy/reference log-ratios of the chosen and of the rejected answers of ``data``'s test pairs,
-    for a finished run (through ``load_run_policy`` / ``load_run_reference``, as eval loads it)."""
+    for a finished run (through ``load_run``, as eval loads it)."""
     import torch
 
+    from aot_cli.artifacts.kinds import RunArtifact
+    from aot_cli.artifacts.models import load_run
     from aot_cli.data.dataset import load_prepared
     from aot_cli.data.tokenize import TokenizeSettings, tokenize_split
     from aot_cli.train.batching import collate, make_sides
     from aot_cli.train.logprobs import model_sequence_logps
-    from aot_cli.train.model import load_run_policy, load_run_reference
 
-    policy, tokenizer = load_run_policy(run_dir)
-    reference, _ = load_run_reference(run_dir)
-    test = tokenize_split(load_prepared(data)[0]["test"], tokenizer, TokenizeSettings(64, 32), paired=True)
+    loaded = load_run(RunArtifact.load(run_dir))
+    tokenizer = loaded.tokenizer
+    test = tokenize_split(load_prepared(data)[1]["test"], tokenizer, TokenizeSettings(64, 32), paired=True)
 
-    @torch.no_grad()
-    def log_ratio(side):
-        ids, mask, labels = collate([side.get(i) for i in range(len(side))], tokenizer.pad_token_id)
-        return model_sequence_logps(policy, ids, mask, labels) - model_sequence_logps(reference, ids, mask, labels)
-
-    chosen, rejected = (log_ratio(side) for side in make_sides(test, paired=True))
+    sides = make_sides(test, paired=True)
+    batches = [collate([side.get(i) for i in range(len(side))], tokenizer.pad_token_id) for side in sides]
+    with torch.no_grad():
+        policy = [model_sequence_logps(loaded.policy, *batch) for batch in batches]
+        with loaded.reference() as reference:   # LoRA: the same model with its adapter disabled
+            ref = [model_sequence_logps(reference, *batch) for batch in batches]
+    chosen, rejected = (p - r for p, r in zip(policy, ref))
     return chosen, rejected

@@ -39,7 +39,7 @@ def test_resume_must_keep_data_order_and_objective(tmp_path):
 
 def test_resume_must_keep_the_tokenization():
     """Other --max-length / --max-prompt-length would cut different tokens: not the same run."""
-    from aot_cli.train.config import TrainConfig
+    from aot_cli.train.config import Config as TrainConfig
     from aot_cli.train.run import Setup
 
     def fixed(**overrides):

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from aot_cli.train import run
-from aot_cli.train.config import TrainConfig
+from aot_cli.train.config import Config as TrainConfig
 
 ARGS = dict(lora=False, optim="sgd", lr=0.05, warmup_ratio=0.0, max_steps=2, grad_accum=2, max_length=64,
             max_prompt_length=32)
@@ -30,7 +30,7 @@ def _delta(run_dir, base):
 def test_two_processes_equal_one_process(tiny_model_dir, mixed_length_data, tmp_path):
     paired_data = mixed_length_data
     one = tmp_path / "one"
-    run.train(TrainConfig(model=str(tiny_model_dir), data=paired_data, output=one, batch_size=8, **ARGS))
+    run.run(TrainConfig(model=str(tiny_model_dir), data=paired_data, output=one, batch_size=8, **ARGS))
 
     two = tmp_path / "two"
     flags = []

@@ -32,7 +32,7 @@ def test_dataset_without_manifest(aot, tiny_model_dir, tmp_path):
 
 
 def test_artifact_of_another_kind(aot, tiny_model_dir, tmp_path):
-    from aot_cli.artifacts import write_manifest
+    from aot_cli.artifacts.store import write_manifest
 
     (tmp_path / "model-artifact").mkdir()
     write_manifest(tmp_path / "model-artifact", kind="model", config={})
@@ -91,7 +91,9 @@ def test_model_directory_without_weights(aot, tiny_model_dir, paired_data, tmp_p
 
 def test_init_adapter_that_is_not_an_adapter(aot, tiny_model_dir, paired_data, tmp_path):
     out = tmp_path / "run"
-    _check_error(_train(aot, tiny_model_dir, paired_data, out, "--init-adapter", tmp_path), out,
+    not_adapter = tmp_path / "not-an-adapter"
+    not_adapter.mkdir()
+    _check_error(_train(aot, tiny_model_dir, paired_data, out, "--init-adapter", not_adapter), out,
                  "no adapter_config.json")
 
 
@@ -113,26 +115,22 @@ def test_full_finetuning_in_fp16_is_refused():
     """fp16 weights under AdamW turn to -inf on the first update (eps = 1e-8 is 0 in fp16), so the
     run would checkpoint broken weights before the NaN check fires: refuse it up front."""
     from aot_cli.errors import UserError
-    from aot_cli.train.config import TrainConfig
-    from aot_cli.train.run import check_settings
-
+    from aot_cli.train.config import Config as TrainConfig
     with pytest.raises(UserError, match="--full with --dtype fp16"):
-        check_settings(TrainConfig(model="m", data="d", output="o", lora=False, dtype="fp16"))
-    check_settings(TrainConfig(model="m", data="d", output="o", lora=True, dtype="fp16"))  # LoRA adapters stay fp32
-    check_settings(TrainConfig(model="m", data="d", output="o", lora=False, dtype="bf16"))
+        TrainConfig(model="m", data="d", output="o", lora=False, dtype="fp16").check_options()
+    TrainConfig(model="m", data="d", output="o", lora=True, dtype="fp16").check_options()  # LoRA adapters stay fp32
+    TrainConfig(model="m", data="d", output="o", lora=False, dtype="bf16").check_options()
 
 
 def test_negative_chunk_size_is_refused():
     from aot_cli.errors import UserError
-    from aot_cli.train.config import TrainConfig
-    from aot_cli.train.run import check_settings
-
-    with pytest.raises(UserError, match="--logps-chunk-size must be >= 0"):
-        check_settings(TrainConfig(model="m", data="d", output="o", logps_chunk_size=-1))
+    from aot_cli.train.config import Config as TrainConfig
+    with pytest.raises(UserError, match="--logps-chunk-size must be a finite number >= 0, got -1"):
+        TrainConfig(model="m", data="d", output="o", logps_chunk_size=-1)
 
 
 def test_truncation_report_counts_rows_and_only_the_main_process_prints(capsys):
-    from aot_cli.train.config import TrainConfig
+    from aot_cli.train.config import Config as TrainConfig
     from aot_cli.train.run import check_lengths
 
     tokenized = {"chosen_prompt_len": [10, 3, 4], "truncated_prompt": [True, False, False],

@@ -10,14 +10,14 @@ import json
 import pytest
 
 from aot_cli.train import run
-from aot_cli.train.config import TrainConfig
+from aot_cli.train.config import Config as TrainConfig
 
 
 @pytest.mark.parametrize("loss", ["aot", "aot_unpaired"])
 def test_learns_preference_held_out(loss, tiny_model_dir, paired_data, unpaired_data, tmp_path, held_out_log_ratios):
     out = tmp_path / loss
     data = paired_data if loss == "aot" else unpaired_data
-    run.train(TrainConfig(model=str(tiny_model_dir), data=data, output=out, loss=loss, batch_size=4, grad_accum=2,
+    run.run(TrainConfig(model=str(tiny_model_dir), data=data, output=out, loss=loss, batch_size=4, grad_accum=2,
                           lr=5e-3, warmup_ratio=0.0, max_steps=12, max_length=64, max_prompt_length=32))
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # log 2: policy == reference at step 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aot_cli.train.config import TrainConfig
+from aot_cli.train.config import Config as TrainConfig
 from aot_cli.train.run import make_optimizer, make_scheduler
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aot_cli.train.config import TrainConfig
+from aot_cli.train.config import Config as TrainConfig
 from aot_cli.train.model import build_policy
 from aot_cli.train.reference import reference_model
 

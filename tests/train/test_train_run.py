@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from aot_cli.train import loop, run
-from aot_cli.train.config import TrainConfig
+from aot_cli.train.config import Config as TrainConfig
 
 
 def config(model, data, out, **overrides) -> TrainConfig:
@@ -65,7 +65,7 @@ def test_cli_writes_run_artifact_and_every_lora_parameter_changes(aot, tiny_mode
 
 def test_full_finetuning_changes_every_weight(tiny_model_dir, paired_data, tmp_path):
     out = tmp_path / "full"
-    summary = run.train(config(tiny_model_dir, paired_data, out, lora=False, max_steps=1, lr=1e-4))
+    summary = run.run(config(tiny_model_dir, paired_data, out, lora=False, max_steps=1, lr=1e-4))
     assert summary["adapter"] is False
     before = load_file(str(tiny_model_dir / "model.safetensors"))
     after = load_file(str(out / "model" / "model.safetensors"))
@@ -79,7 +79,7 @@ def _weights(out):
 
 def test_interrupt_then_resume_matches_uninterrupted(tiny_model_dir, paired_data, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
-    run.train(config(tiny_model_dir, paired_data, straight, max_steps=6, save_steps=4))
+    run.run(config(tiny_model_dir, paired_data, straight, max_steps=6, save_steps=4))
 
     interrupted = tmp_path / "interrupted"
     real_step = loop.step_gradient
@@ -94,13 +94,13 @@ def test_interrupt_then_resume_matches_uninterrupted(tiny_model_dir, paired_data
 
     monkeypatch.setattr(loop, "step_gradient", step_then_ctrl_c)
     with pytest.raises(SystemExit) as stopped:
-        run.train(config(tiny_model_dir, paired_data, interrupted, max_steps=6, save_steps=4))
+        run.run(config(tiny_model_dir, paired_data, interrupted, max_steps=6, save_steps=4))
     assert stopped.value.code == 130
     assert (interrupted / "checkpoints" / "step-3" / "trainable.safetensors").is_file()
     assert not (interrupted / "manifest.json").exists()
     monkeypatch.setattr(loop, "step_gradient", real_step)
 
-    run.train(config(tiny_model_dir, paired_data, interrupted, max_steps=6, save_steps=4, resume="auto"))
+    run.run(config(tiny_model_dir, paired_data, interrupted, max_steps=6, save_steps=4, resume="auto"))
     a, b = _weights(straight), _weights(interrupted)
     assert all(torch.equal(a[k], b[k]) for k in a)
     lines = lambda out: [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
@@ -109,7 +109,7 @@ def test_interrupt_then_resume_matches_uninterrupted(tiny_model_dir, paired_data
 
     # a checkpoint copied into a fresh directory resumes the same way (--resume PATH)
     copied = tmp_path / "copied"
-    run.train(config(tiny_model_dir, paired_data, copied, max_steps=6,
+    run.run(config(tiny_model_dir, paired_data, copied, max_steps=6,
                      resume=str(straight / "checkpoints" / "step-4")))
     c = _weights(copied)
     assert all(torch.equal(a[k], c[k]) for k in a)
@@ -124,18 +124,18 @@ def test_reference_cache_hit_and_invalidation(tiny_model_dir, paired_data, unpai
     monkeypatch.setattr(reference, "precompute", lambda *a, **k: computed.append(1) or real(*a, **k))
     entries = lambda: sorted((tmp_path / "cache" / "reference").glob("*.pt"))  # noqa: E731
 
-    run.train(config(tiny_model_dir, paired_data, tmp_path / "a", max_steps=1))
-    run.train(config(tiny_model_dir, paired_data, tmp_path / "b", max_steps=1, lr=1e-2, loss="dpo"))
+    run.run(config(tiny_model_dir, paired_data, tmp_path / "a", max_steps=1))
+    run.run(config(tiny_model_dir, paired_data, tmp_path / "b", max_steps=1, lr=1e-2, loss="dpo"))
     assert len(computed) == 1 and len(entries()) == 1  # same model, data and tokenization: a hit
-    run.train(config(tiny_model_dir, paired_data, tmp_path / "c", max_steps=1, max_length=48))
+    run.run(config(tiny_model_dir, paired_data, tmp_path / "c", max_steps=1, max_length=48))
     assert len(computed) == 2 and len(entries()) == 2  # tokenization changed
-    run.train(config(tiny_model_dir, unpaired_data, tmp_path / "d", max_steps=1, loss="aot_unpaired"))
+    run.run(config(tiny_model_dir, unpaired_data, tmp_path / "d", max_steps=1, loss="aot_unpaired"))
     assert len(computed) == 3 and len(entries()) == 3  # data changed
 
 
 def test_online_reference_equals_precomputed(tiny_model_dir, paired_data, tmp_path):
-    run.train(config(tiny_model_dir, paired_data, tmp_path / "pre", max_steps=3))
-    run.train(config(tiny_model_dir, paired_data, tmp_path / "online", max_steps=3, ref="online"))
+    run.run(config(tiny_model_dir, paired_data, tmp_path / "pre", max_steps=3))
+    run.run(config(tiny_model_dir, paired_data, tmp_path / "online", max_steps=3, ref="online"))
     a, b = _weights(tmp_path / "pre"), _weights(tmp_path / "online")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
@@ -157,7 +157,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tiny_model_dir, pair
     out = tmp_path / "nan"
     with pytest.raises(run.UserError, match=r"loss is nan at step 3: stopped before applying it; the last good "
                                             r"checkpoint is .*step-2"):
-        run.train(config(tiny_model_dir, paired_data, out, max_steps=5, save_steps=1))
+        run.run(config(tiny_model_dir, paired_data, out, max_steps=5, save_steps=1))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1", "step-2"]
     assert not (out / "manifest.json").exists()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
@@ -165,40 +165,39 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tiny_model_dir, pair
 
 def test_finished_run_cannot_be_resumed_or_overwritten_silently(tiny_model_dir, paired_data, tmp_path):
     out = tmp_path / "done"
-    run.train(config(tiny_model_dir, paired_data, out, max_steps=1))
+    run.run(config(tiny_model_dir, paired_data, out, max_steps=1))
     with pytest.raises(run.UserError, match="finished run"):
-        run.train(config(tiny_model_dir, paired_data, out, max_steps=1, resume="auto"))
-    run.train(config(tiny_model_dir, paired_data, out, max_steps=1, overwrite=True, loss="ipo", beta=0.1))
+        run.run(config(tiny_model_dir, paired_data, out, max_steps=1, resume="auto"))
+    run.run(config(tiny_model_dir, paired_data, out, max_steps=1, overwrite=True, loss="ipo", beta=0.1))
     assert json.loads((out / "manifest.json").read_text())["config"]["loss"] == "ipo"
     shutil.rmtree(out)
 
 
 def test_init_adapter_is_the_start_and_the_reference(tiny_model_dir, paired_data, tmp_path):
-    from aot_cli.train.model import load_run_reference
+    from aot_cli.artifacts.kinds import RunArtifact
+    from aot_cli.artifacts.models import ModelRecipe, load_policy, load_reference
 
     sft = tmp_path / "sft"
-    run.train(config(tiny_model_dir, paired_data, sft, max_steps=2, lr=1e-2))
+    run.run(config(tiny_model_dir, paired_data, sft, max_steps=2, lr=1e-2))
     out = tmp_path / "continued"
-    summary = run.train(config(tiny_model_dir, paired_data, out, max_steps=2, init_adapter=sft / "adapter"))
+    summary = run.run(config(tiny_model_dir, paired_data, out, max_steps=2, init_adapter=sft / "adapter"))
     assert summary["init_adapter"] == str(sft / "adapter")
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert first["rewards/margins"] == 0.0 and first["loss"] == pytest.approx(0.6931, abs=1e-4)
     start = _weights(sft)
     assert all(not torch.equal(start[k], v) for k, v in _weights(out).items())  # training continued from it
-    reference, _ = load_run_reference(out)
+    reference = load_reference(ModelRecipe.of_run(RunArtifact.load(out)))
     ids = torch.tensor([[1, 5, 9, 12, 40]])
-    from aot_cli.train.model import load_run_policy
-
-    sft_policy, _ = load_run_policy(sft)
+    sft_policy = load_policy(ModelRecipe.of_run(RunArtifact.load(sft)))
     with torch.no_grad():
         assert torch.allclose(reference(ids).logits, sft_policy(ids).logits)
 
 
 def test_gradient_checkpointing_and_micro_scope_run(tiny_model_dir, paired_data, tmp_path):
     plain = tmp_path / "plain"
-    run.train(config(tiny_model_dir, paired_data, plain, max_steps=2, sort_scope="micro"))
+    run.run(config(tiny_model_dir, paired_data, plain, max_steps=2, sort_scope="micro"))
     checkpointed = tmp_path / "checkpointed"
-    run.train(config(tiny_model_dir, paired_data, checkpointed, max_steps=2, sort_scope="micro",
+    run.run(config(tiny_model_dir, paired_data, checkpointed, max_steps=2, sort_scope="micro",
                      gradient_checkpointing=True))
     a, b = _weights(plain), _weights(checkpointed)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -211,7 +210,7 @@ def test_epochs_and_chat_template_file(tiny_model_dir, paired_data, tmp_path):
     template = tmp_path / "chatml.jinja"
     template.write_text((tiny_model_dir / "chat_template.jinja").read_text())
     out = tmp_path / "run"
-    summary = run.train(config(model, paired_data, out, max_steps=None, epochs=0.25, chat_template=template))
+    summary = run.run(config(model, paired_data, out, max_steps=None, epochs=0.25, chat_template=template))
     assert summary["steps"] == 2  # 64 pairs / global batch 8 = 8 steps per epoch
     assert (out / "adapter" / "chat_template.jinja").read_text() == template.read_text()
 
@@ -222,7 +221,7 @@ def test_through_the_loop_micro2_accum8_equals_micro16_and_micro_scope_differs(t
     update of step 2 (final weights minus the step-1 checkpoint)."""
     def step2_update(micro, accum, scope):
         out = tmp_path / f"{micro}x{accum}-{scope}"
-        run.train(config(tiny_model_dir, paired_data, out, lora=False, optim="sgd", lr=0.5, beta=0.5,
+        run.run(config(tiny_model_dir, paired_data, out, lora=False, optim="sgd", lr=0.5, beta=0.5,
                          surrogate="least_squares", batch_size=micro, grad_accum=accum, sort_scope=scope,
                          save_steps=1))
         after = load_file(str(out / "model" / "model.safetensors"))
@@ -240,7 +239,7 @@ def test_full_finetuning_in_bf16_keeps_fp32_master_weights(tiny_model_dir, paire
     weights moved in 3 steps, against ~80% in fp32); --full --dtype bf16 trains fp32 weights under bf16
     autocast instead, so small updates accumulate."""
     out = tmp_path / "bf16"
-    run.train(config(tiny_model_dir, paired_data, out, lora=False, dtype="bf16", lr=5e-6, max_steps=1, ref="online"))
+    run.run(config(tiny_model_dir, paired_data, out, lora=False, dtype="bf16", lr=5e-6, max_steps=1, ref="online"))
     before = load_file(str(tiny_model_dir / "model.safetensors"))
     after = load_file(str(out / "model" / "model.safetensors"))
     assert all(t.dtype == torch.float32 for t in after.values())
@@ -260,5 +259,5 @@ def test_ctrl_c_on_a_save_step_writes_the_checkpoint_once(tiny_model_dir, paired
                         lambda out, step, **kw: saved.append(step) or real_save(out, step, **kw))
     monkeypatch.setattr(loop, "step_gradient", step_then_ctrl_c)
     with pytest.raises(SystemExit):
-        run.train(config(tiny_model_dir, paired_data, tmp_path / "run", max_steps=3, save_steps=1))
+        run.run(config(tiny_model_dir, paired_data, tmp_path / "run", max_steps=3, save_steps=1))
     assert saved == [1]

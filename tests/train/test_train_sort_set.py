@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from aot_cli.train import run
-from aot_cli.train.config import TrainConfig
+from aot_cli.train.config import Config as TrainConfig
 
 
 @pytest.mark.slow
@@ -21,7 +21,7 @@ def test_global_sort_set_beats_micro_batch_sort_with_noisy_labels(tiny_model_dir
     results = {}
     for scope in ("micro", "global"):
         out = tmp_path / scope
-        run.train(TrainConfig(model=str(tiny_model_dir), data=data, output=out, loss="aot_unpaired", beta=0.5,
+        run.run(TrainConfig(model=str(tiny_model_dir), data=data, output=out, loss="aot_unpaired", beta=0.5,
                               sort_scope=scope, batch_size=2, grad_accum=8, lr=1e-3, warmup_ratio=0.0,
                               max_steps=48, max_length=64, max_prompt_length=32, save_steps=0))
         chosen, rejected = held_out_log_ratios(out, data)

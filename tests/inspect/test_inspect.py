@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from aot_cli.inspect import BOUNDARY
+from aot_cli.inspect.run import BOUNDARY
 from aot_cli.tiny_model import chat_template
 
 PAIRED = {
@@ -20,7 +20,7 @@ def save_prepared(path, train: dict, *, paired: bool, empty_test: bool = False):
     """A dataset artifact as `aot prepare` writes it (DatasetDict + manifest)."""
     import datasets
 
-    from aot_cli.artifacts import write_manifest
+    from aot_cli.artifacts.store import write_manifest
 
     splits = {"train": datasets.Dataset.from_dict(train)}
     splits["test"] = splits["train"].select(range(0 if empty_test else 1))
@@ -58,7 +58,7 @@ def test_inspect_tokens_boundary_table_and_truncation(aot, paired_dir, tiny_mode
     assert table_row(out, "chosen") == [3, 5, 5]
     assert table_row(out, "rejected") == [3, 24, 24]
     assert table_row(out, "total") == [14, 47, 47]
-    assert "--max-length 20 would truncate 1 of 2 rows (50.0%)" in out
+    assert "--max-length 20 --max-prompt-length 512 would truncate 1 of 2 rows (50.0%)" in out
     err = " ".join(result.stderr.split())
     assert "1 of 2 rows have a prompt that leaves no room" in err
     assert "writes BOS (<s>) and the tokenizer adds one too; aot keeps one" in err
@@ -72,7 +72,8 @@ def test_inspect_warns_double_bos(aot, paired_dir, tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result
     assert f"<s><s><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n{BOUNDARY}yes" in result.stdout
     assert "warning: 2 of 2 rows start with BOS twice (<s>)" in " ".join(result.stderr.split())
-    assert "no truncation limits given" in result.stdout
+    # without limits on the command line, inspect shows what `aot train` would do by default
+    assert "--max-length 1024 --max-prompt-length 512 would truncate 0 of 2 rows (0.0%)" in result.stdout
 
 
 def test_inspect_warns_prefix_and_eos_problems(aot, paired_dir, tiny_model_dir, tmp_path):
@@ -126,9 +127,9 @@ def test_inspect_unpaired_tokens(aot, tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--max-length", "8"], "--max-length needs --model"),
-    (["-n", "-1"], "-n/--num-examples must be 0 or more"),
-    (["--model", "{model}", "--max-length", "1"], "--max-length 1 leaves no room"),
+    (["--chat-template", "t.jinja"], "--chat-template needs --model"),
+    (["-n", "-1"], "--num-examples must be a finite number >= 0, got -1"),
+    (["--model", "{model}", "--max-length", "1"], "--max-length must be a finite number >= 2, got 1"),
     (["--model", "{model}/nowhere"], "nowhere: no such directory"),
 ])
 def test_inspect_bad_flags(aot, paired_dir, tiny_model_dir, args, message):

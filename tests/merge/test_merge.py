@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from aot_cli import merge
-from aot_cli.merge import logits_difference
+from aot_cli.merge import run as merge
+from aot_cli.merge.run import logits_difference
 
 
 def _logits(model_dir, text="The quick brown fox"):
@@ -81,7 +81,7 @@ def test_merge_bf16_and_full_run(aot, full_run_dir, tmp_path):
 
     from transformers import AutoModelForCausalLM
 
-    from aot_cli.artifacts import write_manifest
+    from aot_cli.artifacts.store import write_manifest
 
     base = tmp_path / "base-bf16"
     AutoModelForCausalLM.from_pretrained(full_run_dir / "model", dtype=torch.bfloat16).save_pretrained(base)
@@ -127,7 +127,7 @@ def test_merge_bad_inputs(aot, tiny_model_dir, lora_run_dir, tmp_path):
 def test_merge_refuses_a_quantized_base(aot, lora_run_dir, tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 
-    from aot_cli.artifacts import write_manifest
+    from aot_cli.artifacts.store import write_manifest
 
     base = shutil.copytree(tiny_model_dir, tmp_path / "base-4bit")
     cfg = json.loads((base / "config.json").read_text())

@@ -1,17 +1,24 @@
-"""`aot eval compare OUT...`: several eval artifacts as one table, the paper's Table 1 layout.
+"""`aot compare EVAL...`: several eval artifacts as one table, the paper's Table 1 layout.
 
 One row per model (evals of the same model share a row: its openllm-v1 and alpacaeval directories,
-and a merged model with the run it was merged from), one column per score, and every row after the first shows its difference to the first row
-(the baseline: list it first). Printed as a rich table; ``-o FILE`` also writes it as markdown.
+and a merged model with the run it was merged from), one column per score, and every row after the
+first shows its difference to the first row (the baseline: list it first). Printed as a rich table;
+``-o FILE`` also writes it as markdown.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from aot_cli.artifacts import read_manifest
+from rich.table import Table
+
+from aot_cli.artifacts.kinds import EvalArtifact, ModelArtifact, artifact_kind
+from aot_cli.artifacts.store import atomic_file
+from aot_cli.config import StepConfig, arg, opt
+from aot_cli.console import info, out_console
 from aot_cli.errors import UserError
-from aot_cli.eval.report import RESULTS, format_value
+from aot_cli.eval.report import format_value
 
 # Suites whose full score list is too long for a side-by-side table: their headline columns.
 HEADLINES = {
@@ -34,25 +41,25 @@ def column_name(task: str, metric: str) -> str:
     return f"{task} {metric}"
 
 
-def load_results(path: Path) -> dict:
-    import json
+@dataclass
+class Config(StepConfig):
+    """Options of ``aot compare``."""
 
-    read_manifest(path, kind="eval")
-    return json.loads((Path(path) / RESULTS).read_text())
+    evals: list[str] = arg(help="Eval directories made by `aot eval ...`; the first row is the baseline.",
+                           metavar="EVAL")
+    output: Path | None = opt(None, "-o", "--output", help="Also write the table as markdown to this file.",
+                                 metavar="FILE.md")
 
 
 def model_identity(spec: str) -> str:
     """The same key for a run, a model merged from it, and different spellings of their paths."""
-    import json
-
     path = Path(spec)
     if not path.exists():
         return spec
-    manifest = path / "manifest.json"
-    if manifest.is_file():
-        run = json.loads(manifest.read_text()).get("summary", {}).get("source_run")
-        if run and Path(run).exists():
-            return str(Path(run).resolve())
+    if artifact_kind(path) == "model":
+        run = ModelArtifact.read(path).source_run
+        if run is not None and run.exists():
+            return str(run.resolve())
     return str(path.resolve())
 
 
@@ -97,14 +104,12 @@ def markdown(rows: list[str], columns: list[str], cells: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(paths: list[str], output: Path | None) -> dict:
-    from rich.table import Table
-
-    from aot_cli.console import info, out_console
-
-    if len(paths) < 1:
-        raise UserError("aot eval compare needs at least one eval directory: aot eval compare OUT [OUT...]")
-    rows, columns, cells = build_table([(p, load_results(Path(p))) for p in paths])
+def run(config: Config) -> dict:
+    """Print the comparison (and write it as markdown with -o); returns the table as plain values."""
+    paths = list(config.evals or [])
+    if not paths:
+        raise UserError("aot compare needs at least one eval directory: aot compare EVAL [EVAL...]")
+    rows, columns, cells = build_table([(p, EvalArtifact.load(p).results) for p in paths])
     table = Table(title="eval comparison (differences to the first row)")
     table.add_column("model", overflow="fold")   # long paths and names wrap rather than lose their ends
     for column in columns:
@@ -112,8 +117,10 @@ def run(paths: list[str], output: Path | None) -> dict:
     for i, row in enumerate(rows):
         table.add_row(row, *[cell_text(cells.get((row, c)), cells.get((rows[0], c)), i == 0) for c in columns])
     out_console.print(table)
-    if output is not None:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(markdown(rows, columns, cells))
+    if config.output is not None:
+        output = Path(config.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(output) as tmp:
+            tmp.write_text(markdown(rows, columns, cells))
         info(f"wrote {output}")
     return {"rows": rows, "columns": columns, "cells": {f"{r} | {c}": v for (r, c), v in cells.items()}}

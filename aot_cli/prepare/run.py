@@ -14,81 +14,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aot_cli.config import arg, opt, to_dict
+import datasets
+from rich.table import Table
+
+from aot_cli.artifacts.store import atomic_dir, write_manifest
+from aot_cli.config import to_dict
+from aot_cli.console import info, out_console
+from aot_cli.data.dataset import content_fingerprint, to_dataset
+from aot_cli.data.formats import record_kind
+from aot_cli.data.normalize import normalize_split, unify
+from aot_cli.data.operations import binarize, column, hygiene, row_key, split_indices, unpair
+from aot_cli.data.sources import load_source
+from aot_cli.data.tokenize import TokenizeSettings, encode_many, length_stats, load_tokenizer, tokenizer_fingerprint
 from aot_cli.errors import UserError
-
-FORMATS = ("auto", "paired-strings", "paired-messages", "hh", "sharegpt", "ultrafeedback", "scored", "pku", "labelled")
-
-
-@dataclass
-class PrepareConfig:
-    """Options of ``aot prepare`` (also the keys of its --config YAML)."""
-
-    source: str = arg(help="Hub dataset id, local .json/.jsonl/.parquet/.csv file, directory of them, "
-                           "a save_to_disk directory, or a prepared dataset", metavar="SOURCE")
-    output: Path = opt(None, "-o", "--output", help="Output directory (the dataset artifact)", required=True)
-    format: str = opt("auto", help="Data shape; auto recognizes it by its columns", choices=FORMATS)
-    split: str | None = opt(None, help="Hub (or save_to_disk) split to read as train (its test counterpart "
-                                       "is kept as test)")
-    subset: str | None = opt(None, help="Hub dataset configuration (subset) name")
-    revision: str | None = opt(None, help="Hub dataset revision (branch, tag or commit)")
-    binarize: str | None = opt(None, help="Pick pairs from scored responses (default best-vs-worst for "
-                                          "ultrafeedback and scored data)",
-                               choices=("best-vs-worst", "best-vs-random"))
-    score: str | None = opt(None, help="Score for --binarize: a field or a weighted sum like "
-                                       "'0.7*helpfulness + 0.3*honesty - 0.2*verbosity' "
-                                       "(default overall_score / helpfulness)")
-    min_margin: float = opt(0.0, help="Drop pairs whose score difference is below this")
-    prefer: str = opt("better", help="PKU-SafeRLHF: which preference id picks the chosen response",
-                      choices=("better", "safer"))
-    unpair: bool = opt(False, help="Turn pairs into unpaired rows (chosen -> label true, rejected -> false)")
-    disjoint_prompts: bool = opt(False, help="With --unpair: no prompt gives both a positive and a "
-                                             "negative; balanced counts (the paper's unpaired setting)")
-    label_field: str | None = opt(None, help="Field holding the label (a flag, or a score with "
-                                             "--label-threshold); default label / is_safe")
-    label_threshold: float | None = opt(None, help="Label = (label field >= this)")
-    test_size: float = opt(0.1, help="Test split when the source has none: a fraction (< 1) or a count")
-    tokenizer: str | None = opt(None, help="Model or tokenizer path: record token-length stats with its "
-                                           "chat template")
-    chat_template: Path | None = opt(None, help="With --tokenizer: Jinja chat template file, for a tokenizer "
-                                                "without one (a base model) or to override it, as in aot train")
-    max_length: int | None = opt(None, help="With --tokenizer: drop rows longer than this many tokens")
-    limit: int | None = opt(None, help="Read only the first N rows of each source split (quick runs)")
-    overwrite: bool = opt(False, help="Replace OUT if it exists")
-    seed: int = opt(42, help="Seed for the split, best-vs-random and --disjoint-prompts")
+from aot_cli.prepare.config import Config
+from aot_cli.prepare.shape import resolve_shape
 
 
-def _check_flags(config: PrepareConfig) -> None:
-    """Flag combinations that cannot work, before any data is read."""
-    if config.disjoint_prompts and not config.unpair:
-        raise UserError("--disjoint-prompts needs --unpair")
-    if config.chat_template is not None and config.tokenizer is None:
-        raise UserError("--chat-template needs --tokenizer (the template is applied to count token lengths)")
-    if config.max_length is not None and config.tokenizer is None:
-        raise UserError("--max-length needs --tokenizer (the lengths are counted in that model's tokens)")
-    if config.max_length is not None and config.max_length < 2:
-        raise UserError(f"--max-length must be at least 2, got {config.max_length}")
-    if config.label_threshold is not None and config.label_field is None:
-        raise UserError("--label-threshold needs --label-field (the field the threshold applies to)")
-    if config.binarize and config.label_field:
-        raise UserError("--binarize and --label-field exclude each other: scores become pairs or labels, not both")
-    if config.min_margin < 0:
-        raise UserError(f"--min-margin must be >= 0, got {config.min_margin:g}")
-    if config.test_size < 0:
-        raise UserError(f"--test-size must be >= 0, got {config.test_size:g}")
-    if config.limit is not None and config.limit < 1:
-        raise UserError(f"--limit must be at least 1, got {config.limit}")
-
-
-def run(config: PrepareConfig) -> dict:
+def run(config: Config) -> dict:
     """Prepare the dataset artifact at ``config.output``; returns its manifest."""
-    import datasets
-
-    from aot_cli.artifacts import atomic_output, check_output, write_manifest
-    from aot_cli.data.dataset import content_fingerprint
-
-    _check_flags(config)
-    check_output(config.output, config.overwrite)
+    config.preflight()
     bars, caching = not datasets.are_progress_bars_disabled(), datasets.is_caching_enabled()
     datasets.disable_progress_bars()
     # Maps and selects on a memory-mapped prepared source would otherwise leave cache-*.arrow files
@@ -97,7 +42,7 @@ def run(config: PrepareConfig) -> dict:
     try:
         prepared = _prepare(config)
         data = datasets.DatasetDict(prepared.splits)
-        with atomic_output(config.output, config.overwrite) as tmp:
+        with atomic_dir(config.output, overwrite=config.overwrite, inputs=[config.source]) as tmp:
             # An empty split needs an explicit shard, or datasets saves one it cannot load back.
             data.save_to_disk(str(tmp), num_shards={k: 1 for k, v in data.items() if len(v) == 0})
             summary = prepared.summary(content_fingerprint(tmp, prepared.operations))
@@ -128,8 +73,6 @@ class _Prepared:
     token_lengths: dict | None = None
 
     def summary(self, fingerprint: str) -> dict:
-        from aot_cli.data.operations import column
-
         summary = {"paired": self.paired, "format": self.format, "conversational": _conversational(self.splits),
                    "counts": {k: len(v) for k, v in self.splits.items()}, "read": self.read,
                    "dropped": dict(sorted(self.dropped.items())), "drop_examples": self.examples,
@@ -148,13 +91,9 @@ def _conversational(splits: dict[str, Any]) -> bool:
     return not hasattr(splits["train"].features["prompt"], "dtype")
 
 
-def _prepare(config: PrepareConfig) -> _Prepared:
-    from aot_cli.data.sources import load_source
-
+def _prepare(config: Config) -> _Prepared:
     tokenizer = None
     if config.tokenizer:  # first: a bad tokenizer fails before a long read
-        from aot_cli.data.tokenize import load_tokenizer
-
         tokenizer = load_tokenizer(config.tokenizer, config.chat_template)
     source = load_source(config.source, subset=config.subset, split=config.split, revision=config.revision,
                          limit=config.limit)
@@ -164,8 +103,6 @@ def _prepare(config: PrepareConfig) -> _Prepared:
         result = _from_raw(config, source)
     _ensure_rows(config, result)
     if tokenizer is not None:
-        from aot_cli.data.tokenize import tokenizer_fingerprint
-
         # Not describe_input: that would hash every file of a model directory (weights included).
         result.inputs.append({"tokenizer": config.tokenizer, "fingerprint": tokenizer_fingerprint(tokenizer)})
     if config.max_length is not None:
@@ -183,8 +120,6 @@ def _prepare(config: PrepareConfig) -> _Prepared:
     result.splits = splits
     _ensure_rows(config, result)  # --disjoint-prompts balancing can leave nothing
     if tokenizer is not None:
-        from aot_cli.data.tokenize import TokenizeSettings, length_stats
-
         result.token_lengths = {name: length_stats(split, tokenizer, TokenizeSettings(), result.paired).lengths
                                 for name, split in result.splits.items()}
     if config.limit is not None:
@@ -192,7 +127,7 @@ def _prepare(config: PrepareConfig) -> _Prepared:
     return result
 
 
-def _ensure_rows(config: PrepareConfig, result: _Prepared) -> None:
+def _ensure_rows(config: Config, result: _Prepared) -> None:
     """An empty training split is an error that says where the rows went."""
     if len(result.splits["train"]) == 0:
         dropped = ", ".join(f"{reason} {n}" for reason, n in result.dropped.most_common()) or "nothing"
@@ -201,12 +136,10 @@ def _ensure_rows(config: PrepareConfig, result: _Prepared) -> None:
                         f"dropped: {dropped}{first})")
 
 
-def _from_prepared(config: PrepareConfig, source: Any) -> _Prepared:
+def _from_prepared(config: Config, source: Any) -> _Prepared:
     """A prepared dataset as the source: its rows are already normalized; keep its splits."""
-    from aot_cli.data.operations import hygiene
-
-    data, manifest = source.prepared
-    summary = manifest.get("summary", {})
+    artifact, data = source.prepared
+    summary = artifact.summary
     for flag, value in (("--binarize", config.binarize), ("--score", config.score),
                         ("--min-margin", config.min_margin), ("--label-field", config.label_field),
                         ("--format", None if config.format == "auto" else config.format),
@@ -214,7 +147,7 @@ def _from_prepared(config: PrepareConfig, source: Any) -> _Prepared:
         if value:
             raise UserError(f"{config.source}: {flag} does not apply to a prepared dataset (its rows are "
                             f"already normalized); run prepare on the original source instead")
-    paired = bool(summary.get("paired", True))
+    paired = artifact.paired
     if config.unpair and not paired:
         raise UserError(f"{config.source}: --unpair needs paired data, but this dataset is already unpaired")
     dropped: Counter = Counter()
@@ -227,13 +160,8 @@ def _from_prepared(config: PrepareConfig, source: Any) -> _Prepared:
                      {k: len(v) for k, v in data.items()}, dropped, operations, source.record, source.inputs)
 
 
-def _from_raw(config: PrepareConfig, source: Any) -> _Prepared:
+def _from_raw(config: Config, source: Any) -> _Prepared:
     """Normalize raw rows, binarize or label them, and clean each split."""
-    from aot_cli.data.dataset import to_dataset
-    from aot_cli.data.formats import record_kind
-    from aot_cli.data.normalize import normalize_split, resolve_shape, unify
-    from aot_cli.data.operations import binarize, hygiene
-
     shape, opts = resolve_shape(config, source)
     kind = record_kind(shape, opts)
     operations: list[dict] = [{"op": "normalize", "format": shape}]
@@ -268,10 +196,8 @@ def _from_raw(config: PrepareConfig, source: Any) -> _Prepared:
     return _Prepared(splits, paired, shape, read, dropped, operations, source.record, source.inputs, examples)
 
 
-def _split(config: PrepareConfig, train: Any, paired: bool, operations: list[dict]) -> dict[str, Any]:
+def _split(config: Config, train: Any, paired: bool, operations: list[dict]) -> dict[str, Any]:
     """Hold out a test split: whole prompts for paired data, stratified by label for unpaired."""
-    from aot_cli.data.operations import column, row_key, split_indices
-
     if paired:
         train_ix, test_ix = split_indices(len(train), config.test_size, config.seed,
                                           groups=[row_key(p) for p in column(train, "prompt")])
@@ -282,9 +208,7 @@ def _split(config: PrepareConfig, train: Any, paired: bool, operations: list[dic
     return {"train": train.select(train_ix), "test": train.select(test_ix)}
 
 
-def _unpair(config: PrepareConfig, splits: dict[str, Any], dropped: Counter, operations: list[dict]) -> dict:
-    from aot_cli.data.operations import hygiene, unpair
-
+def _unpair(config: Config, splits: dict[str, Any], dropped: Counter, operations: list[dict]) -> dict:
     out: dict[str, Any] = {}
     seen: set[str] = set()
     for name in ("test", "train"):
@@ -298,12 +222,9 @@ def _unpair(config: PrepareConfig, splits: dict[str, Any], dropped: Counter, ope
     return {"train": out["train"], "test": out["test"]}
 
 
-def _drop_too_long(config: PrepareConfig, result: _Prepared, tokenizer: Any) -> None:
+def _drop_too_long(config: Config, result: _Prepared, tokenizer: Any) -> None:
     """Drop rows whose prompt + longer answer exceed --max-length tokens with the chat template,
     before the split, so --test-size counts the rows that are kept."""
-    from aot_cli.data.operations import column
-    from aot_cli.data.tokenize import TokenizeSettings, encode_many
-
     answers = ("chosen", "rejected") if result.paired else ("completion",)
     for name, split in result.splits.items():
         prompts = column(split, "prompt")
@@ -320,10 +241,6 @@ def _drop_too_long(config: PrepareConfig, result: _Prepared, tokenizer: Any) -> 
 
 def _report(out: Path, summary: dict) -> None:
     """A table of what was written (stdout) and one line naming the artifact (stderr)."""
-    from rich.table import Table
-
-    from aot_cli.console import info, out_console
-
     title = f"{summary['format']} -> {'paired' if summary['paired'] else 'unpaired'}"
     table = Table(title=title, min_width=len(title) + 4)  # a title wider than the columns would wrap
     table.add_column("split")

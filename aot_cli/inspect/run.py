@@ -10,54 +10,33 @@ prompt + completion). Without ``--model``: the raw rows and their character leng
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from aot_cli.config import arg, opt
+from rich.panel import Panel
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+
 from aot_cli.console import info, out_console, warn
+from aot_cli.data.dataset import load_prepared
+from aot_cli.data.tokenize import (TokenizeSettings, encode_example, length_stats, load_tokenizer, specials_of,
+                                   split_text, summarize_lengths)
 from aot_cli.errors import UserError
+from aot_cli.inspect.config import Config
 
 BOUNDARY = "⟪completion⟫"
 
 
-@dataclass
-class InspectConfig:
-    """Show a prepared dataset as training will tokenize it: templated text, token counts, truncation."""
-
-    data: Path = arg(help="Prepared dataset directory (made by `aot prepare`).", metavar="DATA")
-    model: Optional[str] = opt(None, "--model", help="Model (hub id or directory) whose tokenizer and chat "
-                               "template to apply; without it, raw rows and character lengths.")
-    num_examples: int = opt(3, "-n", "--num-examples", help="How many examples to show (the first rows).")
-    split: str = opt("train", "--split", help="Split to inspect.", choices=("train", "test"))
-    max_length: Optional[int] = opt(None, "--max-length", help="Longest prompt + completion in tokens, "
-                                    "as in `aot train`.")
-    max_prompt_length: Optional[int] = opt(None, "--max-prompt-length", help="Longest prompt in tokens "
-                                           "(cut from the left), as in `aot train`.")
-    chat_template: Optional[Path] = opt(None, "--chat-template", help="Jinja chat template file, for a "
-                                        "tokenizer without one or to override it.")
-
-
-def run(config: InspectConfig) -> None:
-    from aot_cli.data.dataset import load_prepared
-
-    if config.num_examples < 0:
-        raise UserError(f"-n/--num-examples must be 0 or more, got {config.num_examples}")
-    if config.model is None:
-        given = [flag for flag, value in (("--max-length", config.max_length),
-                                          ("--max-prompt-length", config.max_prompt_length),
-                                          ("--chat-template", config.chat_template)) if value is not None]
-        if given:
-            raise UserError(f"{', '.join(given)} needs --model (token lengths need a tokenizer)")
+def run(config: Config) -> None:
+    """Print the examples, the length table and the template notes (writes nothing)."""
+    config.preflight()
     tokenizer = settings = None
     if config.model is not None:  # bad limits or model: one error line, before anything is printed
-        from aot_cli.data.tokenize import TokenizeSettings, load_tokenizer
-
         settings = TokenizeSettings(config.max_length, config.max_prompt_length)
         tokenizer = load_tokenizer(config.model, config.chat_template)
-    data, manifest = load_prepared(config.data)
-    summary = manifest.get("summary", {})
-    paired = bool(summary.get("paired", True))
+    artifact, data = load_prepared(config.data)
+    summary = artifact.summary
+    paired = artifact.paired
     split = data[config.split]
     if split.num_rows == 0:
         raise UserError(f"{config.data}: split {config.split!r} has no rows")
@@ -74,11 +53,7 @@ def _sides(paired: bool) -> tuple[str, ...]:
     return ("chosen", "rejected") if paired else ("completion",)
 
 
-def _show_tokens(config: InspectConfig, tokenizer: Any, settings: Any, rows: Any, split: Any, paired: bool) -> None:
-    from rich.rule import Rule
-
-    from aot_cli.data.tokenize import encode_example, length_stats
-
+def _show_tokens(config: Config, tokenizer: Any, settings: Any, rows: Any, split: Any, paired: bool) -> None:
     for i, row in enumerate(rows):
         title = f"{config.split} row {i + 1}"
         if not paired:
@@ -86,7 +61,8 @@ def _show_tokens(config: InspectConfig, tokenizer: Any, settings: Any, rows: Any
         out_console.print(Rule(title))
         for side in _sides(paired):
             enc = encode_example(tokenizer, row["prompt"], row[side], settings)
-            cut = [w for w, flag in (("prompt", enc.truncated_prompt), ("completion", enc.truncated_completion)) if flag]
+            cut = [w for w, flag in (("prompt", enc.truncated_prompt), ("completion", enc.truncated_completion))
+                   if flag]
             out_console.print(f"[bold]{side}[/bold]: {enc.prompt_len} prompt + "
                               f"{len(enc.input_ids) - enc.prompt_len} completion tokens"
                               + (f" [yellow](truncated: {', '.join(cut)})[/yellow]" if cut else ""))
@@ -102,8 +78,6 @@ def _render_ids(tokenizer: Any, ids: list[int], prompt_len: int) -> Any:
     Ordinary tokens are decoded in runs (byte-level tokens only make sense together); the runs break
     at special tokens and at the boundary, so what is shown is exactly the ids, in order.
     """
-    from rich.text import Text
-
     special = set(tokenizer.all_special_ids)
     text = Text()
     run: list[int] = []
@@ -126,9 +100,7 @@ def _render_ids(tokenizer: Any, ids: list[int], prompt_len: int) -> Any:
     return text
 
 
-def _print_token_table(config: InspectConfig, stats: Any) -> None:
-    from rich.table import Table
-
+def _print_token_table(config: Config, stats: Any) -> None:
     table = Table(title=f"token lengths ({config.split})", caption=f"{stats.rows} rows, before truncation")
     for column in ("", "p50", "p95", "max"):
         table.add_column(column, justify="left" if not column else "right")
@@ -152,8 +124,6 @@ def _print_token_table(config: InspectConfig, stats: Any) -> None:
 
 def _print_template_notes(tokenizer: Any, stats: Any, first_row: dict, paired: bool) -> None:
     """Warnings for the template traps found in the split, and notes on the ones aot handles."""
-    from aot_cli.data.tokenize import specials_of, split_text
-
     rows = stats.rows
     if stats.double_bos:
         warn(f"{stats.double_bos} of {rows} rows start with BOS twice ({tokenizer.bos_token}): the chat "
@@ -188,12 +158,6 @@ def _format(value: Any) -> str:
 
 
 def _show_raw(rows: Any, split: Any, paired: bool) -> None:
-    from rich.panel import Panel
-    from rich.table import Table
-    from rich.text import Text
-
-    from aot_cli.data.tokenize import summarize_lengths
-
     for i, row in enumerate(rows):
         body = Text()
         for field in ("prompt", *_sides(paired)):

@@ -1,14 +1,20 @@
-"""`aot eval compare OUT...`: eval artifacts side by side, one row per model, deltas to the first."""
+"""`aot compare EVAL...`: eval artifacts side by side, one row per model, deltas to the first."""
 
 from __future__ import annotations
 
-from aot_cli.artifacts import write_manifest
-from aot_cli.eval.report import results_document, write_eval
+import json
+
+from aot_cli.artifacts.store import write_manifest
+from aot_cli.eval.report import markdown, results_document
 
 
 def _eval_dir(path, suite, model, scores, notes=None):
+    """An eval artifact as `aot eval` writes one: results.json, report.md, then the manifest."""
     path.mkdir()
-    write_eval(path, results_document(suite, model, scores, {"x": 1}, notes), config={}, inputs=[])
+    results = results_document(suite, model, scores, {"x": 1}, notes)
+    (path / "results.json").write_text(json.dumps(results))
+    (path / "report.md").write_text(markdown(results))
+    write_manifest(path, kind="eval", config={}, summary={"suite": suite, "scores": scores})
     return path
 
 
@@ -20,29 +26,27 @@ def test_compare_table_and_markdown(aot, tmp_path):
     aot_ae = _eval_dir(tmp_path / "aot-ae", "alpacaeval", "aot",
                        {"alpacaeval": {"win_rate": 29.9, "standard_error": 1.3, "length_controlled_winrate": None}})
     table = tmp_path / "table.md"
-    result = aot("eval", "compare", base_v1, aot_v1, aot_ae, "-o", table)
+    result = aot("compare", base_v1, aot_v1, aot_ae, "-o", table)
     assert result.exit_code == 0, result
     lines = table.read_text().splitlines()
     assert lines[0] == "| model | arc_challenge acc_norm | average | LC win rate | win rate |"
     assert lines[2] == "| base | 0.5000 | 0.4000 | — | — |"
     assert lines[3] == "| aot | 0.5500 (+0.0500) | 0.4500 (+0.0500) | — | 29.90 |"
     assert "+0.0500" in result.stdout
-    # the same through --suite compare
-    assert aot("eval", "--suite", "compare", base_v1, aot_v1).exit_code == 0
 
 
 def test_compare_bad_inputs(aot, tmp_path):
     one = _eval_dir(tmp_path / "one", "lm-eval", "m", {"t": {"acc": 0.1}})
     two = _eval_dir(tmp_path / "two", "lm-eval", "m", {"t": {"acc": 0.2}})
-    result = aot("eval", "compare", one, two)
+    result = aot("compare", one, two)
     assert result.exit_code == 2 and "both report 't acc' for m" in result.stderr
     other = tmp_path / "run"
     other.mkdir()
     write_manifest(other, kind="run", config={})
-    result = aot("eval", "compare", one, other)
+    result = aot("compare", one, other)
     assert result.exit_code == 2 and "expected a 'eval' one" in result.stderr
-    result = aot("eval", "compare")
-    assert result.exit_code == 2 and "at least one eval directory" in result.stderr
+    result = aot("compare")
+    assert result.exit_code == 2 and "missing EVAL" in result.stderr
 
 
 def test_a_merged_model_shares_its_runs_row(aot, tmp_path):
@@ -55,7 +59,7 @@ def test_a_merged_model_shares_its_runs_row(aot, tmp_path):
     dom = _eval_dir(tmp_path / "dom", "dominance", str(tmp_path / "." / "run"),
                     {"implicit_rewards": {"accuracy": 0.75, "violation_fraction": 0.1, "violation_area": 0.01}})
     table = tmp_path / "t.md"
-    assert aot("eval", "compare", tasks, dom, "-o", table).exit_code == 0
+    assert aot("compare", tasks, dom, "-o", table).exit_code == 0
     lines = table.read_text().splitlines()
     assert lines[0] == "| model | t acc | reward accuracy | violation fraction | violation area |"
     assert len(lines) == 3 and lines[2] == f"| {model} | 0.5000 | 0.7500 | 0.1000 | 0.0100 |"
@@ -65,5 +69,5 @@ def test_v1_and_v2_averages_of_one_model(aot, tmp_path):
     v1 = _eval_dir(tmp_path / "v1", "openllm-v1", "m", {"gsm8k": {"exact_match": 0.25}, "average": {"score": 0.5}})
     v2 = _eval_dir(tmp_path / "v2", "openllm-v2", "m", {"bbh": {"normalized": 30.0}, "average": {"normalized": 20.0}})
     table = tmp_path / "t.md"
-    assert aot("eval", "compare", v1, v2, "-o", table).exit_code == 0
+    assert aot("compare", v1, v2, "-o", table).exit_code == 0
     assert table.read_text().splitlines()[0] == "| model | gsm8k exact_match | average | bbh | v2 average |"

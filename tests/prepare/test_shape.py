@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aot_cli.data.normalize import source_sample, unify
+from aot_cli.data.normalize import unify
+from aot_cli.prepare.shape import source_sample
 from aot_cli.data.sources import RawPart, Source
 
 

@@ -7,21 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from aot_cli.artifacts import sha256_file
+from aot_cli.artifacts.store import sha256_file
 from aot_cli.data.dataset import load_prepared
 
-SHAPES = Path(__file__).parent / "data" / "shapes"
-REAL = Path(__file__).parent / "data" / "real"
-U = lambda c: {"role": "user", "content": c}  # noqa: E731
-A = lambda c: {"role": "assistant", "content": c}  # noqa: E731
+SHAPES = Path(__file__).parents[1] / "fixtures" / "shapes"
+REAL = Path(__file__).parents[1] / "data" / "real"
+def U(content: str) -> dict:
+    return {"role": "user", "content": content}
+
+
+def A(content: str) -> dict:
+    return {"role": "assistant", "content": content}
 
 
 def _prepare(aot, tmp_path, source, *flags, name="out"):
     out = tmp_path / name
     result = aot("prepare", source, "-o", out, *flags)
     assert result.exit_code == 0, result
-    data, manifest = load_prepared(out)
-    return data, manifest["summary"], manifest
+    artifact, data = load_prepared(out)
+    return data, artifact.summary, artifact.manifest
 
 
 def _jsonl(path: Path, rows: list) -> Path:
@@ -55,7 +59,7 @@ def test_every_shape_is_recognized_and_normalized(aot, tmp_path, fixture, shape,
 def test_multi_turn_prompts_are_the_shared_leading_messages(aot, tmp_path):
     result = aot("prepare", SHAPES / "paired_messages.jsonl", "-o", tmp_path / "out", "--test-size", "0")
     assert "paired-messages -> paired" in result.stdout  # the table's title on one line
-    data, _ = load_prepared(tmp_path / "out")
+    _, data = load_prepared(tmp_path / "out")
     assert data["train"][1]["prompt"] == [{"role": "system", "content": "Be brief."}, U("What is 2+2?"), A("4"),
                                           U("And times 3?")]
     assert data["train"][1]["chosen"] == [A("12")]
@@ -268,7 +272,7 @@ def test_tokenizer_without_chat_template_takes_one_from_a_file(aot, tmp_path, ti
                              "--tokenizer", tmp_path / "bare", "--chat-template", tmp_path / "chatml.jinja")
     assert summary["token_lengths"]["train"]["total"] == {"p50": 19, "p95": 23, "max": 23}  # as with the model's own
     # A bad tokenizer is reported before the data is read (a typo should not cost a 60k-row pass).
-    assert "nowhere: no such directory" in _fails(aot, tmp_path, tmp_path / "missing.jsonl",
+    assert "nowhere: no such directory" in _fails(aot, tmp_path, SHAPES / "paired_strings.jsonl",
                                                   "--tokenizer", tmp_path / "nowhere", out_name="o3")
     assert "--chat-template needs --tokenizer" in _fails(aot, tmp_path, SHAPES / "paired_strings.jsonl",
                                                          "--chat-template", tmp_path / "chatml.jinja", out_name="o2")
@@ -399,7 +403,7 @@ def test_flags_that_do_not_fit_the_data(aot, tmp_path, source, flags, fragment):
 def test_benchmark_data_is_recognized(aot, tmp_path):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("prepare_bench", Path(__file__).parents[1] / "benchmarks" /
+    spec = importlib.util.spec_from_file_location("prepare_bench", Path(__file__).parents[2] / "benchmarks" /
                                                   "prepare_bench.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -1,0 +1,146 @@
+"""Options of the ``aot eval`` sub-commands: one config per suite, so ``--help`` shows what applies.
+
+Every suite shares :class:`EvalOptions` (what to evaluate, where to write, on which device and
+dtype, how many examples); each sub-command adds its own. ``preflight`` checks the model, the
+input files and the output before torch or lm-eval is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aot_cli.artifacts.store import check_output
+from aot_cli.config import StepConfig, arg, opt
+from aot_cli.errors import UserError
+from aot_cli.eval.source import resolve_model
+from aot_cli.vocab import DTYPE_CHOICES
+
+OPENLLM_VERSIONS = ("v1", "v2")
+DEFAULT_JUDGE = "weighted_alpaca_eval_gpt4_turbo"
+LM_EVAL = "lm-eval options"
+
+
+@dataclass
+class EvalOptions(StepConfig):
+    """What every suite takes."""
+
+    model: str = arg(help="A merged model directory (`aot merge`), a run directory (`aot train`; a LoRA run "
+                          "is evaluated as base + adapter), or a hub id.", metavar="MODEL")
+    output: Path = opt(None, "-o", "--output", help="Eval directory to write.", required=True, metavar="DIR")
+    overwrite: bool = opt(False, "--overwrite", help="Replace an existing output directory.")
+    seed: int = opt(0, "--seed", help="Seed for few-shot sampling and generation.")
+    dtype: str = opt("auto", "--dtype", help="Weight dtype for evaluation (auto = as saved).",
+                     choices=DTYPE_CHOICES)
+    device: str | None = opt(None, "--device", help="torch device (default: cuda when available, else cpu).",
+                                metavar="DEVICE")
+    batch_size: int = opt(8, "--batch-size", help="Examples per forward pass.", ge=1)
+    limit: int | None = opt(None, "--limit", help="Evaluate only the first N examples of each task "
+                               "(quick checks; scores are then not comparable).", ge=1)
+
+    def input_paths(self) -> list:
+        """Local files and directories this eval reads (the output may not overlap them)."""
+        return [self.model]
+
+    def preflight(self) -> None:
+        resolve_model(self.model)
+        check_output(self.output, self.overwrite, inputs=self.input_paths())
+
+
+@dataclass
+class _LmEvalOptions:
+    """Options that change lm-eval scores (recorded in results.json)."""
+
+    num_fewshot: int | None = opt(None, "--num-fewshot", help="Override every task's number of shots.", ge=0,
+                                     panel=LM_EVAL)
+    apply_chat_template: bool | None = opt(None, "--apply-chat-template/--no-apply-chat-template",
+                                              help="Format prompts with the model's chat template (default: "
+                                                   "off for openllm v1, on for v2 and for tasks).", panel=LM_EVAL)
+    fewshot_as_multiturn: bool | None = opt(None, "--fewshot-as-multiturn/--no-fewshot-as-multiturn",
+                                               help="Few-shot examples as chat turns (default: with the "
+                                                    "chat template).", panel=LM_EVAL)
+
+    def check_chat_settings(self) -> None:
+        if self.fewshot_as_multiturn and self.apply_chat_template is False:
+            raise UserError("--fewshot-as-multiturn needs the chat template (drop --no-apply-chat-template)")
+
+
+@dataclass
+class OpenLLMConfig(EvalOptions, _LmEvalOptions):
+    """The Open LLM Leaderboard suite through lm-eval."""
+
+    version: str = opt("v1", "--version", help="Leaderboard version: v1 (the paper's six tasks: ARC, HellaSwag, "
+                       "MMLU, TruthfulQA, Winogrande, GSM8K) or v2 (IFEval, BBH, MATH, GPQA, MuSR, MMLU-Pro).",
+                       choices=OPENLLM_VERSIONS)
+
+    def preflight(self) -> None:
+        self.check_chat_settings()
+        super().preflight()
+
+
+@dataclass
+class TasksConfig(EvalOptions, _LmEvalOptions):
+    """Any lm-eval tasks."""
+
+    tasks: list[str] = opt([], "--tasks", help="lm-eval task or group names, comma-separated or repeated.",
+                           required=True, panel=LM_EVAL)
+    include_path: Path | None = opt(None, "--include-path", help="Directory of extra lm-eval task YAMLs "
+                                       "(their data files are found relative to each YAML).", metavar="DIR",
+                                       panel=LM_EVAL)
+
+    def input_paths(self) -> list:
+        return [self.model, self.include_path]
+
+    def preflight(self) -> None:
+        self.check_chat_settings()
+        if not any(name.strip() for value in self.tasks for name in value.split(",")):
+            raise UserError("--tasks needs at least one task name")
+        if self.include_path is not None and not Path(self.include_path).is_dir():
+            raise UserError(f"--include-path {self.include_path}: no such directory")
+        super().preflight()
+
+
+@dataclass
+class AlpacaConfig(EvalOptions):
+    """AlpacaEval: generation, then a pairwise judge."""
+
+    instructions: Path | None = opt(None, "--instructions", help="JSON/JSONL list of {instruction[, dataset, "
+                                       "output]} instead of the 805 AlpacaEval instructions.", metavar="FILE")
+    reference: Path | None = opt(None, "--reference", help="Baseline answers {instruction, output} "
+                                    "(default: the set's GPT-4 Turbo outputs, or the instructions' 'output').",
+                                    metavar="FILE")
+    judge: str = opt(DEFAULT_JUDGE, "--judge", help="alpaca-eval annotator name or YAML.", metavar="NAME")
+    judge_base_url: str | None = opt(None, "--judge-base-url", help="OpenAI-compatible endpoint for the judge, "
+                                        "e.g. http://127.0.0.1:8000/v1 (key: $OPENAI_API_KEY).", metavar="URL")
+    judge_model: str | None = opt(None, "--judge-model", help="Judge model name (default: gpt-4-1106-preview).",
+                                     metavar="NAME")
+    max_new_tokens: int = opt(2048, "--max-new-tokens", help="Longest generated answer, in tokens.", ge=1)
+    temperature: float = opt(0.7, "--temperature", help="Sampling temperature (0 = greedy).", ge=0)
+
+    def input_paths(self) -> list:
+        return [self.model, self.instructions, self.reference]
+
+    def preflight(self) -> None:
+        for flag, path in (("--instructions", self.instructions), ("--reference", self.reference)):
+            if path is not None and not Path(path).is_file():
+                raise UserError(f"{flag} {path}: file not found")
+        resolve_model(self.model)
+        # An unfinished eval directory (no manifest) is resumed: its outputs are kept.
+        out = Path(self.output)
+        if out.exists() and not self.overwrite and (not out.is_dir() or (out / "manifest.json").is_file()):
+            raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+        check_output(self.output, True, inputs=self.input_paths())
+
+
+@dataclass
+class DominanceConfig(EvalOptions):
+    """Reward dominance of a run on held-out preference data."""
+
+    model: str = arg(help="A run directory made by `aot train` (its manifest names the reference model).",
+                     metavar="RUN")
+    data: Path | None = opt(None, "--data", help="Prepared dataset (`aot prepare`) whose test split is scored "
+                               "(default: the dataset the run trained on).", metavar="DIR")
+    beta: float | None = opt(None, "--beta", help="Reward scale beta (default: the run's).", gt=0)
+
+    def input_paths(self) -> list:
+        return [self.model, self.data]
