@@ -225,15 +225,6 @@ def test_bad_arguments_name_the_argument_and_allowed_values(call, needle):
         call(_t(CHOSEN, REJECTED, REF_CHOSEN, REF_REJECTED))
 
 
-def test_unpaired_needs_equal_counts():
-    chosen, ref_chosen = _t([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
-    rejected, ref_rejected = _t([1.0, 2.0], [0.0, 0.0])
-    with pytest.raises(ValueError, match="unpaired AOT matches quantiles one to one.*3 chosen and 2 rejected"):
-        aot_loss(chosen, rejected, ref_chosen, ref_rejected, paired=False)
-    with pytest.raises(ValueError, match="same length"):
-        aot_loss(chosen, rejected, ref_chosen[:2], ref_rejected, paired=False)
-
-
 def test_reward_metrics_hand_numbers():
     # beta 0.5: chosen rewards [1, -1, 2], rejected rewards [0, 1, -1]
     chosen, rejected = torch.tensor([2.0, -2.0, 4.0]), torch.tensor([0.0, 2.0, -2.0])
