@@ -97,11 +97,11 @@ def aot_loss(
         if dominance == "second":
             z = z.cumsum(0) / torch.arange(1, n + 1, device=z.device, dtype=z.dtype)
         return surrogate_loss(z, surrogate=surrogate, beta=beta, label_smoothing=label_smoothing).mean()
-    i, j, lengths, ends = _merged_grid(n, m, device=a.device)
-    w = (lengths.double() / (n * m)).to(a.dtype)
-    z = a[i] - b[j]
+    i, j, lengths, ends = _merged_grid(n, m)
+    w, t = ((x.double() / (n * m)).to(a.device, a.dtype) for x in (lengths, ends))
+    z = a[i.to(a.device)] - b[j.to(a.device)]
     if dominance == "second":
-        z = (w * z).cumsum(0) / (ends.double() / (n * m)).to(a.dtype)
+        z = (w * z).cumsum(0) / t
     return (w * surrogate_loss(z, surrogate=surrogate, beta=beta, label_smoothing=label_smoothing)).sum()
 
 
@@ -287,10 +287,10 @@ def reward_metrics(
     if n == m:
         accuracy = (chosen > rejected).float().mean().item()
         violation = (a < b).float().mean().item()
-    else:
+    else:  # no pairs: every (chosen, rejected) couple, and the merged quantile grid
         accuracy = torch.searchsorted(b, chosen, side="left").sum().item() / (n * m)
-        i, j, lengths, _ = _merged_grid(n, m, device=a.device)
-        violation = lengths[a[i] < b[j]].sum().item() / (n * m)
+        i, j, lengths, _ = _merged_grid(n, m)
+        violation = lengths[a.cpu()[i] < b.cpu()[j]].sum().item() / (n * m)
     return {
         "rewards/chosen": chosen.mean().item(),
         "rewards/rejected": rejected.mean().item(),
@@ -355,7 +355,7 @@ def _pav_blocks(y: list[float]) -> list[int]:
     return [block for block, size in enumerate(sizes) for _ in range(size)]
 
 
-def _merged_grid(n: int, m: int, *, device=None) -> tuple[torch.Tensor, ...]:
+def _merged_grid(n: int, m: int) -> tuple[torch.Tensor, ...]:
     """The optimal coupling of n and m sorted values, as cells of the merged quantile grid.
 
     The quantile function of n sorted values a_0 <= ... <= a_{n-1} is the step function equal to
@@ -374,9 +374,11 @@ def _merged_grid(n: int, m: int, *, device=None) -> tuple[torch.Tensor, ...]:
     north-west corner rule on sorted values, which is this grid.
 
     Returns ``(i, j, lengths, ends)``, int64 tensors over the cells: the index of each side's value
-    on the cell, the cell's length and its right end, both in units of 1/(n m).
+    on the cell, the cell's length and its right end, both in units of 1/(n m). They depend on n and
+    m only, so they are built on the CPU (no device sync for the data-dependent ``unique``); the
+    caller moves them, and divides by n m in float64 (exact ratios, which float32 could not keep).
     """
-    points = torch.unique(torch.cat([torch.arange(n + 1, device=device) * m, torch.arange(m + 1, device=device) * n]))
+    points = torch.unique(torch.cat([torch.arange(n + 1) * m, torch.arange(m + 1) * n]))
     starts = points[:-1]
     return starts // m, starts // n, points.diff(), points[1:]
 
