@@ -269,7 +269,7 @@ def reward_metrics(
     """Per-step numbers, with TRL's names where TRL has them.
 
     Implicit rewards are ``beta * (policy - ref)`` log-ratios; ``rewards/margins`` is the mean chosen
-    reward minus the mean rejected one. ``rewards/violation_fraction`` is the share of quantile
+    reward minus the mean rejected one (as the mean of pair differences when counts are equal). ``rewards/violation_fraction`` is the share of quantile
     levels t in (0, 1] where the chosen rewards' quantile is below the rejected ones' (measured on
     the merged grid of :func:`_merged_grid`; with equal counts, the share of sorted positions where
     the sorted chosen reward is below the sorted rejected one): 0 means the chosen rewards dominate
@@ -285,16 +285,18 @@ def reward_metrics(
     a, b = torch.sort(chosen).values, torch.sort(rejected).values
     n, m = a.numel(), b.numel()
     if n == m:
+        margin = (chosen - rejected).mean().item()
         accuracy = (chosen > rejected).float().mean().item()
         violation = (a < b).float().mean().item()
     else:  # no pairs: every (chosen, rejected) couple, and the merged quantile grid
+        margin = (chosen.mean() - rejected.mean()).item()
         accuracy = torch.searchsorted(b, chosen, side="left").sum().item() / (n * m)
         i, j, lengths, _ = _merged_grid(n, m)
         violation = lengths[a.cpu()[i] < b.cpu()[j]].sum().item() / (n * m)
     return {
         "rewards/chosen": chosen.mean().item(),
         "rewards/rejected": rejected.mean().item(),
-        "rewards/margins": (chosen.mean() - rejected.mean()).item(),
+        "rewards/margins": margin,
         "rewards/accuracies": accuracy,
         "rewards/violation_fraction": violation,
         "logps/chosen": policy_chosen.detach().float().mean().item(),
