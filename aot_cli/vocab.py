@@ -16,6 +16,7 @@ LOSSES = ("aot", "aot_unpaired", "dpo", "ipo")
 PAIRED_ONLY_LOSSES = ("aot", "dpo", "ipo")          # need (prompt, chosen, rejected) rows
 SURROGATES = ("logistic", "squared_hinge", "least_squares")
 SORTS = ("hard", "soft")
+DOMINANCE = ("first", "second")                    # first- or second-order stochastic dominance
 SORT_SCOPES = ("global", "micro")
 REFERENCE_MODES = ("precompute", "online")
 

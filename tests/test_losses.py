@@ -1,22 +1,27 @@
-"""aot_cli.losses: hand-computed values, TRL's published formulas, invariances, limits, gradients."""
+"""aot_cli.losses: hand-computed values, TRL's formulas (and TRL's own KTO), invariances, limits, gradients."""
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
+from types import MethodType, SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from trl.trainer.kto_trainer import KTOTrainer
 
 from aot_cli.losses import (
     LOSSES,
     aot_loss,
     dpo_loss,
     ipo_loss,
+    kto_loss,
+    kto_reference_point,
     preference_loss,
     reward_metrics,
-    soft_sort,
 )
+from aot_cli.sorting import soft_sort
 
 # chosen - rejected = u = [1, -2, 3] -> sorted [-2, 1, 3]; ref: v = [0.5, 1, -2] -> sorted [-2, 0.5, 1]
 # chosen - ref_chosen = [0.5, -1, 2] -> sorted [-1, 0.5, 2]; rejected - ref_rejected = [0, 2, -3] -> [-3, 0, 2]
@@ -225,15 +230,6 @@ def test_bad_arguments_name_the_argument_and_allowed_values(call, needle):
         call(_t(CHOSEN, REJECTED, REF_CHOSEN, REF_REJECTED))
 
 
-def test_unpaired_needs_equal_counts():
-    chosen, ref_chosen = _t([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
-    rejected, ref_rejected = _t([1.0, 2.0], [0.0, 0.0])
-    with pytest.raises(ValueError, match="unpaired AOT matches quantiles one to one.*3 chosen and 2 rejected"):
-        aot_loss(chosen, rejected, ref_chosen, ref_rejected, paired=False)
-    with pytest.raises(ValueError, match="same length"):
-        aot_loss(chosen, rejected, ref_chosen[:2], ref_rejected, paired=False)
-
-
 def test_reward_metrics_hand_numbers():
     # beta 0.5: chosen rewards [1, -1, 2], rejected rewards [0, 1, -1]
     chosen, rejected = torch.tensor([2.0, -2.0, 4.0]), torch.tensor([0.0, 2.0, -2.0])
@@ -249,3 +245,125 @@ def test_reward_metrics_hand_numbers():
     assert m["rewards/violation_fraction"] == pytest.approx(2 / 3)
     assert m["logps/chosen"] == pytest.approx(0.0) and m["logps/rejected"] == pytest.approx(4 / 3)
     assert all(isinstance(v, float) for v in m.values())
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_kto_hand_numbers():
+    # log-ratios: desirable [1, 0], undesirable [-1]; KL pairs: mean([.5, 1.5] - [0, 1]) = .5 = z0
+    pos, neg, ref_pos, ref_neg = _t([1.0, 0.0], [-1.0], [0.0, 0.0], [0.0])
+    kl, ref_kl = _t([0.5, 1.5], [0.0, 1.0])
+    # beta 1: desirable 1 - s(1 - .5) = s(-.5), 1 - s(0 - .5) = s(.5); undesirable 1 - s(.5 - (-1)) = s(-1.5)
+    # s(-.5) + s(.5) = 1, so the mean of the three is (1 + s(-1.5)) / 3
+    got = kto_loss(pos, neg, ref_pos, ref_neg, kl, ref_kl, beta=1.0)
+    assert got.item() == pytest.approx((1 + _sigmoid(-1.5)) / 3, abs=1e-12)
+    # weights 2 (desirable) and 3 (undesirable), still a plain mean over the 3 samples
+    got = kto_loss(pos, neg, ref_pos, ref_neg, kl, ref_kl, beta=1.0, desirable_weight=2.0, undesirable_weight=3.0)
+    assert got.item() == pytest.approx((2 + 3 * _sigmoid(-1.5)) / 3, abs=1e-12)
+    # a negative KL estimate, mean([0] - [1]) = -1, is clamped to z0 = 0: (s(-1) + s(0) + s(-1)) / 3
+    got = kto_loss(pos, neg, ref_pos, ref_neg, *_t([0.0], [1.0]), beta=1.0)
+    assert got.item() == pytest.approx((2 * _sigmoid(-1.0) + 0.5) / 3, abs=1e-12)
+    # an empty side adds nothing: desirable only, (s(-.5) + s(.5)) / 2
+    empty = torch.zeros(0, dtype=torch.float64)
+    assert kto_loss(pos, empty, ref_pos, empty, kl, ref_kl, beta=1.0).item() == pytest.approx(0.5, abs=1e-12)
+    assert kto_reference_point(kl, ref_kl).item() == pytest.approx(0.5)
+
+
+def test_kto_gradient_by_hand_and_none_through_the_reference_point():
+    pos, neg, ref_pos, ref_neg = _t([1.0, 0.0], [-1.0], [0.0, 0.0], [0.0])
+    kl, ref_kl = _t([0.5, 1.5], [0.0, 1.0])
+    for t in (pos, neg, kl):
+        t.requires_grad_()
+    kto_loss(pos, neg, ref_pos, ref_neg, kl, ref_kl, beta=2.0).backward()
+    # z0 = .5; desirable d/dr (1 - s(2 (r - .5))) / 3 = -2 s'(2 (r - .5)) / 3 at r = 1, 0 (s' = s (1 - s));
+    # undesirable d/dr (1 - s(2 (.5 - r))) / 3 = +2 s'(2 (.5 - r)) / 3 at r = -1
+    def ds(x: float) -> float:
+        return _sigmoid(x) * (1 - _sigmoid(x))
+
+    assert pos.grad.tolist() == pytest.approx([-2 * ds(1.0) / 3, -2 * ds(-1.0) / 3], abs=1e-12)
+    assert neg.grad.tolist() == pytest.approx([2 * ds(3.0) / 3], abs=1e-12)
+    assert kl.grad is None  # z0 is detached
+
+
+class _LogProbTable:
+    """Stands in for the model TRL runs inside KTOTrainer._compute_loss: row r of `input_ids` is [r, 0], a
+    one-token completion, and the "model" returns the log-prob table[r] for it, so TRL's sum over
+    completion tokens gives back table[r] (with its gradient)."""
+
+    training = True
+
+    def __init__(self, table: torch.Tensor):
+        self.table = table
+
+    def __call__(self, input_ids, **kwargs):
+        log_probs = self.table[input_ids[:, 0]].unsqueeze(1)
+        zeros = torch.zeros_like(log_probs.detach())
+        return SimpleNamespace(log_probs=log_probs, entropy=zeros, mean_logits=zeros)
+
+
+def _trl_kto(policy, ref, labels, policy_kl, ref_kl, *, beta, desirable_weight, undesirable_weight):
+    """TRL's own KTO loss. TRL 1.16 keeps it inside KTOTrainer._compute_loss, which also runs the models and
+    logs metrics, so we call that method unbound on a namespace holding just the attributes it reads: the
+    loss settings, precomputed reference log-probs (so no reference model runs), a one-process
+    "accelerator" whose gather is the identity, and the table model above for the policy (TRL's own
+    _compute_kl_logps runs it on the KL rows, offset by the batch size in the table)."""
+    n = len(labels)
+    model = _LogProbTable(torch.cat([policy, policy_kl]))
+    trainer = SimpleNamespace(
+        model=model, accelerator=SimpleNamespace(device="cpu", gather_for_metrics=lambda x: x),
+        beta=beta, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight, loss_type="kto",
+        calculate_KL=True, precompute_ref_logps=True, aux_loss_enabled=False,
+        _metrics={"train": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
+    )
+    trainer._compute_kl_logps = MethodType(KTOTrainer._compute_kl_logps, trainer)
+    rows = torch.stack([torch.arange(n), torch.zeros(n, dtype=torch.long)], 1)
+    kl_rows = torch.stack([n + torch.arange(len(policy_kl)), torch.zeros(len(policy_kl), dtype=torch.long)], 1)
+    batch = {"input_ids": rows, "attention_mask": torch.ones_like(rows), "completion_mask": torch.ones_like(rows),
+             "KL_input_ids": kl_rows, "KL_attention_mask": torch.ones_like(kl_rows),
+             "KL_completion_mask": torch.ones_like(kl_rows), "label": labels, "ref_logps": ref, "ref_KL_logps": ref_kl}
+    return KTOTrainer._compute_loss(trainer, model, batch, return_outputs=False)
+
+
+@pytest.mark.parametrize(("labels", "kl_shift", "weights"), [
+    ([1, 0, 1, 1, 0, 0, 1, 0, 1], 2.0, (1.0, 1.0)),   # KL estimate > 0
+    ([1, 0, 1, 1, 0, 0, 1, 0, 1], -2.0, (1.0, 1.0)),  # KL estimate < 0: clamped to 0
+    ([0, 1, 0, 0, 0, 1, 0], 1.0, (1.33, 0.7)),
+    ([1, 1, 1, 1], 1.0, (1.0, 2.0)),                  # no undesirable sample
+    ([0, 0, 0], 1.0, (1.0, 1.0)),                     # no desirable sample
+])
+def test_kto_equals_trl_kto_trainer(labels, kl_shift, weights):
+    gen = torch.Generator().manual_seed(len(labels))
+    n = len(labels)
+    labels = torch.tensor(labels, dtype=torch.bool)
+    policy = (-20 * torch.rand(n, generator=gen, dtype=torch.float64)).requires_grad_()
+    ref = policy.detach() + torch.randn(n, generator=gen, dtype=torch.float64)
+    policy_kl = -20 * torch.rand(n, generator=gen, dtype=torch.float64)
+    ref_kl = policy_kl - kl_shift + 0.1 * torch.randn(n, generator=gen, dtype=torch.float64)
+    kw = {"beta": 0.1, "desirable_weight": weights[0], "undesirable_weight": weights[1]}
+    expected = _trl_kto(policy, ref, labels, policy_kl, ref_kl, **kw)
+    (expected_grad,) = torch.autograd.grad(expected, policy)
+    got = kto_loss(policy[labels], policy[~labels], ref[labels], ref[~labels], policy_kl, ref_kl, **kw)
+    (got_grad,) = torch.autograd.grad(got, policy)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert torch.allclose(got_grad, expected_grad, atol=1e-6, rtol=0)
+    assert got_grad.abs().sum() > 0
+
+
+def test_kto_bad_arguments():
+    pos, neg, ref_pos, ref_neg = _t([1.0, 0.0], [-1.0], [0.0, 0.0], [0.0])
+    kl, ref_kl = _t([0.5, 1.5], [0.0, 1.0])
+    empty = torch.zeros(0, dtype=torch.float64)
+    with pytest.raises(ValueError, match="at least one desirable or undesirable sample"):
+        kto_loss(empty, empty, empty, empty, kl, ref_kl)
+    with pytest.raises(ValueError, match="policy_kl must be a non-empty 1-D tensor"):
+        kto_loss(pos, neg, ref_pos, ref_neg, empty, empty)
+    with pytest.raises(ValueError, match="policy_kl and ref_kl must have the same length; got 2 and 1"):
+        kto_loss(pos, neg, ref_pos, ref_neg, kl, ref_kl[:1])
+    with pytest.raises(ValueError, match="policy_pos 2 vs ref_pos 1"):
+        kto_loss(pos, neg, ref_pos[:1], ref_neg, kl, ref_kl)
+    with pytest.raises(ValueError, match="undesirable_weight must be a finite number >= 0; got -1.0"):
+        kto_loss(pos, neg, ref_pos, ref_neg, kl, ref_kl, undesirable_weight=-1.0)
+    with pytest.raises(ValueError, match="beta must be"):
+        kto_loss(pos, neg, ref_pos, ref_neg, kl, ref_kl, beta=float("nan"))
