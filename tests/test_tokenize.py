@@ -180,7 +180,7 @@ def test_template_that_renders_the_prompt_by_the_answer_is_a_user_error(tok):
                          "{% if 'x' in messages[-1].content %}!{% endif %}\n{% else %}A: {{ m.content }}\n"
                          "{% endif %}{% endfor %}")
     enc = encode_example(tok, "hi", "yes", NO_LIMIT)
-    assert tok.decode(enc.input_ids[:enc.prompt_len]) == "<s>U: hiA: "  # trim_blocks eats the newline after endif
+    assert tok.decode(enc.input_ids[:enc.prompt_len]) == "<s>U: hiA:"  # trim_blocks eats the newline after endif
     with pytest.raises(UserError, match=re.escape("before the answer differently for this answer ('!A: x\\n' where "
                                                   "another answer gets 'A: AOTANSWERSENTINEL\\n'")):
         encode_example(tok, "hi", "x", NO_LIMIT)
