@@ -118,7 +118,8 @@ def test_prompt_is_the_conversation_prefix_not_the_generation_prompt(tok):
     # prompt: aot trains on the conversation as the template renders it whole, and says so.
     tok.chat_template = MISTRAL_LIKE
     prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
-    assert tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) == "[INST] Be brief.\n\nhi[/INST]"
+    generation = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    assert generation == "[INST] Be brief.\n\nhi[/INST]"
     enc = encode_example(tok, prompt, "yes", NO_LIMIT)
     whole = tok.apply_chat_template(prompt + [{"role": "assistant", "content": "yes"}])["input_ids"]
     assert enc.input_ids == [tok.bos_token_id] + whole

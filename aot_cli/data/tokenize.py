@@ -286,7 +286,11 @@ def _encode_rendered(tokenizer: Any, specials: Specials, rendered: list[Rendered
 
     whole = tokenize([r.text for r in rendered])
     before = tokenize([r.text[:r.answer_start] for r in rendered])
-    generation = tokenize([r.generation_prompt for r in rendered])
+    # Most templates write the generation prompt before the answer: tokenize it only where they do not.
+    differ = [i for i, r in enumerate(rendered) if r.generation_prompt != r.text[:r.answer_start]]
+    generation = list(before)
+    for i, ids in zip(differ, tokenize([rendered[i].generation_prompt for i in differ]) if differ else []):
+        generation[i] = ids
     encoded = []
     for ids, before_ids, generation_ids in zip(whole, before, generation):
         boundary = _common_prefix_len(ids, before_ids)

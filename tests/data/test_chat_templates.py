@@ -15,7 +15,7 @@ answer in the prompt, nothing of the prompt in the completion.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -51,7 +51,7 @@ def spec_of(name: str) -> dict:
     return json.loads((FIXTURES / "tokens.json").read_text(encoding="utf-8"))[name]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _trained(name: str) -> str:
     """The tokenizer of `name` as JSON (trained once per session; each test gets a fresh object)."""
     spec = spec_of(name)
@@ -232,10 +232,10 @@ def test_gemma_system_role_is_a_one_line_user_error_naming_the_row():
 
 
 @pytest.mark.parametrize("name, fragment", [
-    ("deepseek-r1-distill-qwen-32b", "rewrites the answer: it writes 'The answer is easy.<｜end▁of▁sentence｜>' for "
-                                     "'<think>Let me think about it.</think>The..."),
-    ("qwen3-0.6b", "writes the conversation before the answer differently for this answer ('Let me think about "
-                   "it.\\n</think>\\n\\nThe ans...' where another answer gets '\\n</think>\\n\\nAOTANSWERSENTINEL"),
+    ("deepseek-r1-distill-qwen-32b", ("rewrites the answer: it writes 'The answer is easy.<｜end▁of▁sentence｜>' "
+                                      "for '<think>Let me think about it.</think>The...")),
+    ("qwen3-0.6b", ("writes the conversation before the answer differently for this answer ('Let me think about "
+                    "it.\\n</think>\\n\\nThe ans...' where another answer gets '\\n</think>\\n\\nAOTANSWERSENTINEL")),
 ])
 def test_reasoning_in_the_answer_is_a_one_line_user_error_naming_the_row(name, fragment):
     tok = tokenizer_for(name)
