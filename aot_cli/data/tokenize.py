@@ -176,6 +176,7 @@ def _common_prefix_len(a: Sequence, b: Sequence) -> int:
 
 
 def _clip(text: str, width: int = 40) -> str:
+    """A short quotable piece of `text` for a one-line error message."""
     return repr(text if len(text) <= width else text[:width] + "...")
 
 
