@@ -1,23 +1,41 @@
 """Tokenization exactly as training sees it: chat template, prompt/completion boundary, truncation.
 
-One example becomes ``prompt ids + completion ids``:
+One example becomes ``prompt ids + completion ids``, and together they are exactly the ids
+``apply_chat_template`` gives for the whole conversation (up to the BOS and EOS rules below):
 
 - The chat template is always applied. A string prompt is one user turn, a string completion one
-  assistant turn. Prompt text = the templated prompt with the generation prompt (the assistant
-  header); completion text = the rest of the templated conversation. Both are tokenized separately
-  with ``add_special_tokens=False``, so the prompt ids are exactly what the model sees at generation
-  time and the boundary is exact (TRL tokenizes the same way).
+  assistant turn.
+- Which prompt the model is trained on: the whole conversation's own prefix, i.e. everything the
+  template writes before the answer when it renders prompt + answer (no generation prompt). Most
+  templates write the generation prompt there, but not all: Mistral v0.3 writes the system prompt
+  only into a *last* user turn, so a conversation that ends in an answer has none; DeepSeek-R1's
+  generation prompt opens a ``<think>`` block its rendered answers lack; Qwen3 writes an empty
+  ``<think></think>`` before the last answer. Training on the generation prompt there would splice
+  two renderings into a sequence the template never produces, and the answer's start would have to
+  be searched for as text (which can land inside the prompt: "Reply Yes or No." answered "Yes").
+  ``Encoded.prompt_is_generation`` says whether the prompt ids are the generation prompt's ids;
+  ``LengthStats.prompt_not_generation`` counts the rows where they are not, for ``aot inspect``.
+- Where the answer starts is found from the template, never by searching for the answer's text:
+  the conversation is rendered a second time with the first answer message's content replaced by a
+  sentinel, and the answer starts where the sentinel does. The real rendering must agree with it up
+  to there (else the template writes the conversation before the answer differently for this
+  answer: Qwen3 moves ``<think>`` reasoning out of it) and then continue with the answer's text, up
+  to surrounding whitespace the template trims (else it drops or rewrites part of the answer:
+  DeepSeek-R1 drops everything up to ``</think>``). Either is a UserError, never a wrong split. A
+  template that refuses the conversation (Gemma raises on a system message) is a UserError with the
+  template's own message.
+- Exact ids: the conversation is tokenized once, whole, without added special tokens (as
+  ``apply_chat_template`` does). The prompt is the longest run of its leading ids that also starts
+  the tokenization of the text before the answer. Usually that is all of that text; when one token
+  spans the boundary (a byte-level BPE merging the template's newline with a space that starts the
+  answer), the token goes to the completion: the prompt never holds any of the answer, the
+  completion holds the token whole, and ``prompt_is_generation`` is False for the row.
 - No double BOS: BOS is prepended only when the tokenizer normally adds one (its post-processor
-  does) and the templated prompt does not already start with it (Llama-3 style templates write
-  ``{{ bos_token }}`` themselves).
-- EOS exactly once, nothing after it: a templated completion that ends in EOS followed only by
+  does) and the templated conversation does not already start with it (Llama-3 style templates
+  write ``{{ bos_token }}`` themselves).
+- EOS exactly once, nothing after it: a templated answer that ends in EOS followed only by
   whitespace (ChatML writes ``<|im_end|>\\n``) is cut right after the EOS; one without EOS gets it
-  appended.
-- When the templated prompt is not a prefix of the templated conversation (templates that render a
-  turn differently once an answer follows, e.g. a system prompt merged only into the *last* user
-  turn), the prompt stays the templated prompt (what generation sees) and the completion starts
-  where the first completion message's content starts in the conversation. ``Encoded.template_prefix``
-  records it and ``aot inspect`` warns.
+  appended (Gemma ends a turn with ``<end_of_turn>\\n``, which stays inside the completion).
 - Truncation (``TokenizeSettings``): the prompt is cut from the LEFT to ``max_prompt_length``; then,
   if the total exceeds ``max_length``, the completion is cut from the END, keeping at least one
   token; only if the prompt alone leaves no room for that token is the prompt cut further. A leading
@@ -53,7 +71,7 @@ from aot_cli.errors import UserError
 from aot_cli.vocab import is_local_path
 
 # Bump when the encoding logic changes, so cached tokenizations made by older code are not reused.
-ENCODING_VERSION = 1
+ENCODING_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -79,8 +97,8 @@ class Encoded:
     prompt_len: int
     truncated_prompt: bool
     truncated_completion: bool
-    template_prefix: bool = True   # False: the templated prompt is not a prefix of the conversation
-    eos_added: bool = False        # True: the template did not end the completion with EOS
+    prompt_is_generation: bool = True  # False: the prompt ids are not the generation prompt's ids
+    eos_added: bool = False            # True: the template did not end the completion with EOS
 
 
 @dataclass(frozen=True)
@@ -152,7 +170,7 @@ def _template(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> 
         raise UserError(f"the chat template failed on this conversation ({exc})") from None
 
 
-def _common_prefix_len(a: str, b: str) -> int:
+def _common_prefix_len(a: Sequence, b: Sequence) -> int:
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -160,31 +178,69 @@ def _common_prefix_len(a: str, b: str) -> int:
     return i
 
 
-def split_text(tokenizer: Any, prompt: Any, completion: Any, eos_token: str | None) -> tuple[str, str, bool]:
-    """``(prompt text, completion text, prompt is a prefix)`` of one templated example.
+def _clip(text: str, width: int = 40) -> str:
+    """A short quotable piece of `text` for a one-line error message."""
+    return repr(text if len(text) <= width else text[:width] + "...")
 
-    The completion text is cut right after its last EOS when only whitespace follows it.
-    """
+
+@dataclass(frozen=True)
+class Rendered:
+    """One example as the chat template renders it: `text` is the whole conversation (cut right after
+    its last EOS when only whitespace follows), the answer starts at ``text[answer_start]``, and
+    `generation_prompt` is the prompt rendered with the generation prompt (what generation sees)."""
+
+    text: str
+    answer_start: int
+    generation_prompt: str
+
+
+_SENTINEL = "AOTANSWERSENTINEL"
+
+
+def render_example(tokenizer: Any, prompt: Any, completion: Any, eos_token: str | None) -> Rendered:
+    """Render one (prompt, completion) pair and find where the answer starts (module docstring)."""
     prompt_msgs = as_messages(prompt, "user", "prompt")
     completion_msgs = as_messages(completion, "assistant", "completion")
-    prompt_text = _template(tokenizer, prompt_msgs, generation_prompt=True)
-    full_text = _template(tokenizer, prompt_msgs + completion_msgs, generation_prompt=False)
-    is_prefix = full_text.startswith(prompt_text)
-    if is_prefix:
-        completion_text = full_text[len(prompt_text):]
-    else:
-        content = str(completion_msgs[0].get("content") or "")
-        start = full_text.find(content, _common_prefix_len(prompt_text, full_text)) if content else -1
-        if start < 0:
-            raise UserError("the templated prompt is not a prefix of the templated conversation and the "
-                            "completion's text is not found in it; the chat template rewrites the answer "
-                            "(fix the template or give another one with --chat-template)")
-        completion_text = full_text[start:]
+    content = completion_msgs[0].get("content")
+    if not isinstance(content, str):
+        raise UserError(f"field 'completion': the first message's content must be text, "
+                        f"got {type(content).__name__}")
+    text = _template(tokenizer, prompt_msgs + completion_msgs, generation_prompt=False)
+    sentinel = _SENTINEL
+    while sentinel in text:  # data that happens to contain it: make it longer until it is unique
+        sentinel += "X"
+    marked = _template(tokenizer, prompt_msgs + [{**completion_msgs[0], "content": sentinel}] + completion_msgs[1:],
+                       generation_prompt=False)
+    start = marked.find(sentinel)
+    if start < 0 or marked.count(sentinel) > 1:
+        raise UserError("the chat template rewrites the answer (it does not write the answer's text once, as "
+                        "given), so aot cannot tell where the answer starts; give another template with "
+                        "--chat-template")
+    if not text.startswith(marked[:start]):
+        at = _common_prefix_len(text, marked)
+        raise UserError(f"the chat template writes the conversation before the answer differently for this "
+                        f"answer ({_clip(text[at:])} where another answer gets {_clip(marked[at:])}; Qwen3 moves "
+                        "<think> reasoning out of the answer), so aot cannot tell where the answer starts; remove "
+                        "the reasoning from the answers or give another template with --chat-template")
+    written = text[start:].lstrip()
+    if not written.startswith(content.strip()):
+        raise UserError(f"the chat template rewrites the answer: it writes {_clip(written)} for "
+                        f"{_clip(content.strip())} (DeepSeek-R1 drops everything up to </think>), so aot would not "
+                        "train on the answer given; remove what the template drops (the reasoning) from the answers "
+                        "or give another template with --chat-template")
     if eos_token:
-        end = completion_text.rfind(eos_token)
-        if end >= 0 and not completion_text[end + len(eos_token):].strip():
-            completion_text = completion_text[:end + len(eos_token)]
-    return prompt_text, completion_text, is_prefix
+        end = text.rfind(eos_token, start)
+        if end >= 0 and not text[end + len(eos_token):].strip():
+            text = text[:end + len(eos_token)]
+    return Rendered(text, start, _template(tokenizer, prompt_msgs, generation_prompt=True))
+
+
+def split_text(tokenizer: Any, prompt: Any, completion: Any, eos_token: str | None) -> tuple[str, str, str]:
+    """``(text before the answer, text from the answer on, generation prompt)`` of one example: the
+    text view of the split (the ids may move one token across the boundary, see the module docstring)."""
+    rendered = render_example(tokenizer, prompt, completion, eos_token)
+    return (rendered.text[:rendered.answer_start], rendered.text[rendered.answer_start:],
+            rendered.generation_prompt)
 
 
 def _truncate_left(ids: list[int], length: int, bos_id: int | None) -> list[int]:
@@ -197,7 +253,7 @@ def _truncate_left(ids: list[int], length: int, bos_id: int | None) -> list[int]
 
 
 def _assemble(specials: Specials, prompt_ids: list[int], completion_ids: list[int],
-              settings: TokenizeSettings, template_prefix: bool) -> Encoded:
+              settings: TokenizeSettings, prompt_is_generation: bool) -> Encoded:
     """BOS, EOS and truncation on the two token lists of one example."""
     if specials.adds_bos and (not prompt_ids or prompt_ids[0] != specials.bos_id):
         prompt_ids = [specials.bos_id] + prompt_ids
@@ -218,38 +274,53 @@ def _assemble(specials: Specials, prompt_ids: list[int], completion_ids: list[in
             completion_ids = completion_ids[:keep]
             truncated_completion = True
     return Encoded(prompt_ids + completion_ids, len(prompt_ids), truncated_prompt, truncated_completion,
-                   template_prefix, eos_added)
+                   prompt_is_generation, eos_added)
 
 
-def _encode_texts(tokenizer: Any, specials: Specials, texts: list[tuple[str, str, bool]],
-                  settings: TokenizeSettings) -> list[Encoded]:
-    """Tokenize split texts in one batched call per side, then assemble each example."""
-    if not texts:
+def _encode_rendered(tokenizer: Any, specials: Specials, rendered: list[Rendered],
+                     settings: TokenizeSettings) -> list[Encoded]:
+    """Tokenize rendered examples (the whole conversation once; the text before the answer and the
+    generation prompt only to place the boundary and compare), then assemble each example."""
+    if not rendered:
         return []
-    # verbose=False: no "longer than the maximum sequence length" warning; truncation is ours.
-    prompt_ids = tokenizer([t[0] for t in texts], add_special_tokens=False, verbose=False)["input_ids"]
-    completion_ids = tokenizer([t[1] for t in texts], add_special_tokens=False, verbose=False)["input_ids"]
-    return [_assemble(specials, p, c, settings, t[2]) for p, c, t in zip(prompt_ids, completion_ids, texts)]
+
+    def tokenize(texts: list[str]) -> list[list[int]]:
+        # verbose=False: no "longer than the maximum sequence length" warning; truncation is ours.
+        return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+    whole = tokenize([r.text for r in rendered])
+    before = tokenize([r.text[:r.answer_start] for r in rendered])
+    # Most templates write the generation prompt before the answer: tokenize it only where they do not.
+    differ = [i for i, r in enumerate(rendered) if r.generation_prompt != r.text[:r.answer_start]]
+    generation = list(before)
+    for i, ids in zip(differ, tokenize([rendered[i].generation_prompt for i in differ]) if differ else []):
+        generation[i] = ids
+    encoded = []
+    for ids, before_ids, generation_ids in zip(whole, before, generation):
+        boundary = _common_prefix_len(ids, before_ids)
+        encoded.append(_assemble(specials, ids[:boundary], ids[boundary:], settings,
+                                 ids[:boundary] == generation_ids))
+    return encoded
 
 
 def encode_example(tokenizer: Any, prompt: Any, completion: Any, settings: TokenizeSettings) -> Encoded:
     """Tokenize one (prompt, completion) pair as training does (see the module docstring)."""
     specials = specials_of(tokenizer)
-    texts = [split_text(tokenizer, prompt, completion, specials.eos_token)]
-    return _encode_texts(tokenizer, specials, texts, settings)[0]
+    rendered = [render_example(tokenizer, prompt, completion, specials.eos_token)]
+    return _encode_rendered(tokenizer, specials, rendered, settings)[0]
 
 
 def encode_many(tokenizer: Any, prompts: Sequence[Any], completions: Sequence[Any],
                 settings: TokenizeSettings, *, first_row: int = 0, field: str = "completion") -> list[Encoded]:
     """``encode_example`` over many rows; errors name the row (1-based, from `first_row`) and `field`."""
     specials = specials_of(tokenizer)
-    texts = []
+    rendered = []
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
         try:
-            texts.append(split_text(tokenizer, prompt, completion, specials.eos_token))
+            rendered.append(render_example(tokenizer, prompt, completion, specials.eos_token))
         except UserError as exc:
             raise UserError(f"row {first_row + i + 1} ({field}): {exc}") from None
-    return _encode_texts(tokenizer, specials, texts, settings)
+    return _encode_rendered(tokenizer, specials, rendered, settings)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -357,8 +428,9 @@ class LengthStats:
     cut the prompt or a completion), `prompt_too_long` (the prompt leaves no room for one completion
     token within max_length, so it is cut further than max_prompt_length), `double_bos` (ids start
     with BOS twice: the template itself writes it twice), `eos_added` (the template does not end the
-    answer with EOS; aot appends it), `missing_eos` (the tokenizer has no EOS token), `not_prefix`
-    (templated prompt not a prefix of prompt + completion).
+    answer with EOS; aot appends it), `missing_eos` (the tokenizer has no EOS token),
+    `prompt_not_generation` (the prompt trained on, the conversation's own prefix, is not the
+    generation prompt: see the module docstring).
     """
 
     rows: int
@@ -368,10 +440,15 @@ class LengthStats:
     double_bos: int
     eos_added: int
     missing_eos: int
-    not_prefix: int
+    prompt_not_generation: int
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def not_prefix(self) -> int:
+        """The name ``aot inspect`` reads until it reports `prompt_not_generation` itself."""
+        return self.prompt_not_generation
 
 
 def _percentile(sorted_values: list[int], percent: int) -> int:
@@ -397,7 +474,7 @@ def length_stats(split: Any, tokenizer: Any, settings: TokenizeSettings, paired:
     columns = list(_columns(paired).values())
     lengths: dict[str, list[int]] = {"prompt": [], **{c: [] for c in columns}, "total": []}
     counts = dict.fromkeys(("truncated", "prompt_too_long", "double_bos", "eos_added", "missing_eos",
-                            "not_prefix"), 0)
+                            "prompt_not_generation"), 0)
     mpl, ml = settings.max_prompt_length, settings.max_length
     with progress(transient=True) as bar:
         task = bar.add_task("Measuring", total=split.num_rows)
@@ -419,6 +496,6 @@ def length_stats(split: Any, tokenizer: Any, settings: TokenizeSettings, paired:
                 counts["eos_added"] += any(e.eos_added for e in row)
                 counts["missing_eos"] += any(specials.eos_id is None or e.input_ids[-1] != specials.eos_id
                                              for e in row)
-                counts["not_prefix"] += any(not e.template_prefix for e in row)
+                counts["prompt_not_generation"] += any(not e.prompt_is_generation for e in row)
             bar.advance(task, len(batch["prompt"]))
     return LengthStats(rows=split.num_rows, lengths={k: summarize_lengths(v) for k, v in lengths.items()}, **counts)

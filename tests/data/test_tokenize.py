@@ -6,6 +6,8 @@ without special tokens, the EOS id.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from aot_cli.data.tokenize import (
@@ -52,7 +54,7 @@ def test_string_example_exact_ids(tok):
     assert tok.decode(enc.input_ids[:enc.prompt_len]) == PROMPT_TEXT
     assert tok.decode(enc.input_ids[enc.prompt_len:]) == "Paris.<|im_end|>"
     assert not (enc.truncated_prompt or enc.truncated_completion or enc.eos_added)
-    assert enc.template_prefix
+    assert enc.prompt_is_generation
 
 
 def test_messages_equal_strings(tok):
@@ -103,27 +105,108 @@ def test_eos_appended_when_template_has_none(tok):
     assert enc.input_ids.count(tok.eos_token_id) == 1
 
 
-def test_template_prompt_not_a_prefix(tok):
-    # Mistral-like: the system prompt is merged into the user turn only when that turn is the last.
-    tok.chat_template = (
-        "{% for m in messages %}{% if m.role == 'user' %}[INST] "
-        "{% if loop.last and messages[0].role == 'system' %}{{ messages[0].content }}\n\n{% endif %}"
-        "{{ m.content }} [/INST]{% elif m.role == 'assistant' %}{{ m.content }}{{ eos_token }}{% endif %}"
-        "{% endfor %}"
-    )
+MISTRAL_LIKE = (  # the system prompt is merged into the user turn only when that turn is the last message
+    "{% for m in messages %}{% if m.role == 'user' %}[INST] "
+    "{% if loop.last and messages[0].role == 'system' %}{{ messages[0].content }}\n\n{% endif %}"
+    "{{ m.content }}[/INST]{% elif m.role == 'assistant' %} {{ m.content | trim }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+def test_prompt_is_the_conversation_prefix_not_the_generation_prompt(tok):
+    # With an answer after it the user turn is no longer last, so the conversation has no system
+    # prompt: aot trains on the conversation as the template renders it whole, and says so.
+    tok.chat_template = MISTRAL_LIKE
     prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    generation = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    assert generation == "[INST] Be brief.\n\nhi[/INST]"
     enc = encode_example(tok, prompt, "yes", NO_LIMIT)
-    assert not enc.template_prefix
-    assert tok.decode(enc.input_ids[:enc.prompt_len]) == "<s>[INST] Be brief.\n\nhi [/INST]"
-    assert tok.decode(enc.input_ids[enc.prompt_len:]) == "yes<|im_end|>"
+    whole = tok.apply_chat_template(prompt + [{"role": "assistant", "content": "yes"}])["input_ids"]
+    assert enc.input_ids == [tok.bos_token_id] + whole
+    assert tok.decode(enc.input_ids[:enc.prompt_len]) == "<s>[INST] hi[/INST]"
+    assert tok.decode(enc.input_ids[enc.prompt_len:]) == " yes<|im_end|>"
+    assert not enc.prompt_is_generation
+    # Without a system prompt the two renderings agree: the space the template writes before the
+    # answer is one token with the answer's first word and goes to the completion.
+    enc = encode_example(tok, [{"role": "user", "content": "hi"}], "yes", NO_LIMIT)
+    assert tok.decode(enc.input_ids[:enc.prompt_len]) == "<s>[INST] hi[/INST]"
+    assert enc.prompt_is_generation
+
+
+def test_short_answer_inside_the_user_message_is_not_found_there(tok):
+    # A text search for "Yes" after the common prefix of the two renderings finds it in the user's
+    # message; the boundary comes from the template instead.
+    tok.chat_template = MISTRAL_LIKE
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Reply Yes or No."}]
+    enc = encode_example(tok, prompt, "Yes", NO_LIMIT)
+    assert tok.decode(enc.input_ids[:enc.prompt_len]) == "<s>[INST] Reply Yes or No.[/INST]"
+    assert tok.decode(enc.input_ids[enc.prompt_len:]) == " Yes<|im_end|>"
+
+
+def test_answer_with_surrounding_whitespace(tok):
+    # The template trims it: found all the same, the completion is the trimmed answer.
+    tok.chat_template = MISTRAL_LIKE
+    enc = encode_example(tok, "hi", "  yes \n", NO_LIMIT)
+    assert tok.decode(enc.input_ids[enc.prompt_len:]) == " yes<|im_end|>"
+    assert enc.prompt_is_generation
+
+
+def test_token_across_the_boundary_goes_to_the_completion(tok):
+    # ChatML keeps the answer's leading spaces; this byte-level BPE merges the header's newline with
+    # the first one ("\n " is one token). The ids stay those of the whole conversation; the token
+    # goes to the completion, so the prompt holds nothing of the answer and is not the generation prompt.
+    whole = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  Yes"}])
+    newline_space = ids(tok, "\n ")
+    assert len(newline_space) == 1 and newline_space[0] in whole["input_ids"]
+    enc = encode_example(tok, "hi", "  Yes", NO_LIMIT)
+    assert enc.input_ids == whole["input_ids"][:-1]  # the "\n" after the final <|im_end|> is cut
+    assert tok.decode(enc.input_ids[:enc.prompt_len]) == "<s><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant"
+    assert tok.decode(enc.input_ids[enc.prompt_len:]) == "\n  Yes<|im_end|>"
+    assert not enc.prompt_is_generation
 
 
 def test_template_that_rewrites_the_answer_is_a_user_error(tok):
     tok.chat_template = ("{% for m in messages %}{% if m.role == 'user' %}U: {{ m.content }}\n"
                          "{% else %}A: {{ m.content | upper }}\n{% endif %}{% endfor %}"
                          "{% if add_generation_prompt %}X: {% endif %}")
-    with pytest.raises(UserError, match="rewrites the answer"):
+    with pytest.raises(UserError, match=re.escape("rewrites the answer: it writes 'YES\\n' for 'yes' (DeepSeek-R1")):
         encode_example(tok, "hi", "yes", NO_LIMIT)
+    tok.chat_template = "{% for m in messages %}{{ m.content[:3] }}{% endfor %}"  # the sentinel is cut too
+    with pytest.raises(UserError, match=re.escape("rewrites the answer (it does not write the answer's text once")):
+        encode_example(tok, "hi", "yes", NO_LIMIT)
+
+
+def test_template_that_renders_the_prompt_by_the_answer_is_a_user_error(tok):
+    tok.chat_template = ("{% for m in messages %}{% if m.role == 'user' %}U: {{ m.content }}"
+                         "{% if 'x' in messages[-1].content %}!{% endif %}\n{% else %}A: {{ m.content }}\n"
+                         "{% endif %}{% endfor %}")
+    enc = encode_example(tok, "hi", "yes", NO_LIMIT)
+    assert tok.decode(enc.input_ids[:enc.prompt_len]) == "<s>U: hiA:"  # trim_blocks eats the newline after endif
+    with pytest.raises(UserError, match=re.escape("before the answer differently for this answer ('!A: x\\n' where "
+                                                  "another answer gets 'A: AOTANSWERSENTINEL\\n'")):
+        encode_example(tok, "hi", "x", NO_LIMIT)
+
+
+def test_answer_containing_the_sentinel(tok):
+    from aot_cli.data.tokenize import _SENTINEL
+
+    enc = encode_example(tok, f"Say {_SENTINEL}", _SENTINEL, NO_LIMIT)
+    assert tok.decode(enc.input_ids[enc.prompt_len:]) == f"{_SENTINEL}<|im_end|>"
+    assert tok.decode(enc.input_ids[:enc.prompt_len]).endswith(f"Say {_SENTINEL}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_split_text_is_the_text_view(tok):
+    from aot_cli.data.tokenize import split_text
+
+    tok.chat_template = MISTRAL_LIKE
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert split_text(tok, prompt, "yes", tok.eos_token) == ("[INST] hi[/INST] ", "yes<|im_end|>",
+                                                             "[INST] Be brief.\n\nhi[/INST]")
+
+
+def test_non_text_answer_content_is_a_user_error(tok):
+    with pytest.raises(UserError, match="field 'completion': the first message's content must be text, got NoneType"):
+        encode_example(tok, "hi", [{"role": "assistant", "content": None}], NO_LIMIT)
 
 
 def test_truncation_prompt_from_the_left_keeps_bos(tok):
@@ -305,7 +388,7 @@ def test_length_stats(tok, paired_split):
     assert stats.lengths["total"] == {"p50": totals[1], "p95": totals[2], "max": totals[2]}
     assert stats.rows == 3 and stats.truncated == sum(t > 20 for t in totals) == 2
     assert stats.prompt_too_long == 1  # 23 prompt tokens + 1 completion token > 20
-    assert (stats.double_bos, stats.eos_added, stats.missing_eos, stats.not_prefix) == (0, 0, 0, 0)
+    assert (stats.double_bos, stats.eos_added, stats.missing_eos, stats.prompt_not_generation) == (0, 0, 0, 0)
     tight = length_stats(paired_split, tok, TokenizeSettings(max_length=12, max_prompt_length=15), paired=True)
     assert tight.truncated == 3 and tight.prompt_too_long == 1  # the 23-token prompt, cut to 15, leaves no room
 
@@ -313,7 +396,7 @@ def test_length_stats(tok, paired_split):
 def test_length_stats_flags_template_problems(tok, paired_split):
     tok.chat_template = "{{ bos_token }}" + tok.chat_template.replace("'<|im_end|>' + ", "")
     stats = length_stats(paired_split, tok, NO_LIMIT, paired=True)
-    assert (stats.double_bos, stats.eos_added, stats.missing_eos, stats.not_prefix) == (3, 3, 0, 0)
+    assert (stats.double_bos, stats.eos_added, stats.missing_eos, stats.prompt_not_generation) == (3, 3, 0, 0)
 
 
 def test_percentile_nearest_rank():
