@@ -445,11 +445,6 @@ class LengthStats:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @property
-    def not_prefix(self) -> int:
-        """The name ``aot inspect`` reads until it reports `prompt_not_generation` itself."""
-        return self.prompt_not_generation
-
 
 def _percentile(sorted_values: list[int], percent: int) -> int:
     """Nearest-rank percentile: the smallest value with at least `percent`% of the values at or

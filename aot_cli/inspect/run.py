@@ -19,8 +19,8 @@ from rich.text import Text
 
 from aot_cli.console import info, out_console, warn
 from aot_cli.data.dataset import load_prepared
-from aot_cli.data.tokenize import (TokenizeSettings, encode_example, length_stats, load_tokenizer, specials_of,
-                                   split_text, summarize_lengths)
+from aot_cli.data.tokenize import (TokenizeSettings, encode_example, length_stats, load_tokenizer, render_example,
+                                   specials_of, split_text, summarize_lengths)
 from aot_cli.errors import UserError
 from aot_cli.inspect.config import Config
 
@@ -67,9 +67,29 @@ def _show_tokens(config: Config, tokenizer: Any, settings: Any, rows: Any, split
                               f"{len(enc.input_ids) - enc.prompt_len} completion tokens"
                               + (f" [yellow](truncated: {', '.join(cut)})[/yellow]" if cut else ""))
             out_console.print(_render_ids(tokenizer, enc.input_ids, enc.prompt_len))
+            if not enc.prompt_is_generation:
+                _show_generation_prompt(tokenizer, row["prompt"], row[side])
     stats = length_stats(split, tokenizer, settings, paired)
     _print_token_table(config, stats)
     _print_template_notes(tokenizer, stats, split[0], paired)
+
+
+def _show_generation_prompt(tokenizer: Any, prompt: Any, completion: Any) -> None:
+    """Where the prompt trained on differs from what generation will see: the ends of both texts."""
+    rendered = render_example(tokenizer, prompt, completion, tokenizer.eos_token)
+    trained, generation = rendered.text[:rendered.answer_start], rendered.generation_prompt
+    start = _common_prefix(trained, generation)
+    out_console.print(Text.assemble(("the prompt trained on differs from the generation prompt from character "
+                                     f"{start}:\n", "yellow"),
+                                    ("  trained on:       ", "bold"), repr(trained[start:][:120]), "\n",
+                                    ("  generation sees:  ", "bold"), repr(generation[start:][:120])))
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _render_ids(tokenizer: Any, ids: list[int], prompt_len: int) -> Any:
@@ -131,10 +151,12 @@ def _print_template_notes(tokenizer: Any, stats: Any, first_row: dict, paired: b
     if stats.missing_eos:
         warn(f"{stats.missing_eos} of {rows} rows have a completion that does not end with EOS: the tokenizer "
              "has no EOS token, so the model cannot learn where to stop")
-    if stats.not_prefix:
-        warn(f"{stats.not_prefix} of {rows} rows: templated prompt is not a prefix of prompt+completion (the "
-             "template renders the prompt differently once an answer follows); aot trains on the templated "
-             "prompt and the completion from where its text starts; check the examples above")
+    if stats.prompt_not_generation:
+        warn(f"{stats.prompt_not_generation} of {rows} rows train on a prompt that is not the generation prompt: "
+             "aot trains on the conversation exactly as the template renders it whole, and this template renders "
+             "the prompt differently once an answer follows (e.g. Mistral v0.3 drops the system prompt, Qwen3 "
+             "writes an empty think block) or joins its last character to the answer's first token; the examples "
+             "above show both texts")
     if stats.eos_added:
         info(f"note: the chat template does not end the answer with EOS ({tokenizer.eos_token}) in "
              f"{stats.eos_added} of {rows} rows; aot appends it once")

@@ -84,9 +84,12 @@ def test_inspect_warns_prefix_and_eos_problems(aot, paired_dir, tiny_model_dir, 
         "{% elif m.role == 'assistant' %}{{ m.content }}{% endif %}{% endfor %}")
     result = aot("inspect", paired_dir, "--model", tiny_model_dir, "-n", 1, "--chat-template", template)
     assert result.exit_code == 0, result
-    assert f"<s>[INST] Be brief.\n\nhi [/INST]{BOUNDARY}yes<|im_end|>" in result.stdout
+    # trained on the whole conversation as rendered: the system text is only in a last user turn
+    assert f"<s>[INST] hi [/INST]{BOUNDARY}yes<|im_end|>" in result.stdout
+    assert "the prompt trained on differs from the generation prompt" in result.stdout
+    assert "generation sees:  'Be brief.\\n\\nhi [/INST]'" in result.stdout
     err = " ".join(result.stderr.split())
-    assert "2 of 2 rows: templated prompt is not a prefix of prompt+completion" in err
+    assert "2 of 2 rows train on a prompt that is not the generation prompt" in err
     assert "does not end the answer with EOS (<|im_end|>) in 2 of 2 rows; aot appends it once" in err
 
 
