@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, cpu if dry else gpu)
     if args.warmup < 1 or args.warmup >= min(args.steps, args.global_steps):
         parser.error("--warmup must be >= 1 and below --steps and --global-steps (a timed step must remain)")
-    if args.accum < 1 or args.run_timeout <= 0 or args.budget <= 0:
+    if args.accum < 1 or not args.run_timeout > 0 or not args.budget > 0:  # NaN fails too
         parser.error("--accum, --run-timeout and --budget must be positive")
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         parser.error(f"--peak-tflops {args.peak_tflops}: expected a positive number of TFLOP/s")
@@ -194,7 +194,7 @@ def peak_tflops(device: str) -> float | None:
     return next((value for keys, value in PEAK_TFLOPS if set(keys) <= words), None)
 
 
-def measure(run: Run, marks: dict, proc: dict, *, samples_per_step: int, warmup: int, flops_per_pair: float,
+def measure(marks: dict, proc: dict, *, samples_per_step: int, warmup: int, flops_per_pair: float,
             tokens_per_pair: float, peak_override: float | None) -> dict:
     """A finished run's row: throughput after warm-up, memory, and MFU against the device's peak."""
     timing = summarize(marks, samples_per_step, warmup)
@@ -245,7 +245,7 @@ def check_run(run: Run, args: argparse.Namespace, cfg: BenchConfig, model: Path,
         tail = Path(proc["log"]).read_text(errors="replace").splitlines()[-LOG_TAIL:]
         return {**row, "status": "failed", "reason": proc["reason"], "log_tail": tail}
     samples_per_step = cfg.batch * (args.accum if run.scope == "global" else 1)
-    return {**row, **measure(run, json.loads(result.read_text()), proc, samples_per_step=samples_per_step,
+    return {**row, **measure(json.loads(result.read_text()), proc, samples_per_step=samples_per_step,
                              warmup=args.warmup, flops_per_pair=flops_per_pair, tokens_per_pair=tokens_per_pair,
                              peak_override=args.peak_tflops)}
 
@@ -271,13 +271,23 @@ def _cells(row: dict) -> list[str]:
             f"{row['wall_s']:.0f} s" if "wall_s" in row else "-", (row["reason"] or "").replace("|", "/")]
 
 
+def _peaks(report: dict) -> str:
+    source = "--peak-tflops" if report["options"]["peak_tflops"] is not None else "datasheet table"
+    found = sorted({(row["device"], row["peak_tflops"]) for row in report["rows"] if row["status"] == "ok"},
+                   key=str)
+    if not found:
+        return "peak: no finished run yet"
+    return "peak " + ", ".join(f"{peak} TFLOP/s ({device}, {source})" if peak else f"unknown for {device} "
+                               "(--peak-tflops sets it)" for device, peak in found)
+
+
 def markdown(report: dict) -> str:
     """OUT/gpu_check.md: what was run, then one table row per run (failed and skipped ones with their reason)."""
     cfg, shape = report["config"], report["model"]
     header = (f"GPU check, config {cfg['name']} ({shape['parameters'] / 1e6:.3g} M parameters, {cfg['layers']} "
               f"layers, hidden {cfg['hidden']}, vocabulary {cfg['vocab']}), micro-batch {cfg['batch']} pairs, "
               f"max_length {cfg['max_length']}, {report['dtype']}; {report['options']['warmup']} warm-up step(s) "
-              f"untimed. MFU: {report['flops_formula']}.")
+              f"untimed. MFU: {report['flops_formula']}; {_peaks(report)}.")
     lines = [header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(row)) + " |" for row in report["rows"]]
     return "\n".join(lines) + "\n"
