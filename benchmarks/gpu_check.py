@@ -2,8 +2,8 @@
 ``DPOTrainer(loss_type="aot")`` on one large GPU, in under 8 minutes; samples/s, peak CUDA memory
 and MFU of each, as JSON and a Markdown table.
 
-    python benchmarks/gpu_check.py --out gpu-check-out          # one CUDA GPU (benchmarks/gpu_check.sh)
-    python benchmarks/gpu_check.py --cpu-dry-run --out dry-out  # the same code path, tiny model, CPU, fp32
+    python benchmarks/gpu_check.py --out bench-out/gpu-check          # one CUDA GPU (benchmarks/gpu_check.sh)
+    python benchmarks/gpu_check.py --cpu-dry-run --out bench-out/dry  # the same path: tiny model, CPU, fp32
 
 Builds a random-init Llama (config ``0.5b``: hidden 1024, 24 layers, vocabulary 32000, 468 M
 parameters; ``smoke`` in a dry run) with its tokenizer and a synthetic paired dataset locally (no
@@ -88,7 +88,7 @@ class Run:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("gpu-check-out"), help="Where gpu_check.json, "
+    parser.add_argument("--out", type=Path, default=Path("bench-out/gpu-check"), help="Where gpu_check.json, "
                         "gpu_check.md and logs/ go.")
     parser.add_argument("--work", type=Path, help="Model, data and run directories (default: a temporary "
                         "directory, removed at the end; a given one is kept and its model reused).")
