@@ -137,7 +137,7 @@ def run_process(name: str, cmd: list[str], out: Path, env: dict[str, str], timeo
     wall = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
     reason = None
-    if expired.is_set():
+    if expired.is_set() and code == -signal.SIGKILL:  # not a run that ended just as the timer fired
         reason = f"timed out after {timeout:.0f} s (killed)"
     elif code != 0:
         reason = failure_reason(log.read_text(errors="replace"), code)
