@@ -36,6 +36,9 @@ CONFIGS = {
     "tiny": BenchConfig("tiny", hidden=64, layers=2, heads=4, intermediate=128, vocab=4000, max_length=256, batch=8),
     "small": BenchConfig("small", hidden=512, layers=8, heads=8, intermediate=1376, vocab=32000, max_length=512,
                          batch=4),
+    # One large GPU (benchmarks/gpu_check.py): 468 M parameters, shaped like the 0.5B class of models.
+    "0.5b": BenchConfig("0.5b", hidden=1024, layers=24, heads=16, intermediate=4096, vocab=32000, max_length=1024,
+                        batch=8),
 }
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -75,18 +78,20 @@ def build_model(out_dir: Path, cfg: BenchConfig, seed: int = 0) -> Path:
     return out_dir
 
 
-def _conversation_length(tokenizer, prompt: str, completion: str) -> int:
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+def conversation_length(tokenizer, messages: list[dict]) -> int:
+    """Tokens of a conversation (prompt and completion messages) under the tokenizer's chat template."""
     return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
 
 
 def _fit(tokenizer, prompt: list[str], completion: list[str], max_length: int) -> str:
     """Drop words from the end of `completion` until the templated conversation fits."""
-    text = " ".join(completion)
-    while len(completion) > 1 and _conversation_length(tokenizer, " ".join(prompt), text) > max_length:
-        completion = completion[: max(1, len(completion) - 4)]
+    user = {"role": "user", "content": " ".join(prompt)}
+    while True:
         text = " ".join(completion)
-    return text
+        if len(completion) <= 1 or conversation_length(
+                tokenizer, [user, {"role": "assistant", "content": text}]) <= max_length:
+            return text
+        completion = completion[: max(1, len(completion) - 4)]
 
 
 def build_dataset(out_dir: Path, model_dir: Path, cfg: BenchConfig, n_train: int, seed: int = 0) -> Path:

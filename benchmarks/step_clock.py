@@ -66,13 +66,17 @@ class StepClock:
 
     def dump(self, path: str, **extra) -> None:
         """Write the marks (wall seconds since the clock started, CPU seconds since the process
-        started) and `extra` as JSON."""
+        started), the peak CUDA memory (allocated by tensors, and reserved by the caching
+        allocator: what an OOM is about), the device's name and `extra` as JSON."""
         import torch
 
+        cuda = torch.cuda.is_available()
         result = {
             "step_ends": [t - self.start for t in self.step_ends],
             "step_cpu": self.step_cpu,
-            "cuda_peak_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+            "cuda_peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+            "cuda_peak_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None,
+            "device": torch.cuda.get_device_name() if cuda else "cpu",
             "threads": torch.get_num_threads(),
             **extra,
         }

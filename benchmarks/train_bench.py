@@ -26,10 +26,13 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -73,7 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _child_env(cache: Path, profile: Path | None, threads: int | None) -> dict[str, str]:
+def child_env(cache: Path, profile: Path | None, threads: int | None) -> dict[str, str]:
+    """The environment of a benchmark process: offline, its own aot cache, and this repository's
+    benchmarks/ and aot_cli first on the path (whatever else is installed)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", AOT_CACHE_DIR=str(cache))
     env.pop("BENCH_PROFILE", None)
@@ -81,32 +86,77 @@ def _child_env(cache: Path, profile: Path | None, threads: int | None) -> dict[s
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     if profile is not None:
         env["BENCH_PROFILE"] = str(profile)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), str(HERE.parent), env.get("PYTHONPATH")) if p)
     return env
 
 
-def run_child(name: str, cmd: list[str], out: Path, args: argparse.Namespace) -> dict:
-    """Run one benchmark process; return its wall time and peak RSS (``wait4``: this child only)."""
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+
+
+def failure_reason(log: str, exit_code: int) -> str:
+    """One line saying why a benchmark process failed, from its exit code and output: aot's (or
+    typer's) ``error:`` line, else the exception line that ends a traceback (an OOM, a missing
+    kernel), else the last line of output."""
+    if exit_code < 0:
+        return f"killed by {signal.Signals(-exit_code).name}"
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    line = (next((x for x in reversed(lines) if x.startswith("error:")), None)
+            or next((x for x in reversed(lines) if _EXCEPTION_LINE.match(x)), None)
+            or (lines[-1] if lines else "no output"))
+    return f"exit {exit_code}: {line[:300]}"
+
+
+def run_process(name: str, cmd: list[str], out: Path, env: dict[str, str], timeout: float | None = None) -> dict:
+    """Run one benchmark process (output to OUT/logs/NAME.log) until it exits or `timeout` seconds
+    pass, then kill it (SIGKILL). Returns its wall time, peak RSS (``wait4``: this child
+    only), exit code and, when it failed, a one-line ``reason``."""
     log = out / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    cache = out / "cache" / name
-    shutil.rmtree(cache, ignore_errors=True)  # a fresh reference-log-prob cache: the pass is measured
     load_before = os.getloadavg()[0]
-    info(f"running {name} (1-minute load {load_before:.2f}), log: {log.relative_to(out)}")
     start = time.perf_counter()
     with open(log, "w") as handle:
         handle.write(" ".join(cmd) + "\n")
         handle.flush()
-        env = _child_env(cache, out / f"profile-{name}.txt" if args.profile else None, args.threads)
+        # No new session or process group: a supervisor that ends this benchmark's group ends its runs.
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        expired = threading.Event()
+
+        def kill() -> None:
+            expired.set()
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended on its own meanwhile
+                pass
+
+        timer = threading.Timer(timeout, kill) if timeout is not None else None
+        if timer is not None:
+            timer.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        if timer is not None:
+            timer.cancel()
     wall = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise SystemExit(f"{name} failed (exit {code}); last lines of {log}:\n{tail}")
+    reason = None
+    if expired.is_set() and code == -signal.SIGKILL:  # not a run that ended just as the timer fired
+        reason = f"timed out after {timeout:.0f} s (killed)"
+    elif code != 0:
+        reason = failure_reason(log.read_text(errors="replace"), code)
     return {"wall_s": wall, "peak_rss_bytes": usage.ru_maxrss * 1024, "load_1min_before": load_before,
-            "command": cmd}
+            "command": cmd, "exit_code": code, "reason": reason, "log": str(log)}
+
+
+def run_child(name: str, cmd: list[str], out: Path, args: argparse.Namespace) -> dict:
+    """Run one benchmark process to completion; stop the benchmark with its last lines if it failed."""
+    cache = out / "cache" / name
+    shutil.rmtree(cache, ignore_errors=True)  # a fresh reference-log-prob cache: the pass is measured
+    info(f"running {name} (1-minute load {os.getloadavg()[0]:.2f}), log: logs/{name}.log")
+    env = child_env(cache, out / f"profile-{name}.txt" if args.profile else None, args.threads)
+    result = run_process(name, cmd, out, env)
+    if result["reason"] is not None:
+        log = Path(result["log"])
+        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+        raise SystemExit(f"{name} failed ({result['reason']}); last lines of {log}:\n{tail}")
+    return {key: result[key] for key in ("wall_s", "peak_rss_bytes", "load_1min_before", "command")}
 
 
 def summarize(marks: dict, samples_per_step: int, warmup: int) -> dict:
@@ -128,17 +178,43 @@ def summarize(marks: dict, samples_per_step: int, warmup: int) -> dict:
     }
 
 
-def run_trl(args, cfg: BenchConfig, model: Path, data: Path, out: Path, name: str) -> dict:
+def trl_command(out: Path, name: str, cfg: BenchConfig, model: Path, data: Path, *, steps: int, dtype: str,
+                seed: int, beta: float, lr: float, gradient_checkpointing: bool,
+                lora: dict | None = None) -> tuple[list[str], dict, Path]:
+    """TRL's run NAME (micro-batch ``cfg.batch``, no accumulation, online reference): writes its
+    spec to OUT/NAME-spec.json; returns the command, the spec and the path of the clock's marks."""
+    result = out / f"{name}.json"
     spec = {
-        "model": str(model), "data": str(data), "out": str(out / f"{name}-run"), "result": str(out / f"{name}.json"),
-        "dtype": "fp32", "seed": args.seed, "beta": args.beta, "lr": args.lr, "batch": cfg.batch, "grad_accum": 1,
-        "steps": args.steps, "max_length": cfg.max_length,
-        "gradient_checkpointing": name == "trl", "precompute_ref": False,
+        "model": str(model), "data": str(data), "out": str(out / f"{name}-run"), "result": str(result),
+        "dtype": dtype, "seed": seed, "beta": beta, "lr": lr, "batch": cfg.batch, "grad_accum": 1,
+        "steps": steps, "max_length": cfg.max_length,
+        "gradient_checkpointing": gradient_checkpointing, "precompute_ref": False, "lora": lora,
     }
     (out / f"{name}-spec.json").write_text(json.dumps(spec, indent=1))
-    cmd = [sys.executable, str(HERE / "run_trl.py"), str(out / f"{name}-spec.json")]
+    return [sys.executable, str(HERE / "run_trl.py"), str(out / f"{name}-spec.json")], spec, result
+
+
+def aot_command(out: Path, name: str, cfg: BenchConfig, model: Path, data: Path, *, scope: str, accum: int,
+                steps: int, dtype: str, seed: int, beta: float, lr: float,
+                extra: list[str]) -> tuple[list[str], list[str], Path]:
+    """`aot train` run NAME (micro-batch ``cfg.batch``, into OUT/NAME-run; `extra`: --full, LoRA or
+    QLoRA flags...); returns the command, its `aot train` arguments and the path of the clock's marks."""
+    result = out / f"{name}.json"
+    train_args = [
+        "--model", str(model), "--data", str(data), "-o", str(out / f"{name}-run"), "--overwrite",
+        "--loss", "aot", *extra, "--sort-scope", scope, "--batch-size", str(cfg.batch),
+        "--grad-accum", str(accum), "--max-steps", str(steps), "--max-length", str(cfg.max_length),
+        "--max-prompt-length", str(cfg.max_length), "--lr", str(lr), "--beta", str(beta),
+        "--warmup-ratio", "0", "--dtype", dtype, "--seed", str(seed), "--save-steps", "0",
+    ]
+    return [sys.executable, str(HERE / "run_aot.py"), str(result), "--", *train_args], train_args, result
+
+
+def run_trl(args, cfg: BenchConfig, model: Path, data: Path, out: Path, name: str) -> dict:
+    cmd, spec, result = trl_command(out, name, cfg, model, data, steps=args.steps, dtype="fp32", seed=args.seed,
+                                    beta=args.beta, lr=args.lr, gradient_checkpointing=name == "trl")
     proc = run_child(name, cmd, out, args)
-    marks = json.loads((out / f"{name}.json").read_text())
+    marks = json.loads(result.read_text())
     return {"settings": spec, **proc, **summarize(marks, cfg.batch, args.warmup)}
 
 
@@ -147,16 +223,9 @@ def run_aot(args, cfg: BenchConfig, model: Path, data: Path, out: Path, name: st
     scope = "global" if name == "global" else "micro"
     accum = 1 if scope == "micro" else args.sort_set // cfg.batch
     steps = args.steps if scope == "micro" else args.global_steps
-    result = out / f"aot-{name}.json"
-    train_args = [
-        "--model", str(model), "--data", str(data), "-o", str(out / f"aot-{name}-run"), "--overwrite",
-        "--loss", "aot", "--full", "--sort-scope", scope, "--batch-size", str(cfg.batch),
-        "--grad-accum", str(accum), "--max-steps", str(steps), "--max-length", str(cfg.max_length),
-        "--max-prompt-length", str(cfg.max_length), "--lr", str(args.lr), "--beta", str(args.beta),
-        "--warmup-ratio", "0", "--dtype", "fp32", "--seed", str(args.seed), "--save-steps", "0",
-        *(["--gradient-checkpointing"] if name == "micro-gc" else []),
-    ]
-    cmd = [sys.executable, str(HERE / "run_aot.py"), str(result), "--", *train_args]
+    cmd, train_args, result = aot_command(
+        out, f"aot-{name}", cfg, model, data, scope=scope, accum=accum, steps=steps, dtype="fp32", seed=args.seed,
+        beta=args.beta, lr=args.lr, extra=["--full", *(["--gradient-checkpointing"] if name == "micro-gc" else [])])
     proc = run_child(f"aot-{name}", cmd, out, args)
     marks = json.loads(result.read_text())
     return {"settings": {"aot_train_args": train_args}, **proc, **summarize(marks, cfg.batch * accum, args.warmup)}
