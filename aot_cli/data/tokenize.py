@@ -355,7 +355,7 @@ def _features(split: Any, paired: bool) -> Any:
 
 def tokenize_split(split: Any, tokenizer: Any, settings: TokenizeSettings, *, paired: bool,
                    fingerprint: str | None = None) -> Any:
-    """Tokenize a prepared split (CONTRACTS.md) into id columns, cached on disk.
+    """Tokenize a prepared split (docs/architecture.md) into id columns, cached on disk.
 
     Paired: ``chosen_input_ids``, ``chosen_prompt_len``, ``rejected_input_ids``,
     ``rejected_prompt_len``; unpaired: ``input_ids``, ``prompt_len``, ``label``. Both also carry

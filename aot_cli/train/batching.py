@@ -4,7 +4,7 @@ The data are two *sides*: side A holds the chosen (paired) or positive (unpaired
 the rejected or negative ones. Paired data draw a pair index for both sides at once; unpaired data
 draw ``G`` positives and ``G`` negatives independently each step, from different prompts (the
 paper's Algorithm 1). The draw for step ``k`` depends only on the seed, ``k`` and the global batch
-size ``G`` (DESIGN.md section 5), so micro 2 x accumulation 8 and micro 16 x accumulation 1 see the
+size ``G`` (docs/architecture.md, invariants), so micro 2 x accumulation 8 and micro 16 x accumulation 1 see the
 same 16 samples, and a resumed run needs nothing but its step number.
 
 The global batch is drawn at random (the sort set stays an unbiased sample) and only then split

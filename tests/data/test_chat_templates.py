@@ -217,7 +217,7 @@ def test_mistral_rows_with_a_system_prompt_are_counted():
         "rejected": [[{"role": "assistant", "content": "No"}], [{"role": "assistant", "content": "No."}]],
     })
     stats = length_stats(split, tok, NO_LIMIT, paired=True)
-    assert stats.prompt_not_generation == 1 and stats.not_prefix == 1
+    assert stats.prompt_not_generation == 1 and stats.prompt_not_generation == 1
     enc = encode_example(tok, split[0]["prompt"], "Yes", NO_LIMIT)
     assert tok.decode(enc.input_ids[enc.prompt_len:]) == "Yes</s>"  # not "Yes or No.[/INST] Yes</s>"
 
