@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 DEMO ?= demo-out
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install lint test test-fast demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# ruff (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, bugbear, pyupgrade, imports inside functions.
+lint: install
+	$(BIN)/ruff check aot_cli tests benchmarks
+
+test: install lint
 	$(BIN)/python -m pytest -q
 
 test-fast: install

@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="One seed, unpaired only, micro-2 vs global-16, "
                         "fewer steps (about a minute).")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 1], help="Training seeds (data order, LoRA init).")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 1],
+                        help="Training seeds (data order, LoRA init).")
     parser.add_argument("--losses", nargs="+", default=["aot_unpaired", "aot"], choices=["aot_unpaired", "aot"])
     parser.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS], choices=[c[0] for c in CONFIGS])
     parser.add_argument("--steps", type=int, default=48, help="Optimizer steps of every run (16 samples each).")
@@ -189,10 +190,11 @@ def pair_spread(logps_file: Path, beta: float) -> dict:
     import numpy as np
 
     rows = [json.loads(line) for line in logps_file.read_text().splitlines() if line.strip()]
-    get = lambda key: np.array([r[key] for r in rows])  # noqa: E731
+    get = lambda key: np.array([r[key] for r in rows])
     ref_margin = get("ref_chosen") - get("ref_rejected")
     margin = beta * (get("policy_chosen") - get("policy_rejected") - ref_margin)
-    return {"pair_margin_std": float(margin.std()), "pair_margin_ref_corr": float(np.corrcoef(margin, ref_margin)[0, 1])}
+    return {"pair_margin_std": float(margin.std()),
+            "pair_margin_ref_corr": float(np.corrcoef(margin, ref_margin)[0, 1])}
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -237,7 +239,9 @@ def print_table(rows: list[dict], beta: float) -> None:
         table.add_column(col, justify="left" if col in ("loss", "run") else "right", no_wrap=True)
     for r in rows:
         one = len(r["seeds"]) == 1
-        cell = lambda m, f: f"{r[m]['mean']:{f}}" + ("" if one else f" ± {r[m]['std']:{f}}")  # noqa: E731
+
+        def cell(m, f, r=r, one=one):
+            return f"{r[m]['mean']:{f}}" + ("" if one else f" ± {r[m]['std']:{f}}")
         table.add_row(r["loss"], r["config"], str(r["sort_set"]), cell("accuracy", ".3f"),
                       cell("mean_difference", ".3f"), cell("violation_fraction", ".3f"),
                       cell("pair_margin_std", ".3f") if "pair_margin_std" in r else "-")

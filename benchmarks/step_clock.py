@@ -31,7 +31,7 @@ class StepClock:
         self.profile_path = os.environ.get("BENCH_PROFILE")
         self.profiler = None
 
-    def install(self) -> "StepClock":
+    def install(self) -> StepClock:
         import torch
         from torch.optim.optimizer import register_optimizer_step_post_hook
 

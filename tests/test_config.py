@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import typer
@@ -17,8 +16,8 @@ from aot_cli.errors import UserError
 
 @dataclass
 class Demo(StepConfig):
-    source: Optional[str] = arg(help="where from")
-    output: Optional[Path] = opt(None, "-o", "--output", help="where to", required=True)
+    source: str | None = arg(help="where from")
+    output: Path | None = opt(None, "-o", "--output", help="where to", required=True)
     beta: float = opt(0.01, help="temperature", gt=0)
     steps: int = opt(3, help="steps", ge=1)
     loss: str = opt("aot", help="loss", choices=("aot", "dpo"))

@@ -38,9 +38,11 @@ def _h(z: float, surrogate: str, beta: float, ls: float = 0.0) -> float:
 def test_unequal_counts_hand_numbers():
     args = _unpaired(U2, V3)
     # least squares, beta 0.5: (0.5 - [1, -1, 1, -1])^2 = [.25, 2.25, .25, 2.25] -> (2*.25 + 2.25 + .25 + 2*2.25)/6
-    assert aot_loss(*args, paired=False, beta=0.5, surrogate="least_squares").item() == pytest.approx(7.5 / 6, abs=1e-12)
+    least_squares = aot_loss(*args, paired=False, beta=0.5, surrogate="least_squares").item()
+    assert least_squares == pytest.approx(7.5 / 6, abs=1e-12)
     # squared hinge, beta 0.5: [0, 2.25, 0, 2.25] -> (2.25 + 2*2.25)/6
-    assert aot_loss(*args, paired=False, beta=0.5, surrogate="squared_hinge").item() == pytest.approx(6.75 / 6, abs=1e-12)
+    squared_hinge = aot_loss(*args, paired=False, beta=0.5, surrogate="squared_hinge").item()
+    assert squared_hinge == pytest.approx(6.75 / 6, abs=1e-12)
     # logistic, beta 1: (2 log(1+e^-1) + log(1+e) + log(1+e^-1) + 2 log(1+e)) / 6 = (log(1+e^-1) + log(1+e)) / 2
     expected = (math.log1p(math.exp(-1)) + math.log1p(math.e)) / 2
     assert aot_loss(*args, paired=False, beta=1.0).item() == pytest.approx(expected, abs=1e-12)
@@ -237,7 +239,8 @@ def test_paired_still_needs_equal_counts_and_dominance_is_checked():
 
 def test_reward_metrics_unequal_counts_hand_numbers():
     # beta 0.5: chosen rewards [0, 2] (n = 2), rejected rewards [-1, 1, 2] (m = 3)
-    m = reward_metrics(torch.tensor([0.0, 4.0]), torch.tensor([-2.0, 2.0, 4.0]), torch.zeros(2), torch.zeros(3), beta=0.5)
+    m = reward_metrics(torch.tensor([0.0, 4.0]), torch.tensor([-2.0, 2.0, 4.0]), torch.zeros(2), torch.zeros(3),
+                       beta=0.5)
     assert m["rewards/chosen"] == pytest.approx(1.0) and m["rewards/rejected"] == pytest.approx(2 / 3)
     assert m["rewards/margins"] == pytest.approx(1 / 3)  # mean chosen - mean rejected
     # couples ordered strictly: 0 > -1; 2 > -1, 2 > 1 (2 = 2 does not count) -> 3 of 6

@@ -78,7 +78,7 @@ def test_model_checks_its_shards_and_eval_its_results(tmp_path):
     assert EvalArtifact.load(ev).results["scores"] == {"t": {"acc": 1.0}} and EvalArtifact.load(ev).suite == "lm-eval"
     (ev / "results.json").write_text('{"suite": "lm-ev')
     with pytest.raises(UserError, match="results.json: not valid JSON; the eval artifact is damaged"):
-        EvalArtifact.load(ev).results
+        _ = EvalArtifact.load(ev).results
 
 
 def test_model_location_checks_local_directories_only(tmp_path):

@@ -9,8 +9,8 @@ from aot_cli.data.formats import (Drop, ShapeOptions, detect_shape, hh_messages,
 from aot_cli.data.operations import ScoreExpr
 from aot_cli.errors import UserError
 
-U = lambda c: {"role": "user", "content": c}  # noqa: E731
-A = lambda c: {"role": "assistant", "content": c}  # noqa: E731
+U = lambda c: {"role": "user", "content": c}
+A = lambda c: {"role": "assistant", "content": c}
 
 
 @pytest.mark.parametrize("row, shape", [

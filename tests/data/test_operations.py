@@ -63,7 +63,7 @@ def test_binarize_best_vs_random_picks_a_strictly_lower_response():
 
 
 def test_hygiene_on_messages_and_across_splits():
-    m = lambda role, text: [{"role": role, "content": text}]  # noqa: E731
+    m = lambda role, text: [{"role": role, "content": text}]
     rows = [{"prompt": m("user", "q"), "completion": m("assistant", "a"), "label": True},
             {"prompt": m("user", "q"), "completion": m("assistant", "a"), "label": False},  # not a duplicate
             {"prompt": m("user", "q"), "completion": m("assistant", " "), "label": True},

@@ -123,7 +123,8 @@ def test_dominance_bad_inputs(aot, lora_run_dir, tiny_model_dir, tmp_path):
     result = aot("eval", "dominance", tiny_model_dir, "--data", lora_run_dir, "-o", tmp_path / "b")
     assert result.exit_code == 2 and "needs a run directory" in result.stderr
     no_test = tmp_path / "no-test"
-    DatasetDict({"train": Dataset.from_dict({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]})}).save_to_disk(no_test)
+    one_pair = Dataset.from_dict({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]})
+    DatasetDict({"train": one_pair}).save_to_disk(no_test)
     write_manifest(no_test, kind="dataset", config={}, summary={"paired": True})
     result = aot("eval", "dominance", lora_run_dir, "--data", no_test, "-o", tmp_path / "c")
     assert result.exit_code == 2 and "test is missing" in result.stderr and len(result.stderr.strip().splitlines()) == 1

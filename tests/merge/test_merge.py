@@ -91,7 +91,8 @@ def test_merge_bf16_and_full_run(aot, full_run_dir, tmp_path):
     result = aot("merge", run, "-o", out)
     assert result.exit_code == 0, result
     config = json.loads((out / "config.json").read_text())
-    assert config["dtype"] == "bfloat16" and json.loads((run / "model" / "config.json").read_text())["dtype"] == "float32"
+    assert config["dtype"] == "bfloat16"
+    assert json.loads((run / "model" / "config.json").read_text())["dtype"] == "float32"
     summary = json.loads((out / "manifest.json").read_text())["summary"]
     assert summary["adapter"] is False and summary["dtype"] == "bf16"
     assert summary["verify"]["relative_diff"] < merge.VERIFY_TOLERANCE["bf16"]

@@ -44,7 +44,8 @@ def _jsonl(path: Path, rows: list) -> Path:
     ("scored", "scored", True, 1, {"tie": 1, "too_few_responses": 1},
      {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}),
     ("pku", "pku", True, 3, {},
-     {"prompt": "How do I pick a lock?", "chosen": "Use a tension wrench and a pick.", "rejected": "Call a locksmith."}),
+     {"prompt": "How do I pick a lock?", "chosen": "Use a tension wrench and a pick.",
+      "rejected": "Call a locksmith."}),
     ("labelled_kto", "labelled", False, 6, {}, {"prompt": "What is 2+2?", "completion": "4", "label": True}),
     ("labelled_beavertails", "labelled", False, 4, {},
      {"prompt": "How do I pick a lock?", "completion": "Call a locksmith.", "label": True}),
@@ -173,7 +174,7 @@ def test_unpair_disjoint_prompts_is_balanced_and_disjoint(aot, tmp_path):
     train = data["train"]
     balance = summary["label_balance"]["train"]
     assert balance["positive"] == balance["negative"] > 0
-    by_label = {lab: {p for p, l in zip(train["prompt"], train["label"]) if l == lab} for lab in (True, False)}
+    by_label = {lab: {p for p, label in zip(train["prompt"], train["label"]) if label == lab} for lab in (True, False)}
     assert not by_label[True] & by_label[False]
     assert len(set(zip(train["prompt"], train["completion"]))) == len(train)
 

@@ -39,7 +39,8 @@ def test_two_processes_equal_one_process(tiny_model_dir, mixed_length_data, tmp_
         flags += [flag if value is not False else "--full"] if isinstance(value, bool) else [flag, str(value)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "aot_cli", "train",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "aot_cli", "train",
          "--model", str(tiny_model_dir), "--data", str(paired_data), "-o", str(two), *flags],
         capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -68,7 +68,8 @@ def test_max_length_shorter_than_every_prompt(aot, tiny_model_dir, paired_data, 
                     reason="a CUDA machine can load in 4 bits")
 def test_load_in_4bit_without_cuda(aot, tiny_model_dir, paired_data, tmp_path):
     out = tmp_path / "run"
-    _check_error(_train(aot, tiny_model_dir, paired_data, out, "--load-in-4bit"), out, "--load-in-4bit needs a CUDA GPU")
+    _check_error(_train(aot, tiny_model_dir, paired_data, out, "--load-in-4bit"), out,
+                 "--load-in-4bit needs a CUDA GPU")
 
 
 def test_existing_output_is_left_alone(aot, tiny_model_dir, paired_data, tmp_path):

@@ -43,7 +43,8 @@ def test_cli_writes_run_artifact_and_every_lora_parameter_changes(aot, tiny_mode
     summary = manifest["summary"]
     assert summary["steps"] == 2 and summary["adapter"] is True and summary["global_batch"] == 8
     assert summary["init_adapter"] is None and summary["peak_memory_bytes"] > 0
-    assert summary["dataset_fingerprint"] == json.loads((paired_data / "manifest.json").read_text())["summary"]["fingerprint"]
+    manifest = json.loads((paired_data / "manifest.json").read_text())
+    assert summary["dataset_fingerprint"] == manifest["summary"]["fingerprint"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -103,7 +104,7 @@ def test_interrupt_then_resume_matches_uninterrupted(tiny_model_dir, paired_data
     run.run(config(tiny_model_dir, paired_data, interrupted, max_steps=6, save_steps=4, resume="auto"))
     a, b = _weights(straight), _weights(interrupted)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    lines = lambda out: [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    lines = lambda out: [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines(interrupted)] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in lines(interrupted)] == [r["loss"] for r in lines(straight)]
 
@@ -122,7 +123,7 @@ def test_reference_cache_hit_and_invalidation(tiny_model_dir, paired_data, unpai
     computed = []
     real = reference.precompute
     monkeypatch.setattr(reference, "precompute", lambda *a, **k: computed.append(1) or real(*a, **k))
-    entries = lambda: sorted((tmp_path / "cache" / "reference").glob("*.pt"))  # noqa: E731
+    entries = lambda: sorted((tmp_path / "cache" / "reference").glob("*.pt"))
 
     run.run(config(tiny_model_dir, paired_data, tmp_path / "a", max_steps=1))
     run.run(config(tiny_model_dir, paired_data, tmp_path / "b", max_steps=1, lr=1e-2, loss="dpo"))
@@ -229,7 +230,7 @@ def test_through_the_loop_micro2_accum8_equals_micro16_and_micro_scope_differs(t
         return torch.cat([(after[k] - before[k]).flatten() for k in sorted(before)])
 
     big = step2_update(16, 1, "global")
-    rel = lambda d: float((d - big).norm() / big.norm())  # noqa: E731
+    rel = lambda d: float((d - big).norm() / big.norm())
     assert rel(step2_update(2, 8, "global")) < 1e-5
     assert rel(step2_update(2, 8, "micro")) > 1e-3  # ~4e-3 here: after one step few margins have reordered
 
