@@ -64,7 +64,8 @@ def test_rows_out_of_range_is_a_user_error(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "x.jsonl"), "--rows", "0"])
     assert exit_info.value.code == 2 and not (tmp_path / "x.jsonl").exists()
-    assert capsys.readouterr().err == "error: --rows 0: the generator has 2688 distinct prompts; ask for 1 to 2688 rows\n"
+    assert capsys.readouterr().err == ("error: --rows 0: the generator has 2688 distinct prompts; "
+                                       "ask for 1 to 2688 rows\n")
 
 
 def test_cli_writes_jsonl_that_prepare_reads(aot, tmp_path):
