@@ -38,23 +38,34 @@ bench: install
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/train_bench.py --config $(BENCH_CONFIG) --out $(BENCH_OUT)/$(BENCH_CONFIG)
 
-# The demo: the whole chain on a tiny random-init model built on the spot (no downloads) and the
-# bundled LLaMA-Factory DPO demo set. Each step's target is its manifest.json, so make re-runs only
-# what changed; --overwrite lets a changed input rebuild a step's directory.
-DEMO_DATA ?= tests/data/real/llamafactory_dpo_en_demo.json
+# The demo: the whole chain on data and a model made on the spot (no downloads). aot_cli/tiny_data.py
+# writes a preference set with a rule to learn (the chosen answer is in the mood the prompt asks
+# for, cheerful or gloomy; the rejected one in the other), aot_cli/tiny_model.py a random-init tiny
+# Llama whose tokenizer is trained on that set. Each step's target is its output file, so make
+# re-runs only what changed; --overwrite lets a changed input rebuild a step's directory.
+DEMO_ROWS ?= 1280
+DEMO_SEED ?= 0
+DEMO_DATA := $(DEMO)/source/prefs.jsonl
 DEMO_TASKS ?= tests/fixtures/lm_eval_tasks
+# One torch thread: a model this small only contends with itself on a few (shared) cores.
+DEMO_THREADS ?= 1
 AOT := $(BIN)/aot
 
-$(DEMO)/tiny-model/config.json: | install
-	$(BIN)/python -m aot_cli.tiny_model $(DEMO)/tiny-model --corpus $(DEMO_DATA) --vocab 4096
+demo: export OMP_NUM_THREADS = $(DEMO_THREADS)
 
-$(DEMO)/data/manifest.json: $(DEMO_DATA) | install
+$(DEMO_DATA): aot_cli/tiny_data.py | install
+	$(BIN)/python -m aot_cli.tiny_data $@ --rows $(DEMO_ROWS) --seed $(DEMO_SEED)
+
+$(DEMO)/tiny-model/config.json: $(DEMO_DATA)
+	$(BIN)/python -m aot_cli.tiny_model $(DEMO)/tiny-model --corpus $(DEMO_DATA) --vocab 1024
+
+$(DEMO)/data/manifest.json: $(DEMO_DATA)
 	$(AOT) prepare $(DEMO_DATA) -o $(DEMO)/data --test-size 0.1 --overwrite
 
 $(DEMO)/run/manifest.json: $(DEMO)/data/manifest.json $(DEMO)/tiny-model/config.json
-	$(AOT) inspect $(DEMO)/data --model $(DEMO)/tiny-model -n 1 --max-length 512 --max-prompt-length 256
+	$(AOT) inspect $(DEMO)/data --model $(DEMO)/tiny-model -n 1 --max-length 128 --max-prompt-length 64
 	$(AOT) train --model $(DEMO)/tiny-model --data $(DEMO)/data -o $(DEMO)/run --overwrite \
-		--loss aot --max-steps 30 --batch-size 4 --grad-accum 4 --lr 2e-3 --max-length 512 --max-prompt-length 256 --save-steps 10
+		--loss aot --max-steps 120 --batch-size 4 --grad-accum 4 --lr 5e-3 --max-length 128 --max-prompt-length 64 --save-steps 40
 
 $(DEMO)/model/manifest.json: $(DEMO)/run/manifest.json
 	$(AOT) merge $(DEMO)/run -o $(DEMO)/model --overwrite

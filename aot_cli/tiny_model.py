@@ -5,8 +5,10 @@ It behaves like a Llama-family tokenizer (BOS added by the post-processor) with 
 also writes ``{{ bos_token }}`` and ends each turn with the EOS token ``<|im_end|>``: the same traps
 real models set (double BOS, EOS inside the template), so the data pipeline is tested against them.
 
-Used by the tests (session fixture) and by ``make demo`` as the bundled tiny default:
-``python -m aot_cli.tiny_model OUT_DIR [--hidden 64 --layers 2 --vocab 1024]``.
+Used by the tests (session fixture) and by ``make demo``:
+``python -m aot_cli.tiny_model OUT_DIR [--corpus FILE.jsonl ...] [--hidden 64 --layers 2 --vocab 1024]``.
+The tokenizer learns from the given JSON/JSONL files, or without ``--corpus`` from the project's
+generated preference set (``aot_cli.tiny_data``), so nothing outside the project is needed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 from aot_cli.console import quiet_libraries
 
+from aot_cli.tiny_data import corpus as generated_corpus
+
 BOS, EOS, PAD, UNK = "<s>", "<|im_end|>", "<pad>", "<unk>"
 IM_START = "<|im_start|>"
 
@@ -34,6 +38,7 @@ _BASE_CORPUS = [
     "What is the capital of France? The capital of France is Paris.",
     "I cannot help with that request, but I can suggest something safer instead.",
     "1 2 3 4 5 6 7 8 9 10 100 1000",
+    "system\nuser\nassistant\n",  # the ChatML role names: one token each, as in real chat tokenizers
 ]
 
 
@@ -117,14 +122,16 @@ def _corpus_from(paths: list[str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
-    parser.add_argument("--corpus", nargs="*", default=[], help="JSON/JSONL files to train the tokenizer on")
+    parser.add_argument("--corpus", nargs="*", default=[],
+                        help="JSON/JSONL files to train the tokenizer on (default: a set from aot_cli.tiny_data)")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     quiet_libraries()
-    build_tiny_model(args.out_dir, corpus=_corpus_from(args.corpus), hidden=args.hidden,
+    corpus = _corpus_from(args.corpus) if args.corpus else generated_corpus()
+    build_tiny_model(args.out_dir, corpus=corpus, hidden=args.hidden,
                      layers=args.layers, vocab=args.vocab, seed=args.seed)
     print(args.out_dir)
 

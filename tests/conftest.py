@@ -20,18 +20,34 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(1)
 
-REAL = Path(__file__).parent / "data" / "real"
+# Public preference files (with their provenance README), read in place, never copied into the project.
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_file():
+    """``real_file(NAME)`` -> the path of a public fixture under <project root>/../shared/fixtures/real;
+    the test skips, saying where it looked, when the file is absent."""
+
+    def find(name: str) -> Path:
+        path = REAL / name
+        if not path.is_file():
+            pytest.skip(f"public fixture {path} is absent (read in place from <project root>/../shared/"
+                        "fixtures/real, never copied into the project)")
+        return path
+
+    return find
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny random-init Llama (hidden 64, 2 layers) with a BPE tokenizer trained on the real
-    fixtures and a ChatML template; built once per test session, never downloaded."""
-    from aot_cli.tiny_model import _corpus_from, build_tiny_model
+    """A tiny random-init Llama (hidden 64, 2 layers) with a BPE tokenizer trained on the project's
+    generated preference set (aot_cli.tiny_data) and a ChatML template; built once per test
+    session, never downloaded, independent of shared/."""
+    from aot_cli.tiny_data import corpus
+    from aot_cli.tiny_model import build_tiny_model
 
-    out = tmp_path_factory.mktemp("tiny-model")
-    corpus = _corpus_from([str(p) for p in sorted(REAL.glob("*.json"))])
-    return build_tiny_model(out, corpus=corpus)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), corpus=corpus())
 
 
 class AotResult:

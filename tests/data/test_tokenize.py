@@ -307,7 +307,7 @@ def paired_split():
 
 
 def test_tokenize_split_paired_columns_match_encode_example(tok, paired_split):
-    settings = TokenizeSettings(max_length=20)
+    settings = TokenizeSettings(max_length=14)
     out = tokenize_split(paired_split, tok, settings, paired=True)
     assert out.column_names == ["chosen_input_ids", "chosen_prompt_len", "rejected_input_ids",
                                 "rejected_prompt_len", "truncated_prompt", "truncated_completion"]
@@ -316,8 +316,8 @@ def test_tokenize_split_paired_columns_match_encode_example(tok, paired_split):
             enc = encode_example(tok, row["prompt"], row[side], settings)
             assert out[i][f"{side}_input_ids"] == enc.input_ids
             assert out[i][f"{side}_prompt_len"] == enc.prompt_len
-    # Row 2 (a 23-token prompt) has its prompt cut to 19 and both completions to 1 token; row 3
-    # keeps its 11-token prompt and cuts only the long chosen answer.
+    # Row 2 (a 16-token prompt) has its prompt cut to 13 and both completions to 1 token; row 3
+    # keeps its 10-token prompt and cuts only the long chosen answer.
     assert out["truncated_prompt"][:] == [False, True, False]
     assert out["truncated_completion"][:] == [False, True, True]
     assert truncation_counts(out) == {"rows": 3, "prompt": 1, "completion": 2, "any": 2}
@@ -375,22 +375,22 @@ def test_tokenizer_fingerprint(tiny_model_dir, tok):
 
 
 def test_length_stats(tok, paired_split):
-    stats = length_stats(paired_split, tok, TokenizeSettings(max_length=20), paired=True)
+    stats = length_stats(paired_split, tok, TokenizeSettings(max_length=14), paired=True)
     prompt = [encode_example(tok, p, "x", NO_LIMIT).prompt_len for p in paired_split["prompt"]]
-    assert prompt == [11, 23, 11]
+    assert prompt == [10, 16, 10]
     chosen = [len(ids(tok, c)) + 1 for c in paired_split["chosen"]]
     rejected = [len(ids(tok, r)) + 1 for r in paired_split["rejected"]]
     # Nearest rank on 3 values: p50 is the 2nd smallest, p95 and max the largest.
-    assert stats.lengths["prompt"] == {"p50": 11, "p95": 23, "max": 23}
+    assert stats.lengths["prompt"] == {"p50": 10, "p95": 16, "max": 16}
     assert stats.lengths["chosen"] == {"p50": sorted(chosen)[1], "p95": max(chosen), "max": max(chosen)}
     assert stats.lengths["rejected"] == {"p50": sorted(rejected)[1], "p95": max(rejected), "max": max(rejected)}
     totals = sorted(p + max(c, r) for p, c, r in zip(prompt, chosen, rejected))
     assert stats.lengths["total"] == {"p50": totals[1], "p95": totals[2], "max": totals[2]}
-    assert stats.rows == 3 and stats.truncated == sum(t > 20 for t in totals) == 2
-    assert stats.prompt_too_long == 1  # 23 prompt tokens + 1 completion token > 20
+    assert stats.rows == 3 and stats.truncated == sum(t > 14 for t in totals) == 2
+    assert stats.prompt_too_long == 1  # 16 prompt tokens + 1 completion token > 14
     assert (stats.double_bos, stats.eos_added, stats.missing_eos, stats.prompt_not_generation) == (0, 0, 0, 0)
-    tight = length_stats(paired_split, tok, TokenizeSettings(max_length=12, max_prompt_length=15), paired=True)
-    assert tight.truncated == 3 and tight.prompt_too_long == 1  # the 23-token prompt, cut to 15, leaves no room
+    tight = length_stats(paired_split, tok, TokenizeSettings(max_length=11, max_prompt_length=12), paired=True)
+    assert tight.truncated == 3 and tight.prompt_too_long == 1  # the 16-token prompt, cut to 12, leaves no room
 
 
 def test_length_stats_flags_template_problems(tok, paired_split):

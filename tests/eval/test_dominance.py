@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 
 from aot_cli.eval.dominance import compare
 from aot_cli.eval.quantiles import quantile_levels
-
-REAL = "tests/data/real/llamafactory_dpo_en_demo.json"
+from aot_cli.tiny_data import preference_pairs, write_jsonl
 
 
 def _aot(*args):
@@ -26,10 +25,11 @@ def _aot(*args):
 
 @pytest.fixture(scope="session")
 def trained(tiny_model_dir, tmp_path_factory):
-    """(run dir, paired data, unpaired data): 4 AOT steps of LoRA on 32 pairs, 16 held out."""
+    """(run dir, paired data, unpaired data): 4 AOT steps of LoRA on 32 generated pairs, 16 held out."""
     root = tmp_path_factory.mktemp("dominance")
     data, udata, run = root / "data", root / "udata", root / "run"
-    _aot("prepare", REAL, "--limit", 48, "--test-size", 16, "-o", data)
+    source = write_jsonl(root / "prefs.jsonl", preference_pairs(48, seed=1))
+    _aot("prepare", source, "--test-size", 16, "-o", data)
     _aot("prepare", data, "--unpair", "-o", udata)
     _aot("train", "--model", tiny_model_dir, "--data", data, "-o", run, "--max-steps", 4, "--batch-size", 4,
          "--grad-accum", 2, "--lr", 5e-3, "--beta", 0.1, "--max-length", 256, "--max-prompt-length", 128)

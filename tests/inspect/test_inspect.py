@@ -43,22 +43,22 @@ def table_row(stdout: str, name: str) -> list[int]:
 
 
 def test_inspect_tokens_boundary_table_and_truncation(aot, paired_dir, tiny_model_dir):
-    result = aot("inspect", paired_dir, "--model", tiny_model_dir, "-n", 2, "--max-length", 20)
+    result = aot("inspect", paired_dir, "--model", tiny_model_dir, "-n", 2, "--max-length", 14)
     assert result.exit_code == 0, result
     out = result.stdout
     assert out.count(BOUNDARY) == 4  # 2 examples x (chosen, rejected)
     assert f"<|im_start|>assistant\n{BOUNDARY}yes<|im_end|>\n" in out  # nothing after the final EOS
     assert f"<|im_start|>assistant\n{BOUNDARY}no<|im_end|>\n" in out
     assert out.count("<s>") == 4  # one BOS per sequence
-    assert "chosen: 11 prompt + 3 completion tokens\n" in out
-    # Row 2: the 23-token prompt is cut from the left to 19 (BOS kept), the answer to 1 token.
-    assert "chosen: 19 prompt + 1 completion tokens (truncated: prompt, completion)" in out
-    assert f"<s>hat is the capital of France?<|im_end|>\n<|im_start|>assistant\n{BOUNDARY}P\n" in out
-    assert table_row(out, "prompt") == [11, 23, 23]
-    assert table_row(out, "chosen") == [3, 5, 5]
-    assert table_row(out, "rejected") == [3, 24, 24]
-    assert table_row(out, "total") == [14, 47, 47]
-    assert "--max-length 20 --max-prompt-length 512 would truncate 1 of 2 rows (50.0%)" in out
+    assert "chosen: 10 prompt + 2 completion tokens\n" in out
+    # Row 2: the 16-token prompt is cut from the left to 13 (BOS kept), the answer to 1 token.
+    assert "chosen: 13 prompt + 1 completion tokens (truncated: prompt, completion)" in out
+    assert f"<s>What is the capital of France?<|im_end|>\n<|im_start|>assistant\n{BOUNDARY}Par\n" in out
+    assert table_row(out, "prompt") == [10, 16, 16]
+    assert table_row(out, "chosen") == [2, 4, 4]
+    assert table_row(out, "rejected") == [2, 11, 11]
+    assert table_row(out, "total") == [12, 27, 27]
+    assert "--max-length 14 --max-prompt-length 512 would truncate 1 of 2 rows (50.0%)" in out
     err = " ".join(result.stderr.split())
     assert "1 of 2 rows have a prompt that leaves no room" in err
     assert "writes BOS (<s>) and the tokenizer adds one too; aot keeps one" in err
@@ -126,7 +126,7 @@ def test_inspect_unpaired_tokens(aot, tmp_path, tiny_model_dir):
     result = aot("inspect", data, "--model", tiny_model_dir, "-n", 2, "--split", "test")
     assert result.exit_code == 0, result
     assert "test row 1, label True" in result.stdout and "test row 2" not in result.stdout
-    assert table_row(result.stdout, "completion") == [3, 3, 3]
+    assert table_row(result.stdout, "completion") == [2, 2, 2]  # "yes" + EOS
 
 
 @pytest.mark.parametrize("args, message", [

@@ -11,7 +11,8 @@ from aot_cli.artifacts.store import sha256_file
 from aot_cli.data.dataset import load_prepared
 
 SHAPES = Path(__file__).parents[1] / "fixtures" / "shapes"
-REAL = Path(__file__).parents[1] / "data" / "real"
+
+
 def U(content: str) -> dict:
     return {"role": "user", "content": content}
 
@@ -69,19 +70,19 @@ def test_multi_turn_prompts_are_the_shared_leading_messages(aot, tmp_path):
     assert data["train"][1]["prompt"][1:] == [U("Hi"), A("Hello!"), U("Name a colour.")]
 
 
-def test_real_llamafactory_dpo(aot, tmp_path):
-    data, summary, manifest = _prepare(aot, tmp_path, REAL / "llamafactory_dpo_en_demo.json")
+def test_real_llamafactory_dpo(aot, tmp_path, real_file):
+    source = real_file("llamafactory_dpo_en_demo.json")
+    data, summary, manifest = _prepare(aot, tmp_path, source)
     assert summary["format"] == "sharegpt" and summary["conversational"] is True
     assert summary["read"] == {"train": 300} and summary["dropped"] == {"duplicate": 5}
     assert summary["counts"] == {"train": 265, "test": 30}
     train_prompts = {json.dumps(p) for p in data["train"]["prompt"]}
     assert not train_prompts & {json.dumps(p) for p in data["test"]["prompt"]}  # split by prompt
-    assert manifest["inputs"] == [{"path": str(REAL / "llamafactory_dpo_en_demo.json"),
-                                   "sha256": sha256_file(REAL / "llamafactory_dpo_en_demo.json")}]
+    assert manifest["inputs"] == [{"path": str(source), "sha256": sha256_file(source)}]
 
 
-def test_real_llamafactory_kto_is_split_stratified(aot, tmp_path):
-    data, summary, _ = _prepare(aot, tmp_path, REAL / "llamafactory_kto_en_demo.json")
+def test_real_llamafactory_kto_is_split_stratified(aot, tmp_path, real_file):
+    data, summary, _ = _prepare(aot, tmp_path, real_file("llamafactory_kto_en_demo.json"))
     assert summary["format"] == "labelled" and summary["paired"] is False
     assert summary["label_balance"] == {"train": {"positive": 135, "negative": 135},
                                         "test": {"positive": 15, "negative": 15}}
@@ -89,13 +90,14 @@ def test_real_llamafactory_kto_is_split_stratified(aot, tmp_path):
     assert row["prompt"][-1]["role"] == "user" and [m["role"] for m in row["completion"]] == ["assistant"]
 
 
-def test_real_stack_exchange_paired(aot, tmp_path):
-    data, summary, _ = _prepare(aot, tmp_path, REAL / "torchtune_stack_exchange_paired_tiny.json", "--test-size", "5")
+def test_real_stack_exchange_paired(aot, tmp_path, real_file):
+    source = real_file("torchtune_stack_exchange_paired_tiny.json")
+    data, summary, _ = _prepare(aot, tmp_path, source, "--test-size", "5")
     assert summary["format"] == "paired-strings" and summary["conversational"] is False
     assert summary["counts"] == {"train": 20, "test": 5}  # 8 questions with 1-9 answer pairs; whole ones move
     train_q, test_q = ({r["prompt"] for r in data[s]} for s in ("train", "test"))
     assert not train_q & test_q
-    raw = json.loads((REAL / "torchtune_stack_exchange_paired_tiny.json").read_text())
+    raw = json.loads(source.read_text())
     assert {"prompt": raw[0]["question"], "chosen": raw[0]["response_j"], "rejected": raw[0]["response_k"]} in \
         list(data["train"]) + list(data["test"])
 
@@ -168,8 +170,8 @@ def test_unpair_both_halves(aot, tmp_path):
                                "label": [True, False]}  # the split is by pair, before unpairing
 
 
-def test_unpair_disjoint_prompts_is_balanced_and_disjoint(aot, tmp_path):
-    data, summary, _ = _prepare(aot, tmp_path, REAL / "torchtune_stack_exchange_paired_tiny.json", "--unpair",
+def test_unpair_disjoint_prompts_is_balanced_and_disjoint(aot, tmp_path, real_file):
+    data, summary, _ = _prepare(aot, tmp_path, real_file("torchtune_stack_exchange_paired_tiny.json"), "--unpair",
                                 "--disjoint-prompts", "--test-size", "0")
     train = data["train"]
     balance = summary["label_balance"]["train"]
@@ -250,12 +252,12 @@ def test_tokenizer_lengths_and_max_length(aot, tmp_path, tiny_model_dir):
     # numbers `aot inspect` shows; total = prompt + the longer answer.
     assert summary["token_lengths"]["train"] == {
         "prompt": {"p50": 15, "p95": 18, "max": 18}, "chosen": {"p50": 4, "p95": 5, "max": 5},
-        "rejected": {"p50": 4, "p95": 6, "max": 6}, "total": {"p50": 19, "p95": 23, "max": 23}}
+        "rejected": {"p50": 4, "p95": 6, "max": 6}, "total": {"p50": 18, "p95": 24, "max": 24}}
     data, cut, _ = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "0",
                             "--tokenizer", tiny_model_dir, "--max-length", 22, name="cut")
     assert cut["dropped"] == {"too_long": 1} and cut["counts"] == {"train": 3, "test": 0}
-    assert cut["token_lengths"]["train"]["total"] == {"p50": 19, "p95": 21, "max": 21}
-    assert list(data["train"]["prompt"]) == ["What is 2+2?", "Name a colour.", "Say hi."]  # France: 23 tokens
+    assert cut["token_lengths"]["train"]["total"] == {"p50": 18, "p95": 20, "max": 20}
+    assert list(data["train"]["prompt"]) == ["What is 2+2?", "Capital of France?", "Say hi."]  # colour: 24 tokens
 
 
 def test_tokenizer_without_chat_template_takes_one_from_a_file(aot, tmp_path, tiny_model_dir):
@@ -271,7 +273,7 @@ def test_tokenizer_without_chat_template_takes_one_from_a_file(aot, tmp_path, ti
     (tmp_path / "chatml.jinja").write_text(chat_template())
     _, summary, _ = _prepare(aot, tmp_path, SHAPES / "paired_strings.jsonl", "--test-size", "0",
                              "--tokenizer", tmp_path / "bare", "--chat-template", tmp_path / "chatml.jinja")
-    assert summary["token_lengths"]["train"]["total"] == {"p50": 19, "p95": 23, "max": 23}  # as with the model's own
+    assert summary["token_lengths"]["train"]["total"] == {"p50": 18, "p95": 24, "max": 24}  # as with the model's own
     # A bad tokenizer is reported before the data is read (a typo should not cost a 60k-row pass).
     assert "nowhere: no such directory" in _fails(aot, tmp_path, SHAPES / "paired_strings.jsonl",
                                                   "--tokenizer", tmp_path / "nowhere", out_name="o3")

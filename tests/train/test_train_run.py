@@ -50,7 +50,9 @@ def test_cli_writes_run_artifact_and_every_lora_parameter_changes(aot, tiny_mode
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                 "rewards/violation_fraction", "grad_norm", "lr", "tokens_per_s", "samples_per_s"):
         assert all(isinstance(r[key], float) for r in records), key
-    assert records[0]["rewards/margins"] == 0.0  # step 1: the policy is the reference
+    # step 1: the policy is the reference (up to float32 rounding: the cached reference pass pads its
+    # batches differently from the training micro-batches)
+    assert records[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
     assert summary["final"]["loss"] == records[-1]["loss"]
     assert (out / "training_curves.png").stat().st_size > 10_000
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
