@@ -78,9 +78,9 @@ def test_cli_writes_jsonl_that_prepare_reads(aot, tmp_path):
     for name, shape, paired in (("pairs", "paired-strings", True), ("labels", "labelled", False)):
         result = aot("prepare", tmp_path / "src" / f"{name}.jsonl", "--test-size", "4", "-o", tmp_path / name)
         assert result.exit_code == 0, result
-        _, manifest = load_prepared(tmp_path / name)
-        assert manifest["summary"]["format"] == shape and manifest["summary"]["paired"] is paired
-        assert manifest["summary"]["counts"] == {"train": 16, "test": 4}
+        artifact, _ = load_prepared(tmp_path / name)
+        assert artifact.summary["format"] == shape and artifact.paired is paired
+        assert artifact.counts == {"train": 16, "test": 4}
 
 
 @pytest.mark.slow
@@ -93,7 +93,7 @@ def test_the_tiny_model_learns_the_rule_with_the_demo_settings(aot, tiny_model_d
                  "--loss", "aot", "--max-steps", 120, "--batch-size", 4, "--grad-accum", 4, "--lr", 5e-3,
                  "--max-length", 128, "--max-prompt-length", 64, "--save-steps", 0)
     assert result.exit_code == 0, result
-    result = aot("eval", tmp_path / "run", "--suite", "dominance", "--data", tmp_path / "data", "-o", tmp_path / "dom")
+    result = aot("eval", "dominance", tmp_path / "run", "-o", tmp_path / "dom")  # the run's own dataset
     assert result.exit_code == 0, result
     scores = json.loads((tmp_path / "dom" / "results.json").read_text())["scores"]
     assert scores["implicit_rewards"]["accuracy"] >= 0.9 and scores["implicit_rewards"]["violation_fraction"] == 0

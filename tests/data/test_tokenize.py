@@ -20,6 +20,7 @@ from aot_cli.data.tokenize import (
     truncation_counts,
 )
 from aot_cli.errors import UserError
+from aot_cli.tiny_model import train_tokenizer
 
 NO_LIMIT = TokenizeSettings()
 PROMPT_TEXT = "<s><|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
@@ -139,8 +140,11 @@ def test_short_answer_inside_the_user_message_is_not_found_there(tok):
     tok.chat_template = MISTRAL_LIKE
     prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Reply Yes or No."}]
     enc = encode_example(tok, prompt, "Yes", NO_LIMIT)
-    assert tok.decode(enc.input_ids[:enc.prompt_len]) == "<s>[INST] Reply Yes or No.[/INST]"
-    assert tok.decode(enc.input_ids[enc.prompt_len:]) == " Yes<|im_end|>"
+    prompt_text = tok.decode(enc.input_ids[:enc.prompt_len])
+    completion_text = tok.decode(enc.input_ids[enc.prompt_len:])
+    # The template's space before the answer lands on either side, as this tokenizer merges it.
+    assert prompt_text.rstrip() == "<s>[INST] Reply Yes or No.[/INST]"
+    assert completion_text.lstrip() == "Yes<|im_end|>"
 
 
 def test_answer_with_surrounding_whitespace(tok):
@@ -151,10 +155,12 @@ def test_answer_with_surrounding_whitespace(tok):
     assert enc.prompt_is_generation
 
 
-def test_token_across_the_boundary_goes_to_the_completion(tok):
-    # ChatML keeps the answer's leading spaces; this byte-level BPE merges the header's newline with
-    # the first one ("\n " is one token). The ids stay those of the whole conversation; the token
-    # goes to the completion, so the prompt holds nothing of the answer and is not the generation prompt.
+def test_token_across_the_boundary_goes_to_the_completion():
+    # ChatML keeps the answer's leading spaces; a byte-level BPE trained on such answers merges the
+    # header's newline with the first one ("\n " is one token). The ids stay those of the whole
+    # conversation; the token goes to the completion, so the prompt holds nothing of the answer and
+    # is not the generation prompt.
+    tok = train_tokenizer(["<|im_start|>assistant\n  Yes, and\n  more\n  lines"] * 50, vocab_size=400)
     whole = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  Yes"}])
     newline_space = ids(tok, "\n ")
     assert len(newline_space) == 1 and newline_space[0] in whole["input_ids"]
