@@ -116,7 +116,7 @@ def test_unreachable_model_or_data_is_a_user_error(aot, tiny_model_dir, tmp_path
     def offline(**kwargs):
         raise ConnectionError("Couldn't reach 'allenai/ai2_arc' on the Hub (OfflineModeIsEnabled)")
 
-    monkeypatch.setattr(lm_eval_suites, "task_manager", lambda include_path: Manager())
+    monkeypatch.setattr(lm_eval_suites, "task_manager", lambda include_path, tasks: Manager())
     monkeypatch.setattr(lm_eval, "simple_evaluate", offline)
     result = aot("eval", "tasks", tiny_model_dir, "--tasks", "arc_challenge", "-o", tmp_path / "o")
     assert result.exit_code == 2 and "Couldn't reach 'allenai/ai2_arc'" in result.stderr
