@@ -170,7 +170,7 @@ def message(item: Any, where: str, name: str) -> dict:
     role = item.get("role", item.get("from"))
     content = item.get("content", item.get("value"))
     if not isinstance(role, str) or role not in ROLES:
-        raise UserError(f"{where}: field {name!r}: unknown role {role!r} (known: {', '.join(ROLES)})")
+        raise UserError(f"{where}: field {name!r}: unknown role {short_repr(role)} (known: {', '.join(ROLES)})")
     if not isinstance(content, str):
         raise UserError(f"{where}: field {name!r}: message content must be a string, got {_type(content)}")
     return {"role": ROLES[role], "content": content}

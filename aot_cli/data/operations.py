@@ -53,6 +53,8 @@ class ScoreExpr:
             if missing_score(value):
                 return None
             total += weight * _finite(value, where, name)
+        if not math.isfinite(total):  # finite terms, but a weighted sum past float range
+            raise UserError(f"{where}: --score {self.expression!r} is too large to compute (overflows a float)")
         return total
 
     def __str__(self) -> str:

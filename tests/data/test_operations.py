@@ -153,6 +153,8 @@ def test_scores_and_thresholds_must_be_finite_numbers():
     with pytest.raises(UserError, match="got an integer of about 401 digits"):
         expr({"helpfulness": 10 ** 400}, "w")
     assert expr({"helpfulness": 10 ** 300}, "w") == 1e300
+    with pytest.raises(UserError, match="w: --score '2\\*a \\+ b' is too large to compute"):
+        ScoreExpr("2*a + b")({"a": 1e308, "b": 1}, "w")
     for value in (10 ** 400, float("nan"), "nan"):
         with pytest.raises(UserError, match="expected a number to compare with --label-threshold"):
             to_label(value, 1, "w", "f")
