@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from collections.abc import Callable
 
-from aot_cli.data.operations import ScoreExpr, missing_score, to_label
+from aot_cli.data.operations import ScoreExpr, missing_score, short_repr, to_label
 from aot_cli.errors import UserError
 
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
@@ -92,8 +92,15 @@ def detect_shape(columns: set[str], sample: dict, label_field: str | None = None
         return "scored"
     if has_text and label_field in cols:
         return "labelled"
-    raise UserError(f"unknown data shape: found columns {', '.join(sorted(cols)) or '(none)'}; "
+    raise UserError(f"unknown data shape: found columns {column_list(cols) or '(none)'}; "
                     f"known shapes: {known_shapes()} (or name one with --format)")
+
+
+def column_list(names: Any) -> str:
+    """Column names for a message, sorted: a name with a line break or another unprintable
+    character is quoted with escapes, so an error stays one line and shows what the name holds."""
+    return ", ".join(name if name.isprintable() and name.strip() == name and name else repr(name)
+                     for name in sorted(names))
 
 
 def _numeric(value: Any) -> bool:
@@ -163,8 +170,8 @@ def message(item: Any, where: str, name: str) -> dict:
         raise UserError(f"{where}: field {name!r}: expected a message object, got {_type(item)}")
     role = item.get("role", item.get("from"))
     content = item.get("content", item.get("value"))
-    if role not in ROLES:
-        raise UserError(f"{where}: field {name!r}: unknown role {role!r} (known: {', '.join(ROLES)})")
+    if not isinstance(role, str) or role not in ROLES:
+        raise UserError(f"{where}: field {name!r}: unknown role {short_repr(role)} (known: {', '.join(ROLES)})")
     if not isinstance(content, str):
         raise UserError(f"{where}: field {name!r}: message content must be a string, got {_type(content)}")
     return {"role": ROLES[role], "content": content}
@@ -254,8 +261,11 @@ def _hh(row: dict, where: str, opts: ShapeOptions) -> list[dict] | str:
 
 def _sharegpt(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
     prompt = messages(row, "conversations", where)
-    if isinstance(row.get("system"), str) and row["system"]:
-        prompt = [{"role": "system", "content": row["system"]}, *prompt]
+    system = row.get("system")
+    if system is not None and not isinstance(system, str):
+        raise UserError(f"{where}: field 'system': expected a string, got {_type(system)}")
+    if system:
+        prompt = [{"role": "system", "content": system}, *prompt]
     return [{"prompt": prompt, "chosen": [message(_get(row, "chosen"), where, "chosen")],
              "rejected": [message(_get(row, "rejected"), where, "rejected")]}]
 
@@ -273,7 +283,10 @@ def _ultrafeedback(row: dict, where: str, opts: ShapeOptions) -> list[dict | Dro
         if not isinstance(item, dict):
             raise UserError(f"{where}: field {name!r}: expected an object, got {_type(item)}")
         fields = dict(item)
-        for aspect, note in (item.get("annotations") or {}).items():
+        annotations = item.get("annotations")
+        if annotations is not None and not isinstance(annotations, dict):
+            raise UserError(f"{where}: field '{name}.annotations': expected an object, got {_type(annotations)}")
+        for aspect, note in (annotations or {}).items():
             if isinstance(note, dict) and "Rating" in note:
                 fields.setdefault(aspect, note["Rating"])
         response = text(item, "response", f"{where}: {name}")
@@ -299,9 +312,7 @@ def _score_or_label(base: dict, fields: dict, where: str, opts: ShapeOptions) ->
 
 def _pku(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
     key = f"{opts.prefer}_response_id"
-    winner = _get(row, key)
-    if winner not in (0, 1) or isinstance(winner, bool):
-        raise UserError(f"{where}: field {key!r}: expected 0 or 1, got {winner!r}")
+    winner = response_id(_get(row, key), where, key)
     responses = [text(row, "response_0", where), text(row, "response_1", where)]
     return [{"prompt": text(row, "prompt", where), "chosen": responses[winner], "rejected": responses[1 - winner]}]
 
@@ -315,6 +326,15 @@ def _labelled(row: dict, where: str, opts: ShapeOptions) -> list[dict]:
         prompt, completion = text_or_messages(row, "prompt", where), text_or_messages(row, name, where)
     label = to_label(_get(row, field), opts.label_threshold, where, field)
     return [{"prompt": prompt, "completion": completion, "label": label}]
+
+
+def response_id(value: Any, where: str, name: str) -> int:
+    """0 or 1, from a JSON number or (CSV cells are strings) the text "0" / "1"."""
+    if isinstance(value, str) and value.strip() in ("0", "1"):
+        return int(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value in (0, 1):
+        return int(value)
+    raise UserError(f"{where}: field {name!r}: expected 0 or 1, got {short_repr(value)}")
 
 
 NORMALIZERS: dict[str, Callable[[dict, str, ShapeOptions], list[dict | Drop] | str]] = {

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections import Counter
 
 from aot_cli.console import progress
-from aot_cli.data.formats import (Drop, ShapeOptions, normalize_row)
+from aot_cli.data.formats import Drop, ShapeOptions, normalize_row
 from aot_cli.data.sources import RawPart
+
 
 def normalize_split(shape: str, parts: list[RawPart], opts: ShapeOptions, dropped: Counter,
                     examples: dict[str, str]) -> list[dict]:

@@ -55,19 +55,35 @@ class ScoreExpr:
             value = fields.get(name)
             if missing_score(value):
                 return None
-            if isinstance(value, str):
-                try:
-                    value = float(value)
-                except ValueError:
-                    raise UserError(f"{where}: field {name!r}: expected a number for --score, got {value!r}") from None
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(f"{where}: field {name!r}: expected a number for --score, "
-                                f"got {type(value).__name__}")
-            total += weight * value
+            total += weight * _finite(value, where, name)
+        if not math.isfinite(total):  # finite terms, but a weighted sum past float range
+            raise UserError(f"{where}: --score {self.expression!r} is too large to compute (overflows a float)")
         return total
 
     def __str__(self) -> str:
         return self.expression
+
+
+def _finite(value: Any, where: str, name: str) -> float:
+    """A score as a finite float, from a JSON number or numeric text. Infinity (or an integer too
+    large for a float) would make every margin against it infinite or NaN, so it is an error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UserError(f"{where}: field {name!r}: expected a number for --score, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        number = None
+    if number is None or not math.isfinite(number):
+        raise UserError(f"{where}: field {name!r}: expected a finite number for --score, got {short_repr(value)}")
+    return number
+
+
+def short_repr(value: Any) -> str:
+    """repr of a value from a data file for an error message, cut to 60 characters."""
+    if isinstance(value, int) and value.bit_length() > 200:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def missing_score(value: Any) -> bool:
@@ -81,10 +97,13 @@ def to_label(value: Any, threshold: float | None, where: str, field: str) -> boo
     """A boolean label from a flag (true/false, 1/0) or, with `threshold`, from a score (>= T)."""
     if threshold is not None and not isinstance(value, bool):
         try:
-            return float(value) >= threshold
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = math.nan
+        if math.isnan(number):
             raise UserError(f"{where}: field {field!r}: expected a number to compare with "
-                            f"--label-threshold, got {type(value).__name__} {value!r}") from None
+                            f"--label-threshold, got {type(value).__name__} {short_repr(value)}")
+        return number >= threshold
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)) and value in (0, 1):
@@ -92,7 +111,7 @@ def to_label(value: Any, threshold: float | None, where: str, field: str) -> boo
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
         return value.strip().lower() in ("true", "1")
     raise UserError(f"{where}: field {field!r}: expected true/false or 1/0, got {type(value).__name__} "
-                    f"{value!r} (to threshold scores into labels pass --label-threshold T)")
+                    f"{short_repr(value)} (to threshold scores into labels pass --label-threshold T)")
 
 
 def row_key(value: Any) -> str:

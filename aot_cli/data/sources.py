@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,12 @@ from huggingface_hub import HfApi
 from aot_cli.artifacts.store import MANIFEST, describe_input
 from aot_cli.data.dataset import load_prepared
 from aot_cli.errors import UserError
+from aot_cli.jsonl import describe_error, parse_lines, read_text
 from aot_cli.vocab import DATA_SUFFIXES as SUFFIXES
 from aot_cli.vocab import is_local_path
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")  # a surrogate can only enter JSON text escaped
 
 
 @dataclass
@@ -222,7 +227,7 @@ def read_file(path: Path) -> RawPart:
         raise UserError(f"{path}: unsupported file type {suffix or '(none)'!r} (use {', '.join(SUFFIXES)})")
     if suffix == ".parquet":
         return _read_parquet(path)
-    text = _read_text(path)
+    text = read_text(path)
     if suffix == ".csv":
         return _read_csv(path, text)
     if suffix == ".jsonl":
@@ -230,31 +235,44 @@ def read_file(path: Path) -> RawPart:
     return _read_json(path, text)
 
 
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
-                        "re-encode the file as UTF-8") from None
-    return text.removeprefix("\ufeff")  # a byte order mark (Windows tools write one) is not data
-
-
 def _read_jsonl(path: Path, text: str) -> RawPart:
+    """One JSON object per line (lines end at "\\n" only: see aot_cli.jsonl)."""
     rows, lines = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    escaped_surrogate = _ESCAPED_SURROGATE.search(text) is not None
+    for number, row in parse_lines(text, str(path)):
         if not isinstance(row, dict):
             raise UserError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
+        if escaped_surrogate:
+            _check_unicode(row, f"{path}:{number}")
         rows.append(row)
         lines.append(number)
     return RawPart(str(path), rows, lines)
+
+
+def _check_unicode(row: dict, where: str) -> None:
+    """JSON can escape a lone UTF-16 surrogate (``"\\ud800"``), which is no Unicode character: Arrow
+    cannot store it, so it is an error naming the field rather than a crash when the dataset is saved."""
+    field = _surrogate_field(row, "")
+    if field is not None:
+        raise UserError(f"{where}: field {field!r} holds an unpaired surrogate escape (like \"\\ud800\"), which is "
+                        "not a Unicode character; fix the text or drop the row")
+
+
+def _surrogate_field(value: Any, name: str) -> str | None:
+    """The path (``chosen[1].content``) of the first string or key inside `value` with a surrogate."""
+    if isinstance(value, str):
+        return name if _SURROGATE.search(value) else None
+    if isinstance(value, list):
+        children = [(f"{name}[{i}]", item) for i, item in enumerate(value)]
+    elif isinstance(value, dict):
+        children = [(f"{name}.{key}" if name else str(key), item) for key, item in value.items()]
+    else:
+        return None
+    for path, item in children:
+        found = path if _SURROGATE.search(path) else _surrogate_field(item, path)
+        if found is not None:
+            return found
+    return None
 
 
 def _read_json(path: Path, text: str) -> RawPart:
@@ -263,7 +281,9 @@ def _read_json(path: Path, text: str) -> RawPart:
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # JSON Lines saved with a .json name (as `datasets` writes them)
             return _read_jsonl(path, text)
-        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise UserError(f"{path}:{exc.lineno}: {describe_error(exc)}") from None
+    except ValueError as exc:
+        raise UserError(f"{path}: {describe_error(exc)}") from None
     if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
         lengths = {len(v) for v in data.values()}
         if len(lengths) != 1:
@@ -274,9 +294,12 @@ def _read_json(path: Path, text: str) -> RawPart:
         data = [data]
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a list of JSON objects, got {type(data).__name__}")
+    escaped_surrogate = _ESCAPED_SURROGATE.search(text) is not None
     for index, row in enumerate(data):
         if not isinstance(row, dict):
             raise UserError(f"{path}: row {index + 1}: expected a JSON object, got {type(row).__name__}")
+        if escaped_surrogate:
+            _check_unicode(row, f"{path}: row {index + 1}")
     return RawPart(str(path), data)
 
 

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +29,35 @@ from huggingface_hub import hf_hub_download
 
 from aot_cli.artifacts.models import load_for_generation, resolve_device
 from aot_cli.artifacts.store import output_lock
-from aot_cli.console import info, progress
+from aot_cli.console import info, progress, warn
 from aot_cli.errors import UserError
 from aot_cli.eval.config import DEFAULT_JUDGE, AlpacaConfig
 from aot_cli.eval.generate import MODEL_OUTPUTS, generate_outputs, read_outputs
 from aot_cli.eval.judge import DEFAULT_JUDGE_MODEL, OPENAI_BASE_URL, JudgeClient, JudgeSettings, api_key
 from aot_cli.eval.report import announce, write_eval
 from aot_cli.eval.source import resolve_model
+from aot_cli.jsonl import describe_error, parse_lines, read_text
+
 STANDARD_REPO, STANDARD_FILE = "tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json"
 STANDARD_SIZE = 805
 
 
 def read_rows(path: Path, what: str) -> list[dict]:
-    """A JSON list or JSONL file of objects with a non-empty "instruction"."""
+    """A JSON list or JSONL file of objects with a non-empty "instruction" string."""
     if not path.is_file():
         raise UserError(f"{what} {path}: file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    text = read_text(path)
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except ValueError as exc:
+            raise UserError(f"{path}:{getattr(exc, 'lineno', 1)}: {describe_error(exc)}") from None
+    else:
+        rows = [row for _, row in parse_lines(text, str(path))]
     for i, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or not str(row.get("instruction") or "").strip():
-            raise UserError(f"{path}: row {i}: expected an object with a non-empty 'instruction'")
+        instruction = row.get("instruction") if isinstance(row, dict) else None
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise UserError(f"{path}: row {i}: expected an object with a non-empty 'instruction' string")
     return rows
 
 
@@ -106,7 +112,8 @@ def use_builtin_judge(config: Any) -> bool:
 
 def judge_builtin(config: Any, outputs: list[dict], rows: list[dict], out: Path,
                   full_set: bool) -> tuple[dict, list[dict], str]:
-    """Judge with the built-in client; returns (metrics, annotations, LC-null reason)."""
+    """Judge with the built-in client; returns (metrics, annotations, LC-null reason). An instruction
+    whose answer gives no preference is left out of the win rate and counted (n_no_preference)."""
     client = JudgeClient(judge_settings(config), out / "judge_cache.jsonl")
     annotations = []
     with progress() as bar:
@@ -117,10 +124,17 @@ def judge_builtin(config: Any, outputs: list[dict], rows: list[dict], out: Path,
                                 "reference": row["reference"], "generator": output["generator"], **verdict})
             bar.advance(task)
     judged = [a for a in annotations if a["preference"] is not None]
+    problems = Counter(a["judge_problem"].split(":")[0] for a in annotations if a["preference"] is None)
+    reasons = ", ".join(f"{reason} {n}" for reason, n in problems.most_common())
     if not judged:
-        raise UserError("the judge answered neither 'm' nor 'M' for any instruction (see "
-                        f"{out / 'judge_cache.jsonl'}); is --judge-model a chat model that returns logprobs?")
+        raise UserError(f"the judge gave no preference for any of the {len(annotations)} instructions ({reasons}; "
+                        f"answers cached in {out / 'judge_cache.jsonl'}); is --judge-base-url an OpenAI-compatible "
+                        "endpoint ending in /v1, and --judge-model a chat model that returns logprobs?")
+    if problems:
+        warn(f"no preference from the judge for {sum(problems.values())} of {len(annotations)} instructions "
+             f"({reasons}): left out of the win rate, counted in n_no_preference (details in annotations.json)")
     metrics = win_rate_metrics([a["preference"] for a in judged], [len(a["output"]) for a in judged])
+    metrics["n_no_preference"] = sum(problems.values())
     return metrics, annotations, "needs alpaca-eval's length-control model (the alpaca extra, without --judge-base-url)"
 
 

@@ -16,12 +16,28 @@ from typing import Any
 import torch
 
 from aot_cli.console import progress
+from aot_cli.errors import UserError
+from aot_cli.jsonl import describe_error, read_text
 
 MODEL_OUTPUTS = "model_outputs.json"
 
 
 def read_outputs(path: Path) -> list[dict]:
-    return json.loads(path.read_text()) if path.is_file() else []
+    """The answers already in `path` ([] when there is none): a JSON list of {instruction, output,
+    generator, dataset}. A file that is not that (edited by hand, cut short on a full disk) is a
+    UserError that says how to start over, not a traceback."""
+    if not path.is_file():
+        return []
+    again = f"delete {path} to generate the answers again"
+    try:
+        rows = json.loads(read_text(path))
+    except ValueError as exc:
+        raise UserError(f"{path}:{getattr(exc, 'lineno', 1)}: {describe_error(exc)}; {again}") from None
+    if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("instruction"), str) and isinstance(r.get("output"), str)
+            for r in rows):
+        raise UserError(f"{path}: expected a JSON list of {{instruction, output, generator}} objects; {again}")
+    return rows
 
 
 def write_outputs(path: Path, rows: list[dict]) -> None:

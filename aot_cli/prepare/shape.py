@@ -7,7 +7,11 @@ then checks the options that depend on the shape (``--binarize`` needs scores, `
 
 from __future__ import annotations
 
-from aot_cli.data.formats import SHAPES, ShapeOptions, default_label_field, detect_shape, required_columns
+import itertools
+from collections.abc import Iterator
+
+from aot_cli.data.formats import (SHAPES, ShapeOptions, column_list, default_label_field, detect_shape,
+                                  required_columns)
 from aot_cli.data.operations import ScoreExpr
 from aot_cli.data.sources import Source
 from aot_cli.errors import UserError
@@ -32,7 +36,7 @@ def resolve_shape(config: Config, source: Source) -> tuple[str, ShapeOptions]:
         missing = required_columns(shape, source.columns, config.label_field)
         if missing:
             raise UserError(f"{config.source}: --format {shape} needs column(s) {', '.join(missing)}; "
-                            f"found {', '.join(sorted(source.columns))}")
+                            f"found {column_list(source.columns)}")
     kind = SHAPES[shape].kind
     if config.binarize and kind != "scored":
         raise UserError(f"--binarize applies to ultrafeedback or scored data; {config.source} is {shape}")
@@ -55,7 +59,7 @@ def resolve_shape(config: Config, source: Source) -> tuple[str, ShapeOptions]:
     score = None
     if kind == "scored" and label_field is None:
         score = ScoreExpr(config.score or DEFAULT_SCORES[shape])
-        _check_score_fields(config.source, shape, score, source.columns, sample)
+        _check_score_fields(config.source, shape, score, source)
     return shape, ShapeOptions(label_field, config.label_threshold, score, config.prefer)
 
 
@@ -63,29 +67,42 @@ def source_sample(source: Source, rows: int = 100) -> dict:
     """The first non-null value of each column over the first `rows` train rows (to tell strings
     from message lists even when the very first row has a gap)."""
     sample: dict = {}
-    for part in source.splits["train"]:
-        for index, row in enumerate(part):
-            for key, value in row.items():
-                if sample.get(key) is None:
-                    sample[key] = value
-            if index + 1 >= rows:
-                return sample
+    for row in _first_rows(source, rows):
+        for key, value in row.items():
+            if sample.get(key) is None:
+                sample[key] = value
     return sample
 
 
-def _check_score_fields(name: str, shape: str, score: ScoreExpr, columns: set[str], sample: dict) -> None:
+def _first_rows(source: Source, rows: int) -> Iterator[dict]:
+    """The first `rows` train rows, across the files of a directory."""
+    return itertools.islice((row for part in source.splits["train"] for row in part), rows)
+
+
+def _check_score_fields(name: str, shape: str, score: ScoreExpr, source: Source) -> None:
     """Fail early when a --score field exists nowhere (a typo), listing the fields there are."""
     if shape == "ultrafeedback":
-        completions = sample.get("completions")
-        first = next((c for c in completions if isinstance(c, dict)), None) if isinstance(completions, list) else None
-        if first is None:  # no completion object to look in: reading the rows names the bad field
+        available = _completion_fields(source)
+        if not available:  # no completion object to look in: reading the rows names the bad field
             return
-        available = set(first) | set(first.get("annotations") or {})
     else:
-        available = set(columns)
+        available = set(source.columns)
     missing = [f for f in score.fields if f not in available]
     if missing:
-        numeric = sorted(available - {"prompt", "response", "completion", "annotations", "model", "principle",
-                                      "custom_system_prompt", "critique"})
+        numeric = available - {"prompt", "response", "completion", "annotations", "model", "principle",
+                               "custom_system_prompt", "critique"}
         raise UserError(f"{name}: --score field(s) {', '.join(missing)} not found "
-                        f"(available: {', '.join(numeric)})")
+                        f"(available: {column_list(numeric)})")
+
+
+def _completion_fields(source: Source, rows: int = 100) -> set[str]:
+    """The fields (and annotation aspects) of every completion object in the first `rows` train rows:
+    one completion may lack a score its siblings have."""
+    fields: set[str] = set()
+    for row in _first_rows(source, rows):
+        completions = row.get("completions")
+        for item in completions if isinstance(completions, list) else []:
+            if isinstance(item, dict):
+                annotations = item.get("annotations")
+                fields |= set(item) | (set(annotations) if isinstance(annotations, dict) else set())
+    return fields

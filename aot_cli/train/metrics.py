@@ -8,6 +8,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from aot_cli.jsonl import parse_lines, read_text
+
 METRICS = "metrics.jsonl"
 CURVES = "training_curves.png"
 
@@ -74,8 +76,9 @@ def _open_tracker(name: str, out: Path, config: dict):
 
 
 def read_metrics(out: Path) -> list[dict]:
+    """The records of ``metrics.jsonl`` in OUT ([] when there is none)."""
     path = Path(out) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return [record for _, record in parse_lines(read_text(path), str(path))] if path.is_file() else []
 
 
 def plot_curves(records: list[dict], path: Path) -> None:

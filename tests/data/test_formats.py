@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aot_cli.data.formats import (Drop, ShapeOptions, detect_shape, hh_messages, normalize_row, split_last_user,
-                                  split_shared_prompt)
+from aot_cli.data.formats import (Drop, ShapeOptions, column_list, detect_shape, hh_messages, normalize_row,
+                                  split_last_user, split_shared_prompt)
 from aot_cli.data.operations import ScoreExpr
 from aot_cli.errors import UserError
 
@@ -100,3 +100,33 @@ def test_ultrafeedback_reads_ratings_from_annotations():
     assert [(r["completion"], r["score"]) for r in records] == [("a", 4.0), ("b", None)]
     labelled = normalize_row("ultrafeedback", row, "w", ShapeOptions(label_field="overall_score", label_threshold=6))
     assert [r["label"] for r in labelled] == [False, True]
+
+
+def test_fields_of_any_json_type_are_errors_not_crashes():
+    """What the property tests (tests/test_prepare_properties.py) found: a role that is a list or an
+    object (unhashable), a response id of 1.0 (used as a list index), annotations that are a list."""
+    opts = ShapeOptions()
+    for role in ([], {}, 1, None):
+        with pytest.raises(UserError, match="field 'chosen\\[0\\]': unknown role"):
+            normalize_row("paired-messages", {"chosen": [{"role": role, "content": "a"}], "rejected": []}, "w", opts)
+    pku = {"prompt": "p", "response_0": "a", "response_1": "b"}
+    for winner in (1, 1.0, "1", " 1 "):  # CSV cells are strings
+        assert normalize_row("pku", {**pku, "better_response_id": winner}, "w", opts) == \
+            [{"prompt": "p", "chosen": "b", "rejected": "a"}]
+    for winner in (True, 0.5, "x", [], {}, 2):
+        with pytest.raises(UserError, match="field 'better_response_id': expected 0 or 1"):
+            normalize_row("pku", {**pku, "better_response_id": winner}, "w", opts)
+    with pytest.raises(UserError, match="w: field 'completions\\[0\\].annotations': expected an object, got list"):
+        normalize_row("ultrafeedback", {"instruction": "p", "completions": [
+            {"response": "a", "overall_score": 1, "annotations": ["x"]}]}, "w", ShapeOptions(score=ScoreExpr("x")))
+    sharegpt = {"conversations": [U("q")], "chosen": A("a"), "rejected": A("b")}
+    with pytest.raises(UserError, match="w: field 'system': expected a string, got int"):
+        normalize_row("sharegpt", {**sharegpt, "system": 3}, "w", opts)
+    assert normalize_row("sharegpt", {**sharegpt, "system": None}, "w", opts)[0]["prompt"] == [U("q")]
+
+
+def test_column_names_with_line_breaks_keep_an_error_on_one_line():
+    assert column_list(["b", "a", "x\ny", "c\u2028d", " padded", ""]) == "'', ' padded', a, b, 'c\\u2028d', 'x\\ny'"
+    with pytest.raises(UserError) as error:
+        detect_shape({"a\nb"}, {})
+    assert "found columns 'a\\nb';" in str(error.value) and "\n" not in str(error.value).split("known shapes")[0]

@@ -141,3 +141,21 @@ def test_unpair_of_an_empty_split_has_the_columns():
     out, _ = unpair(_pairs([]), disjoint=False, seed=0)
     assert out.column_names == ["prompt", "completion", "label"] and len(out) == 0
     assert isinstance(out, Dataset)
+
+
+def test_scores_and_thresholds_must_be_finite_numbers():
+    """An infinite score (or an integer past float range, which overflowed) made margins inf or NaN,
+    and a NaN margin kept an all-infinite tie as a pair; 10**400 against --label-threshold crashed."""
+    expr = ScoreExpr("helpfulness")
+    for value in (float("inf"), "-inf", "1e400", 10 ** 400):
+        with pytest.raises(UserError, match="field 'helpfulness': expected a finite number for --score, got"):
+            expr({"helpfulness": value}, "w")
+    with pytest.raises(UserError, match="got an integer of about 401 digits"):
+        expr({"helpfulness": 10 ** 400}, "w")
+    assert expr({"helpfulness": 10 ** 300}, "w") == 1e300
+    with pytest.raises(UserError, match="w: --score '2\\*a \\+ b' is too large to compute"):
+        ScoreExpr("2*a + b")({"a": 1e308, "b": 1}, "w")
+    for value in (10 ** 400, float("nan"), "nan"):
+        with pytest.raises(UserError, match="expected a number to compare with --label-threshold"):
+            to_label(value, 1, "w", "f")
+    assert to_label(float("inf"), 1, "w", "f") is True

@@ -105,3 +105,34 @@ def test_hub_source_picks_train_and_its_test_split(monkeypatch):
 def test_unreachable_hub_id_is_a_user_error():
     with pytest.raises(UserError, match="not a local path, and not readable as a hub dataset"):
         load_source("nobody/no-such-dataset-here")
+
+
+def test_line_separators_inside_strings_do_not_split_rows(tmp_path):
+    """U+2028, U+2029 and U+0085 are valid raw inside JSON strings (json.dumps(ensure_ascii=False)
+    writes them); str.splitlines cut the line there and called valid JSON broken. CRLF files work."""
+    rows = [{"prompt": f"a{sep}b", "chosen": "c", "rejected": "d"} for sep in ("\u2028", "\u2029", "\u0085")]
+    text = "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n\r\n"
+    for name in ("rows.jsonl", "rows.json"):  # JSON Lines under a .json name too
+        (tmp_path / name).write_text(text, encoding="utf-8", newline="")
+        part = read_file(tmp_path / name)
+        assert part.rows == rows and [part.where(i) for i in range(3)] == [f"{tmp_path / name}:{n}" for n in (1, 2, 3)]
+
+
+def test_values_arrow_cannot_hold_are_errors_naming_the_row(tmp_path):
+    """A lone surrogate escape ("\\ud800") is no Unicode character: saving the dataset crashed in
+    Arrow. An integer past Python's 4300-digit limit made json.loads raise a plain ValueError."""
+    (tmp_path / "a.jsonl").write_text(json.dumps(ROW) + "\n" + json.dumps({**ROW, "chosen": [{"content": "x\ud800"}]})
+                                      + "\n")
+    with pytest.raises(UserError, match="a.jsonl:2: field 'chosen\\[0\\].content' holds an unpaired surrogate"):
+        read_file(tmp_path / "a.jsonl")
+    (tmp_path / "b.json").write_text(json.dumps([ROW, {**ROW, "meta": {"k\udfff": 1}}]))
+    with pytest.raises(UserError, match="b.json: row 2: field 'meta.k\\\\udfff' holds an unpaired surrogate"):
+        read_file(tmp_path / "b.json")
+    (tmp_path / "c.jsonl").write_text(json.dumps({**ROW, "chosen": "\ud83d\ude00"}) + "\n")  # a pair: one emoji
+    assert read_file(tmp_path / "c.jsonl").rows == [{**ROW, "chosen": "\U0001f600"}]
+    (tmp_path / "d.jsonl").write_text(json.dumps(ROW) + "\n" + '{"id": ' + "9" * 5000 + "}\n")
+    with pytest.raises(UserError, match="d.jsonl:2: not readable JSON \\(Exceeds the limit \\(4300 digits\\)"):
+        read_file(tmp_path / "d.jsonl")
+    (tmp_path / "e.json").write_text('[{"id": ' + "9" * 5000 + "}]")
+    with pytest.raises(UserError, match="e.json: not readable JSON"):
+        read_file(tmp_path / "e.json")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
+
 from aot_cli.data.normalize import unify
-from aot_cli.prepare.shape import source_sample
+from aot_cli.prepare.shape import resolve_shape, source_sample
 from aot_cli.data.sources import RawPart, Source
+from aot_cli.errors import UserError
 
 
 def test_sample_takes_the_first_non_null_value_of_each_column():
@@ -25,3 +30,25 @@ def test_unify_turns_strings_into_turns_only_when_messages_are_present():
                                  "chosen": [{"role": "assistant", "content": "a"}],
                                  "rejected": [{"role": "assistant", "content": "b"}]}
     assert mixed["test"][0]["chosen"] == [{"role": "assistant", "content": "a"}]
+
+
+def test_sample_counts_rows_across_the_files_of_a_directory():
+    parts = [RawPart("a", [{"prompt": "p"}]), RawPart("b", [{"prompt": "q"}, {"chosen": "c"}])]
+    source = Source("files", {"train": parts}, {}, [])
+    assert source_sample(source, rows=2) == {"prompt": "p"}
+    assert source_sample(source, rows=3) == {"prompt": "p", "chosen": "c"}
+
+
+def test_score_field_check_looks_at_every_completion():
+    """A first completion without the score (UltraFeedback has such) is no typo in --score, and
+    annotations of another type do not crash the check."""
+    rows = [{"instruction": "p", "completions": [{"response": "a", "annotations": ["odd"]},
+                                                 {"response": "b", "overall_score": 3,
+                                                  "annotations": {"honesty": {"Rating": "4"}}}]}]
+    source = Source("files", {"train": [RawPart("f", rows)]}, {}, [], columns={"instruction", "completions"})
+    config = SimpleNamespace(source="f", format="auto", label_field=None, binarize=None, prefer="better",
+                             unpair=False, score=None, min_margin=0.0, label_threshold=None)
+    assert resolve_shape(config, source)[0] == "ultrafeedback"
+    assert resolve_shape(SimpleNamespace(**{**vars(config), "score": "honesty"}), source)[0] == "ultrafeedback"
+    with pytest.raises(UserError, match="honsty not found \\(available: honesty, overall_score\\)"):
+        resolve_shape(SimpleNamespace(**{**vars(config), "score": "honsty"}), source)
