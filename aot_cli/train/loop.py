@@ -50,7 +50,7 @@ class LoopState:
     start_step: int = 0
     ref: tuple[torch.Tensor, torch.Tensor] | None = None  # precomputed reference (side A, side B)
     kl_ref: dict[int, torch.Tensor] | None = None  # KTO: precomputed reference of each epoch's mismatched rows
-    online_ref: Callable | None = None
+    online_ref: Any = None  # reference.OnlineReference with --ref online
     checkpoint_state: dict = field(default_factory=dict)
 
 

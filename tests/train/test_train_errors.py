@@ -48,8 +48,8 @@ def test_unpaired_data_with_paired_loss(aot, tiny_model_dir, unpaired_data, tmp_
 
 
 @pytest.mark.parametrize("extra, needles", [
-    (("--loss", "dpo", "--dominance", "second"), ("--dominance second applies to the aot losses only, not --loss dpo",)),
-    (("--loss", "kto", "--dominance", "second"), ("--dominance second applies to the aot losses only, not --loss kto",)),
+    (("--loss", "dpo", "--dominance", "second"), ("--dominance second applies to the aot losses only", "--loss dpo")),
+    (("--loss", "kto", "--dominance", "second"), ("--dominance second applies to the aot losses only", "--loss kto")),
     (("--loss", "kto", "--surrogate", "squared_hinge"), ("--surrogate squared_hinge applies to the aot losses",)),
     (("--loss", "kto", "--label-smoothing", "0.1"), ("--label-smoothing is not defined for --loss kto",)),
     (("--desirable-weight", "2"), ("--desirable-weight 2 applies to --loss kto only, not --loss aot",)),
