@@ -25,7 +25,7 @@ completion (:func:`kl_sources`), whose log-ratio estimates KL(policy || referenc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import numpy as np
@@ -269,7 +269,7 @@ class MicroBatch:
     idx_b: np.ndarray
     ref_a: torch.Tensor | None = None
     ref_b: torch.Tensor | None = None
-    kl: KLRows | None = field(default=None)
+    kl: KLRows | None = None
 
     @property
     def n_a(self) -> int:
