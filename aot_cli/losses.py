@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from aot_cli.sorting import merged_grid, sort_values
-from aot_cli.vocab import DOMINANCE, LOSSES, SORTS, SURROGATES
+from aot_cli.vocab import AOT_LOSSES, DOMINANCE, LOSSES, SORTS, SURROGATES
 
 
 def aot_loss(
@@ -164,15 +164,26 @@ def preference_loss(
     sort: str = "hard",
     soft_sort_eps: float | None = None,
     dominance: str = "first",
+    kl: tuple[torch.Tensor, torch.Tensor] | None = None,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
 ) -> torch.Tensor:
     """The one entry point of the training loop: ``name`` in :data:`LOSSES`.
 
-    ``surrogate``, ``sort`` and ``dominance`` only mean something for the AOT losses; asking DPO
-    or IPO for anything but the defaults is an error rather than a silent no-op.
+    ``surrogate``, ``sort`` and ``dominance`` only mean something for the AOT losses, ``kl`` (the
+    policy and reference log-probs of KTO's mismatched pairs) and the two weights only for KTO;
+    asking another loss for anything but the defaults is an error rather than a silent no-op.
+    For KTO, chosen/rejected are the desirable/undesirable samples.
     """
     if name not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {name!r}")
-    if name in ("aot", "aot_unpaired"):
+    if name != "kto":
+        if kl is not None:
+            raise ValueError(f"kl (the reference-point log-probs) applies to kto only, not loss {name!r}")
+        for what, weight in (("desirable_weight", desirable_weight), ("undesirable_weight", undesirable_weight)):
+            if weight != 1.0:
+                raise ValueError(f"{what} applies to kto only; got {what}={weight} with loss {name!r}")
+    if name in AOT_LOSSES:
         return aot_loss(
             policy_chosen, policy_rejected, ref_chosen, ref_rejected,
             paired=name == "aot", beta=beta, surrogate=surrogate, label_smoothing=label_smoothing,
@@ -188,8 +199,13 @@ def preference_loss(
         return dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                         beta=beta, label_smoothing=label_smoothing)
     if label_smoothing:
-        raise ValueError(f"label_smoothing is not defined for ipo; got label_smoothing={label_smoothing}")
-    return ipo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=beta)
+        raise ValueError(f"label_smoothing is not defined for {name}; got label_smoothing={label_smoothing}")
+    if name == "ipo":
+        return ipo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=beta)
+    if kl is None:
+        raise ValueError("kto needs kl: the policy and reference log-probs of the mismatched pairs")
+    return kto_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *kl, beta=beta,
+                    desirable_weight=desirable_weight, undesirable_weight=undesirable_weight)
 
 
 def kto_reference_point(policy_kl: torch.Tensor, ref_kl: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,12 @@ import re
 from pathlib import Path
 
 # --- objectives (aot_cli.losses) ----------------------------------------------------------------
-LOSSES = ("aot", "aot_unpaired", "dpo", "ipo")
+LOSSES = ("aot", "aot_unpaired", "dpo", "ipo", "kto")
 PAIRED_ONLY_LOSSES = ("aot", "dpo", "ipo")          # need (prompt, chosen, rejected) rows
+AOT_LOSSES = ("aot", "aot_unpaired")                # the sorting losses: --surrogate, --sort, --dominance
+# --beta when it is not given: the AOT paper's 0.01 for AOT, TRL's 0.1 (its DPOConfig/KTOConfig default,
+# the DPO and KTO papers' value) for the baselines.
+DEFAULT_BETA = {"aot": 0.01, "aot_unpaired": 0.01, "dpo": 0.1, "ipo": 0.1, "kto": 0.1}
 SURROGATES = ("logistic", "squared_hinge", "least_squares")
 SORTS = ("hard", "soft")
 DOMINANCE = ("first", "second")                    # first- or second-order stochastic dominance

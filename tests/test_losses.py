@@ -198,7 +198,7 @@ def test_soft_sort_aot_tends_to_hard_aot():
 def test_preference_loss_dispatches():
     gen = torch.Generator().manual_seed(6)
     logps = [torch.randn(8, generator=gen, dtype=torch.float64) for _ in range(4)]
-    assert LOSSES == ("aot", "aot_unpaired", "dpo", "ipo")
+    assert LOSSES == ("aot", "aot_unpaired", "dpo", "ipo", "kto")
     assert preference_loss("aot", *logps, beta=0.2, surrogate="squared_hinge").item() == pytest.approx(
         aot_loss(*logps, beta=0.2, surrogate="squared_hinge").item())
     assert preference_loss("aot_unpaired", *logps, beta=0.2, sort="soft", soft_sort_eps=0.5).item() == pytest.approx(
@@ -206,6 +206,11 @@ def test_preference_loss_dispatches():
     assert preference_loss("dpo", *logps, beta=0.2, label_smoothing=0.1).item() == pytest.approx(
         dpo_loss(*logps, beta=0.2, label_smoothing=0.1).item())
     assert preference_loss("ipo", *logps, beta=0.2).item() == pytest.approx(ipo_loss(*logps, beta=0.2).item())
+    kl = (logps[0][:5], logps[2][:5])
+    assert preference_loss("kto", *logps, beta=0.2, kl=kl, desirable_weight=1.5).item() == pytest.approx(
+        kto_loss(*logps, *kl, beta=0.2, desirable_weight=1.5).item())
+    assert preference_loss("aot", *logps, beta=0.2, dominance="second").item() == pytest.approx(
+        aot_loss(*logps, beta=0.2, dominance="second").item())
 
 
 @pytest.mark.parametrize(
@@ -219,7 +224,14 @@ def test_preference_loss_dispatches():
         (lambda a: aot_loss(*a, beta=-1.0), "beta must be"),
         (lambda a: aot_loss(*a, label_smoothing=0.7), "label_smoothing must be in"),
         (lambda a: aot_loss(*a, surrogate="least_squares", label_smoothing=0.1), "label_smoothing applies"),
-        (lambda a: preference_loss("kto", *a, beta=0.1), "loss must be one of aot, aot_unpaired, dpo, ipo"),
+        (lambda a: preference_loss("orpo", *a, beta=0.1), "loss must be one of aot, aot_unpaired, dpo, ipo, kto"),
+        (lambda a: preference_loss("kto", *a, beta=0.1), "kto needs kl"),
+        (lambda a: preference_loss("kto", *a, beta=0.1, kl=(a[0], a[1]), label_smoothing=0.1),
+         "label_smoothing is not defined for kto"),
+        (lambda a: preference_loss("kto", *a, beta=0.1, kl=(a[0], a[1]), dominance="second"), "dominance applies"),
+        (lambda a: preference_loss("dpo", *a, beta=0.1, dominance="second"), "dominance applies"),
+        (lambda a: preference_loss("aot", *a, beta=0.1, kl=(a[0], a[1])), "applies to kto only"),
+        (lambda a: preference_loss("dpo", *a, beta=0.1, undesirable_weight=2.0), "undesirable_weight applies to kto"),
         (lambda a: preference_loss("dpo", *a, beta=0.1, surrogate="squared_hinge"), "surrogate applies"),
         (lambda a: preference_loss("dpo", *a, beta=0.1, sort="soft", soft_sort_eps=1.0), "sort applies"),
         (lambda a: preference_loss("ipo", *a, beta=0.1, label_smoothing=0.1), "label_smoothing is not defined"),

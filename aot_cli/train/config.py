@@ -2,8 +2,11 @@
 and the checks that need neither torch nor the data's rows (``Config.preflight``).
 
 Defaults are the paper's where it has one (Melnyk et al. 2024: logistic surrogate, beta 0.01, the
-largest sort set you can afford, so ``--sort-scope global``). This module imports nothing heavy:
-the CLI reads it for ``--help`` and for the early checks; the work is in :mod:`aot_cli.train.run`.
+largest sort set you can afford, so ``--sort-scope global``). ``--beta`` defaults per loss
+(:data:`aot_cli.vocab.DEFAULT_BETA`: 0.01 for AOT, TRL's 0.1 for DPO, IPO and KTO); the value used is
+resolved when the config is built, so the run's manifest records it, and a given value is never
+changed. This module imports nothing heavy: the CLI reads it for ``--help`` and for the early
+checks; the work is in :mod:`aot_cli.train.run`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from aot_cli.artifacts.kinds import DatasetArtifact, check_model_location
 from aot_cli.artifacts.store import MANIFEST
 from aot_cli.config import StepConfig, opt
 from aot_cli.errors import UserError
-from aot_cli.vocab import (DTYPE_CHOICES, LOSSES, LR_SCHEDULERS, OPTIMIZERS, PAIRED_ONLY_LOSSES, REFERENCE_MODES,
-                           SORT_SCOPES, SORTS, SURROGATES, TRACKERS)
+from aot_cli.vocab import (AOT_LOSSES, DEFAULT_BETA, DOMINANCE, DTYPE_CHOICES, LOSSES, LR_SCHEDULERS, OPTIMIZERS,
+                           PAIRED_ONLY_LOSSES, REFERENCE_MODES, SORT_SCOPES, SORTS, SURROGATES, TRACKERS)
 
 MAX_LENGTH, MAX_PROMPT_LENGTH = 1024, 512
 CHECKPOINT_STATE = "state.json"
@@ -32,12 +35,18 @@ class Config(StepConfig):
     """Align a causal LM on a prepared preference dataset (AOT by default)."""
 
     # objective
-    loss: str = opt("aot", "--loss", help="Objective: paired AOT, unpaired AOT, or the DPO/IPO baselines.",
+    loss: str = opt("aot", "--loss", help="Objective: paired AOT, unpaired AOT, the DPO/IPO baselines, or KTO.",
                     choices=LOSSES, panel=OBJECTIVE)
     surrogate: str = opt("logistic", "--surrogate", help="Convex surrogate h of the dominance violation (AOT).",
                          choices=SURROGATES, panel=OBJECTIVE)
-    beta: float = opt(0.01, "--beta", help="Scale of the log-ratios (the paper's 0.01 for AOT).", gt=0,
-                      panel=OBJECTIVE)
+    dominance: str = opt("first", "--dominance", help="Order of stochastic dominance AOT asks for: first (quantile "
+                         "by quantile) or second (lower-tail means).", choices=DOMINANCE, panel=OBJECTIVE)
+    beta: float | None = opt(None, "--beta", help="Scale of the log-ratios (default per loss: 0.01 for aot and "
+                             "aot_unpaired, the paper's; 0.1 for dpo, ipo and kto, TRL's).", gt=0, panel=OBJECTIVE)
+    desirable_weight: float = opt(1.0, "--desirable-weight", help="KTO: weight of the desirable (positive, chosen) "
+                                  "samples' losses.", gt=0, panel=OBJECTIVE)
+    undesirable_weight: float = opt(1.0, "--undesirable-weight", help="KTO: weight of the undesirable (negative, "
+                                    "rejected) samples' losses.", gt=0, panel=OBJECTIVE)
     label_smoothing: float = opt(0.0, "--label-smoothing", help="Label smoothing of the logistic loss.",
                                  ge=0, le=0.5, panel=OBJECTIVE)
     sort: str = opt("hard", "--sort", help="Hard sort, or the differentiable soft sort.", choices=SORTS,
@@ -81,9 +90,12 @@ class Config(StepConfig):
     max_prompt_length: int | None = opt(MAX_PROMPT_LENGTH, "--max-prompt-length", help="Max prompt tokens (cut "
                                            "from the left).", ge=1, panel=DATA)
     seed: int = opt(42, "--seed", help="Seed for the data order and initialization.", panel=DATA)
+    positive_fraction: float | None = opt(None, "--positive-fraction", help="Unpaired data: share of positives "
+                                             "among each step's samples (default: the data's own share, so an "
+                                             "epoch sees every sample once).", gt=0, lt=1, panel=DATA)
     # optimization
-    batch_size: int = opt(2, "--batch-size", help="Pairs (or positive/negative couples) per device micro-batch.",
-                          ge=1, panel=OPTIMIZATION)
+    batch_size: int = opt(2, "--batch-size", help="Pairs per device micro-batch (unpaired data: twice this many "
+                          "samples).", ge=1, panel=OPTIMIZATION)
     grad_accum: int = opt(8, "--grad-accum", help="Micro-batches per optimizer step.", ge=1, panel=OPTIMIZATION)
     lr: float = opt(5e-5, "--lr", help="Peak learning rate.", gt=0, panel=OPTIMIZATION)
     lr_scheduler: str = opt("linear", "--lr-scheduler", help="Learning-rate schedule after warmup.",
@@ -112,6 +124,11 @@ class Config(StepConfig):
     report_to: str = opt("none", "--report-to", help="Also log metrics to this tracker.", choices=TRACKERS,
                          panel=OUTPUT)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta is None:
+            self.beta = DEFAULT_BETA[self.loss]
+
     def preflight(self) -> None:
         """Every check that needs neither torch nor the data's rows: option combinations, the dataset
         artifact against the loss, the model and adapter paths, the tracker package, the output."""
@@ -122,7 +139,10 @@ class Config(StepConfig):
             raise UserError(
                 f"{self.data}: unpaired data (prompt, completion, label) cannot train --loss {self.loss}, which "
                 "compares a chosen and a rejected answer to the same prompt; use --loss aot_unpaired (it sorts "
-                "positives against negatives from any prompts), or prepare paired data")
+                "positives against negatives from any prompts) or --loss kto, or prepare paired data")
+        if dataset.paired and self.positive_fraction is not None:
+            raise UserError(f"--positive-fraction applies to unpaired data; {self.data} is paired (each step draws "
+                            "whole pairs, one chosen and one rejected answer each)")
         check_model_location(self.model, "--model")
         if self.init_adapter is not None and not (Path(self.init_adapter) / "adapter_config.json").is_file():
             raise UserError(f"--init-adapter {self.init_adapter}: no adapter_config.json (expected a peft LoRA "
@@ -137,12 +157,18 @@ class Config(StepConfig):
         """Option combinations that are wrong whatever the data and the machine."""
         if self.sort == "soft" and self.soft_sort_eps is None:
             raise UserError("--sort soft needs --soft-sort-eps (the regularization, > 0)")
-        if self.loss not in ("aot", "aot_unpaired"):
-            for flag, value, default in (("--surrogate", self.surrogate, "logistic"), ("--sort", self.sort, "hard")):
+        if self.loss not in AOT_LOSSES:
+            for flag, value, default in (("--surrogate", self.surrogate, "logistic"), ("--sort", self.sort, "hard"),
+                                         ("--dominance", self.dominance, "first")):
                 if value != default:
                     raise UserError(f"{flag} {value} applies to the aot losses only, not --loss {self.loss}")
-        if self.loss == "ipo" and self.label_smoothing:
-            raise UserError("--label-smoothing is not defined for --loss ipo")
+        if self.loss != "kto":
+            for flag, value in (("--desirable-weight", self.desirable_weight),
+                                ("--undesirable-weight", self.undesirable_weight)):
+                if value != 1.0:
+                    raise UserError(f"{flag} {value:g} applies to --loss kto only, not --loss {self.loss}")
+        if self.loss in ("ipo", "kto") and self.label_smoothing:
+            raise UserError(f"--label-smoothing is not defined for --loss {self.loss}")
         if self.label_smoothing and self.surrogate != "logistic":
             raise UserError(f"--label-smoothing applies to --surrogate logistic only, not {self.surrogate}")
         if self.load_in_4bit and not self.lora:

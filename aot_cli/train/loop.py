@@ -26,7 +26,7 @@ from rich.progress import TextColumn
 from aot_cli.console import info, progress
 from aot_cli.errors import UserError
 from aot_cli.losses import reward_metrics
-from aot_cli.train.batching import Side, StepSampler, make_micro_batch, split_micro_batches
+from aot_cli.train.batching import Side, StepSampler, step_micro_batches
 from aot_cli.train.checkpoint import latest_checkpoint, save_checkpoint
 from aot_cli.train.metrics import MetricsLog
 from aot_cli.train.step import step_gradient
@@ -49,7 +49,8 @@ class LoopState:
     total_steps: int
     start_step: int = 0
     ref: tuple[torch.Tensor, torch.Tensor] | None = None  # precomputed reference (side A, side B)
-    online_ref: Callable | None = None
+    kl_ref: dict[int, torch.Tensor] | None = None  # KTO: precomputed reference of each epoch's mismatched rows
+    online_ref: Any = None  # reference.OnlineReference with --ref online
     checkpoint_state: dict = field(default_factory=dict)
 
 
@@ -85,15 +86,13 @@ class _StopRequest:
 def micro_batches(state: LoopState, k: int) -> list:
     """This rank's micro-batches of step k, on the device, with their reference log-probs."""
     acc, cfg = state.accelerator, state.config
-    side_a, side_b = state.sides
-    idx_a, idx_b = state.sampler.step(k)
-    splits = split_micro_batches(idx_a, idx_b, side_a.lengths, side_b.lengths, micro_batch=cfg.batch_size,
-                                 world_size=acc.num_processes, rank=acc.process_index, paired=state.sampler.paired)
-    ref_a, ref_b = state.ref if state.ref is not None else (None, None)
-    batches = [make_micro_batch(side_a, side_b, a, b, state.pad_id, ref_a, ref_b).to(acc.device) for a, b in splits]
+    batches = step_micro_batches(state.sides, state.sampler, k, micro_batch=cfg.batch_size, pad_id=state.pad_id,
+                                 rank=acc.process_index, world_size=acc.num_processes, ref=state.ref,
+                                 kl=cfg.loss == "kto", kl_ref=state.kl_ref, max_length=cfg.max_length)
+    batches = [batch.to(acc.device) for batch in batches]
     if state.online_ref is not None:
         for batch in batches:
-            batch.ref_a, batch.ref_b = state.online_ref(batch)
+            state.online_ref.fill(batch)
     return batches
 
 
@@ -107,9 +106,10 @@ def _record(state: LoopState, k: int, out, grad_norm: float, lr: float, seconds:
         "epoch": round((k + 1) / state.sampler.steps_per_epoch, 4),
         "loss": out.loss.item(),
         **reward_metrics(out.policy_a, out.policy_b, out.ref_a, out.ref_b, beta=cfg.beta),
+        **({} if out.kl is None else {"kl": out.kl}),
         "grad_norm": grad_norm,
         "lr": lr,
-        "samples_per_s": len(out.policy_a) / seconds,
+        "samples_per_s": out.couples / seconds,
         "tokens_per_s": tokens / seconds,
         "step_time_s": seconds,
         "elapsed_s": time.time() - started,

@@ -8,6 +8,11 @@ whose cache entry is gone loads a frozen copy, which is freed right after the pa
 
 The cache key is a fingerprint of (base model, starting adapter, dataset fingerprint, tokenizer,
 tokenization settings, dtype and loading options): changing any of them recomputes.
+
+KTO also needs the reference log-probs of its mismatched rows, which depend on the step's draw: the
+precompute then makes one more pass per epoch the run trains on (that epoch's rows,
+:class:`aot_cli.train.batching.KLSide`), cached under the data's key, the draw settings and the
+epoch (:func:`kl_cache_key`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import pickle
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +32,7 @@ from aot_cli.artifacts.models import load_reference, reference_of
 from aot_cli.artifacts.store import atomic_file, describe_input, directory_fingerprint, fingerprint
 from aot_cli.cache import cache_dir
 from aot_cli.console import warn
-from aot_cli.train.batching import Side, collate
+from aot_cli.train.batching import KLSide, MicroBatch, Side, StepSampler, collate
 from aot_cli.train.logprobs import model_sequence_logps
 from aot_cli.train.model import master_weights_in_fp32, reference_recipe
 
@@ -56,29 +61,38 @@ def cache_key(config, *, data_fingerprint: str, tokenizer_fingerprint: str, sett
     })
 
 
+def kl_cache_key(key: str, sampler: StepSampler, *, max_length: int | None, epoch: int) -> str:
+    """The cache key of one epoch's mismatched rows (KTO): what fixes the draw, on top of `key`."""
+    return fingerprint({"reference": key, "kl_epoch": epoch, "seed": sampler.seed, "paired": sampler.paired,
+                        "global_batch": sampler.global_batch, "positive_fraction": str(sampler.fraction),
+                        "max_length": max_length})
+
+
 def cache_path(key: str) -> Path:
     return cache_dir("reference") / f"{key}.pt"
 
 
-def load_cached(key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The cached reference log-probs of `key`, or None when absent or damaged (then recomputed)."""
+def load_cached(key: str, names: tuple[str, ...]) -> list[torch.Tensor] | None:
+    """The cached reference log-probs of `key` (the tensors `names` of the entry: "a" and "b" for the
+    two sides, "kl" for KTO's mismatched rows of an epoch), or None when absent or damaged (then
+    recomputed)."""
     path = cache_path(key)
     if not path.is_file():
         return None
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        return saved["a"], saved["b"]
+        return [saved[name] for name in names]
     except (RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError) as exc:
         warn(f"reference cache entry {path} is damaged ({type(exc).__name__}); computing it again")
         path.unlink(missing_ok=True)
         return None
 
 
-def save_cached(key: str, ref_a: torch.Tensor, ref_b: torch.Tensor) -> Path:
+def save_cached(key: str, values: dict[str, torch.Tensor]) -> Path:
     """Write through a temporary file and rename, so a reader (or a killed run) never sees half an entry."""
     path = cache_path(key)
     with atomic_file(path) as tmp:
-        torch.save({"a": ref_a, "b": ref_b}, tmp)
+        torch.save(values, tmp)
     return path
 
 
@@ -104,7 +118,7 @@ def reference_model(policy, config, *, at_start: bool) -> Iterator[torch.nn.Modu
 
 
 @torch.no_grad()
-def side_logps(model, side: Side, *, pad_id: int, batch_rows: int, chunk_size: int | None,
+def side_logps(model, side: Side | KLSide, *, pad_id: int, batch_rows: int, chunk_size: int | None,
                device, rank: int = 0, world_size: int = 1, on_batch=None) -> dict[int, float]:
     """``{side index: summed completion log-prob}`` for this rank's share of one side, in batches of
     similar length (rank r takes batches r, r + world_size, ...)."""
@@ -121,9 +135,10 @@ def side_logps(model, side: Side, *, pad_id: int, batch_rows: int, chunk_size: i
     return out
 
 
-def precompute(model, sides: tuple[Side, Side], *, pad_id: int, batch_rows: int, chunk_size: int | None,
-               accelerator=None, on_batch=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference log-probs of every sample of both sides; ranks split the work and share results."""
+def precompute(model, sides: Sequence[Side | KLSide], *, pad_id: int, batch_rows: int, chunk_size: int | None,
+               accelerator=None, on_batch=None) -> list[torch.Tensor]:
+    """Reference log-probs of every row of each side (the two sides of the data, or an epoch's KTO
+    mismatched rows); ranks split the work and share results."""
     rank = 0 if accelerator is None else accelerator.process_index
     world = 1 if accelerator is None else accelerator.num_processes
     device = next(model.parameters()).device
@@ -139,7 +154,7 @@ def precompute(model, sides: tuple[Side, Side], *, pad_id: int, batch_rows: int,
         values = torch.empty(len(side), dtype=torch.float32)
         values[list(local)] = torch.tensor(list(local.values()), dtype=torch.float32)
         results.append(values)
-    return results[0], results[1]
+    return results
 
 
 class OnlineReference:
@@ -157,9 +172,13 @@ class OnlineReference:
             self.frozen = load_reference(recipe).to(next(policy.parameters()).device)
 
     @torch.no_grad()
-    def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def fill(self, batch: MicroBatch) -> None:
+        """Set the batch's reference log-probs (``ref_a``, ``ref_b``, and its KTO mismatched rows')."""
         with (nullcontext(self.frozen) if self.frozen is not None
               else reference_model(self.policy, self.config, at_start=False)) as model:
             logps = model_sequence_logps(model, batch.input_ids, batch.attention_mask, batch.labels,
                                          chunk_size=self.chunk_size)
-        return logps[:batch.size], logps[batch.size:]
+            batch.ref_a, batch.ref_b = logps[:batch.n_a], logps[batch.n_a:]
+            if batch.kl is not None:
+                batch.kl.ref = model_sequence_logps(model, batch.kl.input_ids, batch.kl.attention_mask,
+                                                    batch.kl.labels, chunk_size=self.chunk_size)

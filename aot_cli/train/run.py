@@ -39,12 +39,13 @@ from aot_cli.data.tokenize import (TokenizeSettings, load_tokenizer, tokenize_sp
 from aot_cli.errors import UserError
 from aot_cli.losses import preference_loss
 from aot_cli.train import reference
-from aot_cli.train.batching import StepSampler, make_sides
+from aot_cli.train.batching import KLSide, StepSampler, make_sides
 from aot_cli.train.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, read_state
 from aot_cli.train.config import Config
 from aot_cli.train.loop import LoopState, train_loop
 from aot_cli.train.metrics import CURVES, MetricsLog, plot_curves, read_metrics
 from aot_cli.train.model import build_policy, save_trained
+from aot_cli.vocab import AOT_LOSSES
 
 
 def resume_point(config: Config) -> Path | None:
@@ -59,15 +60,19 @@ def resume_point(config: Config) -> Path | None:
 
 
 def make_loss_fn(config: Config):
-    """The preference loss on (policy A, policy B, reference A, reference B) log-prob vectors,
-    checked once on dummy values so bad settings fail before any work."""
-    def loss_fn(pa, pb, ra, rb):
+    """The preference loss on (policy A, policy B, reference A, reference B) log-prob vectors, and for
+    KTO the (policy, reference) log-probs of the mismatched rows; checked once on dummy values so bad
+    settings fail before any work."""
+    def loss_fn(pa, pb, ra, rb, kl=None):
         return preference_loss(config.loss, pa, pb, ra, rb, beta=config.beta, surrogate=config.surrogate,
                                label_smoothing=config.label_smoothing, sort=config.sort,
-                               soft_sort_eps=config.soft_sort_eps)
+                               soft_sort_eps=config.soft_sort_eps, dominance=config.dominance, kl=kl,
+                               desirable_weight=config.desirable_weight,
+                               undesirable_weight=config.undesirable_weight)
 
+    dummy = [torch.zeros(2) for _ in range(4)]
     try:
-        loss_fn(*(torch.zeros(2) for _ in range(4)))
+        loss_fn(*dummy, *([(torch.zeros(2), torch.zeros(2))] if config.loss == "kto" else []))
     except ValueError as exc:
         raise UserError(f"loss settings: {exc}") from None
     return loss_fn
@@ -106,6 +111,36 @@ def check_lengths(tokenized, config: Config, paired: bool, *, main: bool = True)
              f"completion: {counts['completion']}); see `aot inspect` for lengths")
 
 
+def check_sampler(sampler: StepSampler, config: Config, *, paired: bool, processes: int) -> None:
+    """Refuse a global batch the data or the loss cannot use, naming the numbers and the fix."""
+    batch = (f"global batch {sampler.global_batch} (--batch-size {config.batch_size} x --grad-accum "
+             f"{config.grad_accum} x {processes} process(es))")
+    if not paired and 0 in (sampler.n_a, sampler.n_b):
+        missing = "positives (label true)" if sampler.n_a == 0 else "negatives (label false)"
+        raise UserError(f"{config.data}: the training split has no {missing}; --loss {config.loss} on unpaired data "
+                        "needs both")
+    if sampler.steps_per_epoch == 0:
+        have = f"{sampler.n_a} pairs" if paired else f"{sampler.n_a} positives and {sampler.n_b} negatives"
+        per_step = "" if paired else f" = {sampler.rows_per_step} samples per step"
+        raise UserError(f"{batch}{per_step} is larger than the training data ({have}); lower --batch-size or "
+                        "--grad-accum")
+    fewest = sampler.fewest
+    if not paired and min(fewest) < 1:
+        raise UserError(f"{batch}: {sampler.rows_per_step} samples per step at a positive fraction of "
+                        f"{float(sampler.fraction):.4g} leave some steps with {fewest[0]} positives and {fewest[1]} "
+                        "negatives; every step needs both: raise --batch-size or --grad-accum, or set "
+                        "--positive-fraction")
+    micro_batches = config.grad_accum * processes
+    if not paired and config.sort_scope == "micro" and config.loss in AOT_LOSSES and min(fewest) < micro_batches:
+        side = "positives" if fewest[0] < fewest[1] else "negatives"
+        raise UserError(f"--sort-scope micro sorts each of the {micro_batches} micro-batches of a step on its own, "
+                        f"and some steps hold only {min(fewest)} {side}: raise --batch-size, or use --sort-scope "
+                        "global, or set --positive-fraction")
+    if config.loss == "kto" and paired and sampler.global_batch < 2:
+        raise UserError(f"{batch}: --loss kto on paired data needs at least 2 pairs per step, else its KL estimate "
+                        "would pair a prompt with its own answers; raise --batch-size or --grad-accum")
+
+
 def make_optimizer(config: Config, params: list):
     if config.optim == "sgd":
         return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -135,23 +170,39 @@ def prepare_output(config: Config, accelerator) -> Path:
     return out
 
 
-def reference_logps(config, policy, sides, *, key: str, pad_id: int, at_start: bool, accelerator):
-    """Precomputed reference log-probs of both sides, from the cache when the key matches."""
-    cached = reference.load_cached(key)
+def reference_logps(config, policy, sides, *, key: str, names: tuple[str, ...], pad_id: int, at_start: bool,
+                    accelerator, what: str = "Reference log-probs") -> list:
+    """Precomputed reference log-probs of `sides` (saved under `names`), from the cache when the key matches."""
+    cached = reference.load_cached(key, names)
     if cached is not None:
         if accelerator.is_main_process:
-            info(f"reference log-probs: cache hit ({reference.cache_path(key).name})")
+            info(f"{what.lower()}: cache hit ({reference.cache_path(key).name})")
         return cached
-    total = len(sides[0]) + len(sides[1])
+    total = sum(len(side) for side in sides)
     with progress(transient=True) as bar, reference.reference_model(policy, config, at_start=at_start) as model:
-        task = bar.add_task("Reference log-probs", total=total, visible=accelerator.is_local_main_process)
+        task = bar.add_task(what, total=total, visible=accelerator.is_local_main_process)
         values = reference.precompute(model, sides, pad_id=pad_id, batch_rows=2 * config.batch_size,
                                       chunk_size=config.logps_chunk_size, accelerator=accelerator,
                                       on_batch=lambda n: bar.advance(task, n))
     if accelerator.is_main_process:
-        reference.save_cached(key, *values)
+        reference.save_cached(key, dict(zip(names, values)))
     accelerator.wait_for_everyone()
     return values
+
+
+def kl_reference_logps(setup: Setup, policy, *, key: str, pad_id: int, start_step: int) -> dict[int, torch.Tensor]:
+    """KTO: the reference log-probs of the mismatched rows of every epoch from `start_step` to the end
+    (epoch -> :class:`KLSide` values), each epoch cached on its own."""
+    config, sampler = setup.config, setup.sampler
+    first, last = sampler.locate(start_step)[0], sampler.locate(setup.total_steps - 1)[0]
+    tables = {}
+    for epoch in range(first, last + 1):
+        side = KLSide(setup.sides, sampler, epoch, config.max_length)
+        (tables[epoch],) = reference_logps(
+            config, policy, [side], key=reference.kl_cache_key(key, sampler, max_length=config.max_length, epoch=epoch),
+            names=("kl",), pad_id=pad_id, at_start=setup.resume_from is None, accelerator=setup.accelerator,
+            what=f"Reference log-probs of KTO's mismatched rows, epoch {epoch + 1}")
+    return tables
 
 
 def peak_memory_bytes() -> int:
@@ -187,7 +238,8 @@ class Setup:
     def fixed(self) -> dict:
         """Settings a resumed run must share with its checkpoint."""
         c = self.config
-        return {"seed": c.seed, "global_batch": self.global_batch, "loss": c.loss, "data_fingerprint": self.data_fp,
+        return {"seed": c.seed, "global_batch": self.global_batch, "positive_fraction": c.positive_fraction,
+                "loss": c.loss, "data_fingerprint": self.data_fp,
                 "lora": c.lora, "model": c.model, "max_length": c.max_length,
                 "max_prompt_length": c.max_prompt_length,
                 "chat_template": str(c.chat_template) if c.chat_template else None}
@@ -237,12 +289,9 @@ def validate_and_load(config: Config) -> Setup:
     check_lengths(tokenized, config, paired, main=accelerator.is_main_process)
     sides = make_sides(tokenized, paired=paired)
     global_batch = config.batch_size * config.grad_accum * accelerator.num_processes
-    sampler = StepSampler(len(sides[0]), len(sides[1]), global_batch, config.seed, paired=paired)
-    if sampler.steps_per_epoch == 0:
-        have = f"{len(sides[0])} pairs" if paired else f"{len(sides[0])} positives and {len(sides[1])} negatives"
-        raise UserError(f"global batch {global_batch} (--batch-size {config.batch_size} x --grad-accum "
-                        f"{config.grad_accum} x {accelerator.num_processes} process(es)) is larger than the "
-                        f"training data ({have}); lower --batch-size or --grad-accum")
+    sampler = StepSampler(len(sides[0]), len(sides[1]), global_batch, config.seed, paired=paired,
+                          positive_fraction=config.positive_fraction)
+    check_sampler(sampler, config, paired=paired, processes=accelerator.num_processes)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * sampler.steps_per_epoch))
     setup = Setup(config, accelerator, started, resume_from, loss_fn, tokenizer, sides, sampler, total_steps,
                   global_batch, data_fp, paired, policy=None)
@@ -259,20 +308,22 @@ def run_training(setup: Setup, out: Path) -> dict:
     policy = accelerator.prepare(setup.policy)
     unwrapped = accelerator.unwrap_model(policy)
     pad_id = setup.tokenizer.pad_token_id
-    ref, online_ref, key = None, None, None
+    ref, kl_ref, online_ref, key = None, None, None, None
+    start_step = read_state(setup.resume_from)["step"] if setup.resume_from is not None else 0
     if config.ref == "precompute":
         key = reference.cache_key(config, data_fingerprint=f"{setup.data_fp}:train",
                                   tokenizer_fingerprint=tokenizer_fingerprint(setup.tokenizer),
                                   settings={"max_length": config.max_length,
                                             "max_prompt_length": config.max_prompt_length})
-        ref = reference_logps(config, unwrapped, setup.sides, key=key, pad_id=pad_id,
+        ref = reference_logps(config, unwrapped, setup.sides, key=key, names=("a", "b"), pad_id=pad_id,
                               at_start=setup.resume_from is None, accelerator=accelerator)
+        if config.loss == "kto":
+            kl_ref = kl_reference_logps(setup, unwrapped, key=key, pad_id=pad_id, start_step=start_step)
     else:
         online_ref = reference.OnlineReference(unwrapped, config, config.logps_chunk_size)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, params)
     scheduler = make_scheduler(config, optimizer, setup.total_steps)
-    start_step = 0
     if setup.resume_from is not None:
         start_step = load_checkpoint(setup.resume_from, model=policy, optimizer=optimizer, scheduler=scheduler,
                                      accelerator=accelerator)
@@ -282,10 +333,16 @@ def run_training(setup: Setup, out: Path) -> dict:
     setup.say(f"training {'LoRA adapters' if config.lora else 'all weights'} ({n_trainable:,} parameters), "
               f"{setup.total_steps} steps, sort set {sort_set} ({config.sort_scope} scope), "
               f"loss {config.loss}")
+    if not setup.paired:
+        sampler = setup.sampler
+        least, most = sampler.fewest[0], sampler.rows_per_step - sampler.fewest[1]
+        setup.say(f"each step draws {sampler.rows_per_step} samples: {least if least == most else f'{least}-{most}'} "
+                  f"positives (fraction {float(sampler.fraction):.4g}), the rest negatives; "
+                  f"{sampler.steps_per_epoch} steps per epoch")
     state = LoopState(config=config, accelerator=accelerator, model=policy, optimizer=optimizer,
                       scheduler=scheduler, loss_fn=setup.loss_fn, sides=setup.sides, sampler=setup.sampler,
                       pad_id=pad_id, out=out, total_steps=setup.total_steps, start_step=start_step, ref=ref,
-                      online_ref=online_ref, checkpoint_state=setup.fixed)
+                      kl_ref=kl_ref, online_ref=online_ref, checkpoint_state=setup.fixed)
     metrics = None
     if accelerator.is_main_process:
         metrics = MetricsLog(out, resume_step=start_step, tracker=config.report_to, config=to_dict(config))

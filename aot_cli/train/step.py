@@ -10,11 +10,19 @@ r = (policy_a, policy_b) of the G samples of the step, so dL/dtheta = sum_i (dL/
 3. each micro-batch runs forward + backward of sum_i g_i r_i(theta), accumulating exactly dL/dtheta
    (the last micro-batch keeps its graph from step 1 instead of running a second forward).
 
-This holds for any loss that is a function of the log-probs: paired and unpaired AOT, every
-surrogate, hard and soft sort, DPO and IPO. Dropout would make pass 1 and pass 3 see different
-networks; the torch RNG state is recorded before each pass-1 forward and replayed before its
-pass-3 forward (GradCache's ``RandContext``), so both passes draw the same dropout masks. The
-logged loss is the true global-batch loss.
+This holds for any loss that is a function of the log-probs: paired and unpaired AOT (equal or
+unequal counts, first or second order), every surrogate, hard and soft sort, DPO, IPO and KTO.
+Ranks gather their rows with a side mask, so micro-batches that hold different numbers of
+positives and negatives (unpaired data) gather like any other. Dropout would make pass 1 and
+pass 3 see different networks; the torch RNG state is recorded before each pass-1 forward and
+replayed before its pass-3 forward (GradCache's ``RandContext``), so both passes draw the same
+dropout masks. The logged loss is the true global-batch loss.
+
+KTO's reference point z0 depends on the policy's log-probs of the mismatched rows, but KTO (like
+TRL) detaches it: those rows run once, without gradient, before pass 1, and are gathered like the
+others. The global scope takes z0 over all mismatched rows of the global batch; the micro scope
+over each micro-batch's rows of every rank, which is TRL's z0 (TRL averages its ranks' micro-batch
+means per accumulation step; here the ranks' rows are equally many, so the same number).
 
 ``micro_scope_step`` is TRL's behaviour (loss per micro-batch, averaged), kept for comparison.
 Both leave the summed gradient in ``.grad``; the caller clips and steps the optimizer.
@@ -28,10 +36,13 @@ from collections.abc import Callable
 
 import torch
 
+from aot_cli.losses import kto_reference_point
 from aot_cli.train.batching import MicroBatch
 from aot_cli.train.logprobs import model_sequence_logps
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (policy A, policy B, reference A, reference B) log-prob vectors -> loss; KTO's loss function takes a fifth
+# argument, the (policy, reference) log-probs of the mismatched rows, passed when the micro-batches carry them.
+LossFn = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -44,33 +55,54 @@ class StepOutput:
     ref_a: torch.Tensor
     ref_b: torch.Tensor
     n_tokens: int  # non-padding tokens in this rank's micro-batches (counted once per step)
+    kl: float | None = None  # KTO's reference point z0 (micro scope: the mean over micro-batches)
+
+    @property
+    def couples(self) -> float:
+        """Pairs, or positive/negative couples, in the step: half its samples."""
+        return (len(self.policy_a) + len(self.policy_b)) / 2
 
 
-def policy_logps(model, batch: MicroBatch, chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs of the batch's side-A rows and side-B rows.
+def rows_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+               chunk_size: int | None) -> torch.Tensor:
+    """Summed completion log-probs of each row.
 
-    One forward over the concatenated rows, or two (shorter half, longer half) when that saves at
-    least a fifth of the padded positions: chosen and rejected answers often differ in length, and
-    one forward pads every row to the longest. Rows are independent (right padding, causal
-    attention), so the values are the same; compute and activations follow the positions (on the
-    benchmark's data, 15% less CPU time per step: docs/performance.md).
+    One forward over the rows, or two (shorter half, longer half) when that saves at least a fifth
+    of the padded positions: chosen and rejected answers often differ in length, and one forward
+    pads every row to the longest. Rows are independent (right padding, causal attention), so the
+    values are the same; compute and activations follow the positions (on the benchmark's data, 15%
+    less CPU time per step: docs/performance.md).
     """
-    lengths = batch.attention_mask.sum(-1)
+    lengths = attention_mask.sum(-1)
     halves = torch.tensor_split(torch.argsort(lengths), 2)
     split = sum(len(h) * int(lengths[h].max()) for h in halves if len(h))
     # Several processes: one forward per micro-batch (DDP syncs buffers in each forward; ranks must agree).
     several = (torch.distributed.is_available() and torch.distributed.is_initialized()
                and torch.distributed.get_world_size() > 1)
-    if several or split > 0.8 * len(lengths) * batch.input_ids.shape[1]:
-        logps = model_sequence_logps(model, batch.input_ids, batch.attention_mask, batch.labels, chunk_size=chunk_size)
-        return logps[:batch.size], logps[batch.size:]
+    if several or split > 0.8 * len(lengths) * input_ids.shape[1]:
+        return model_sequence_logps(model, input_ids, attention_mask, labels, chunk_size=chunk_size)
     parts = []
     for rows in halves:
         width = int(lengths[rows].max())
-        parts.append(model_sequence_logps(model, batch.input_ids[rows, :width], batch.attention_mask[rows, :width],
-                                          batch.labels[rows, :width], chunk_size=chunk_size))
-    logps = torch.cat(parts)[torch.argsort(torch.cat(halves))]
-    return logps[:batch.size], logps[batch.size:]
+        parts.append(model_sequence_logps(model, input_ids[rows, :width], attention_mask[rows, :width],
+                                          labels[rows, :width], chunk_size=chunk_size))
+    return torch.cat(parts)[torch.argsort(torch.cat(halves))]
+
+
+def policy_logps(model, batch: MicroBatch, chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs of the batch's side-A rows and side-B rows (:func:`rows_logps`)."""
+    logps = rows_logps(model, batch.input_ids, batch.attention_mask, batch.labels, chunk_size)
+    return logps[:batch.n_a], logps[batch.n_a:]
+
+
+@torch.no_grad()
+def kl_logps(model, micro_batches: list[MicroBatch], chunk_size: int | None) -> list[torch.Tensor] | None:
+    """The policy's log-probs of each micro-batch's mismatched rows (KTO), without gradient; None
+    when the micro-batches carry none."""
+    if micro_batches[0].kl is None:
+        return None
+    return [rows_logps(model, b.kl.input_ids, b.kl.attention_mask, b.kl.labels, chunk_size).float()
+            for b in micro_batches]
 
 
 class _RngReplay:
@@ -102,6 +134,25 @@ def _backward(accelerator, loss: torch.Tensor) -> None:
         accelerator.backward(loss)
 
 
+def _side_a_mask(micro_batches: list[MicroBatch], device) -> torch.Tensor:
+    """1 on the side-A rows of the concatenated micro-batches (each: side A's rows, then side B's)."""
+    return torch.cat([torch.arange(b.n_rows, device=device) < b.n_a for b in micro_batches]).long()
+
+
+def _references(micro_batches: list[MicroBatch]) -> torch.Tensor:
+    return torch.cat([torch.cat([b.ref_a, b.ref_b]) for b in micro_batches]).float()
+
+
+def _output(accelerator, loss, rows: torch.Tensor, micro_batches: list[MicroBatch], kl: float | None) -> StepOutput:
+    """Gather this rank's rows, their references and sides, and split all ranks' rows by side
+    (rank by rank, micro-batch by micro-batch: side A's order matches side B's for pairs)."""
+    side_a = _gather(accelerator, _side_a_mask(micro_batches, rows.device)).bool()
+    refs = _gather(accelerator, _references(micro_batches))
+    rows = _gather(accelerator, rows.detach())
+    n_tokens = sum(batch.n_tokens for batch in micro_batches)
+    return StepOutput(loss, rows[side_a], rows[~side_a], refs[side_a], refs[~side_a], n_tokens, kl)
+
+
 def global_scope_step(model, micro_batches: list[MicroBatch], loss_fn: LossFn, *, chunk_size: int | None = 1024,
                       accelerator=None) -> StepOutput:
     """Gradient of the loss over the whole global batch (all micro-batches of all ranks).
@@ -113,61 +164,64 @@ def global_scope_step(model, micro_batches: list[MicroBatch], loss_fn: LossFn, *
     """
     world = 1 if accelerator is None else accelerator.num_processes
     rank = 0 if accelerator is None else accelerator.process_index
+    kl_parts = kl_logps(model, micro_batches, chunk_size)
     *replayed, kept = micro_batches
-    rngs, parts_a, parts_b = [], [], []
+    rngs, parts = [], []
     with torch.no_grad():
         for batch in replayed:
             rngs.append(_RngReplay())
-            a, b = policy_logps(model, batch, chunk_size)
-            parts_a.append(a)
-            parts_b.append(b)
+            parts.append(torch.cat(policy_logps(model, batch, chunk_size)))
     with _sync_context(accelerator, model, last=not replayed):
-        kept_a, kept_b = policy_logps(model, kept, chunk_size)
-    parts_a.append(kept_a.detach())
-    parts_b.append(kept_b.detach())
-    local_a, local_b = torch.cat(parts_a), torch.cat(parts_b)
-    ref_a = _gather(accelerator, torch.cat([mb.ref_a for mb in micro_batches]).float())
-    ref_b = _gather(accelerator, torch.cat([mb.ref_b for mb in micro_batches]).float())
-    policy_a = _gather(accelerator, local_a).requires_grad_(True)
-    policy_b = _gather(accelerator, local_b).requires_grad_(True)
-    loss = loss_fn(policy_a, policy_b, ref_a, ref_b)
-    grad_a, grad_b = torch.autograd.grad(loss, [policy_a, policy_b])
-    n_local = len(local_a)
+        kept_rows = torch.cat(policy_logps(model, kept, chunk_size))
+    parts.append(kept_rows.detach())
+    local = torch.cat(parts)
+    side_a = _gather(accelerator, _side_a_mask(micro_batches, local.device)).bool()
+    refs = _gather(accelerator, _references(micro_batches))
+    rows = _gather(accelerator, local).requires_grad_(True)
+    args = [rows[side_a], rows[~side_a], refs[side_a], refs[~side_a]]
+    z0 = None
+    if kl_parts is not None:
+        kl_refs = torch.cat([b.kl.ref for b in micro_batches]).float()
+        kl = (_gather(accelerator, torch.cat(kl_parts)), _gather(accelerator, kl_refs))
+        args.append(kl)
+        z0 = kto_reference_point(*kl).item()
+    loss = loss_fn(*args)
+    (grad,) = torch.autograd.grad(loss, rows)
+    n_local = len(local)
     # DDP averages gradients over ranks; each rank holds its share of a sum, so undo the mean.
-    grad_a = grad_a[rank * n_local:(rank + 1) * n_local] * world
-    grad_b = grad_b[rank * n_local:(rank + 1) * n_local] * world
-    window = slice(n_local - kept.size, n_local)
-    _backward(accelerator, (grad_a[window] * kept_a).sum() + (grad_b[window] * kept_b).sum())
+    grad = grad[rank * n_local:(rank + 1) * n_local] * world
+    _backward(accelerator, (grad[n_local - kept.n_rows:] * kept_rows).sum())
     offset = 0
     for j, batch in enumerate(replayed):
         rngs[j].replay()
         with _sync_context(accelerator, model, last=j == len(replayed) - 1):
-            a, b = policy_logps(model, batch, chunk_size)
-            window = slice(offset, offset + batch.size)
-            _backward(accelerator, (grad_a[window] * a).sum() + (grad_b[window] * b).sum())
-        offset += batch.size
+            logps = torch.cat(policy_logps(model, batch, chunk_size))
+            _backward(accelerator, (grad[offset:offset + batch.n_rows] * logps).sum())
+        offset += batch.n_rows
     n_tokens = sum(batch.n_tokens for batch in micro_batches)
-    return StepOutput(loss.detach(), policy_a.detach(), policy_b.detach(), ref_a, ref_b, n_tokens)
+    rows = rows.detach()
+    return StepOutput(loss.detach(), rows[side_a], rows[~side_a], refs[side_a], refs[~side_a], n_tokens, z0)
 
 
 def micro_scope_step(model, micro_batches: list[MicroBatch], loss_fn: LossFn, *, chunk_size: int | None = 1024,
                      accelerator=None) -> StepOutput:
     """TRL's step: the loss of each micro-batch on its own, averaged over micro-batches and ranks."""
-    losses, parts_a, parts_b, n_tokens = [], [], [], 0
+    kl_parts = kl_logps(model, micro_batches, chunk_size)
+    losses, parts, z0s = [], [], []
     for j, batch in enumerate(micro_batches):
+        kl = None
+        if kl_parts is not None:
+            kl = (_gather(accelerator, kl_parts[j]), _gather(accelerator, batch.kl.ref.float()))
+            z0s.append(kto_reference_point(*kl).item())
         with _sync_context(accelerator, model, last=j == len(micro_batches) - 1):
             a, b = policy_logps(model, batch, chunk_size)
-            loss = loss_fn(a, b, batch.ref_a.float(), batch.ref_b.float())
+            args = [a, b, batch.ref_a.float(), batch.ref_b.float()] + ([] if kl is None else [kl])
+            loss = loss_fn(*args)
             _backward(accelerator, loss / len(micro_batches))
         losses.append(loss.detach())
-        parts_a.append(a.detach())
-        parts_b.append(b.detach())
-        n_tokens += batch.n_tokens
+        parts.append(torch.cat([a, b]).detach())
     loss = _gather(accelerator, torch.stack(losses)).mean()
-    gather_cat = (lambda parts: _gather(accelerator, torch.cat(parts)))
-    return StepOutput(loss, gather_cat(parts_a), gather_cat(parts_b),
-                      gather_cat([mb.ref_a.float() for mb in micro_batches]),
-                      gather_cat([mb.ref_b.float() for mb in micro_batches]), n_tokens)
+    return _output(accelerator, loss, torch.cat(parts), micro_batches, sum(z0s) / len(z0s) if z0s else None)
 
 
 def step_gradient(scope: str, model, micro_batches: list[MicroBatch], loss_fn: LossFn, **kwargs) -> StepOutput:

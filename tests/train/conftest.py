@@ -61,6 +61,17 @@ def unpaired_data(tmp_path_factory) -> Path:
                          unpair(preference_rows(32, 4), 5), paired=False)
 
 
+@pytest.fixture(scope="session")
+def imbalanced_data(tmp_path_factory) -> Path:
+    """Unpaired data with 3 positives to 1 negative: 96 positives and 32 negatives (the first pairs give
+    their chosen answer, the rest their rejected one)."""
+    rows = preference_rows(128, 6)
+    train = [{"prompt": r["prompt"], "completion": r["chosen"] if i < 96 else r["rejected"], "label": None}
+             for i, r in enumerate(rows)]
+    return write_dataset(tmp_path_factory.mktemp("imbalanced") / "data", train,
+                         unpair(preference_rows(32, 7), 8), paired=False)
+
+
 @pytest.fixture
 def mixed_length_data(tmp_path) -> Path:
     """64 training pairs where every other rejected answer is long: micro-batches mix lengths."""

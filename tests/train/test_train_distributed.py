@@ -2,7 +2,9 @@
 global-scope step gathers the rewards of both ranks and sorts them together. Both accumulate 2
 micro-batches, so the DDP ``no_sync`` / single all-reduce path of the two-pass step is exercised. Half
 the rejected answers are long, so micro-batches mix lengths as real data do (a single process then
-forwards a micro-batch in two length-sorted halves; several processes must not)."""
+forwards a micro-batch in two length-sorted halves; several processes must not). Also KTO on unpaired data
+with 3 positives to 1 negative: the ranks' micro-batches hold different numbers of positives, and the
+reference point is taken over both ranks' mismatched rows."""
 
 from __future__ import annotations
 
@@ -27,14 +29,15 @@ def _delta(run_dir, base):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process(tiny_model_dir, mixed_length_data, tmp_path):
-    paired_data = mixed_length_data
+@pytest.mark.parametrize("data_fixture, loss", [("mixed_length_data", "aot"), ("imbalanced_data", "kto")])
+def test_two_processes_equal_one_process(tiny_model_dir, data_fixture, loss, tmp_path, request):
+    paired_data = request.getfixturevalue(data_fixture)
     one = tmp_path / "one"
-    run.run(TrainConfig(model=str(tiny_model_dir), data=paired_data, output=one, batch_size=8, **ARGS))
+    run.run(TrainConfig(model=str(tiny_model_dir), data=paired_data, output=one, batch_size=8, loss=loss, **ARGS))
 
     two = tmp_path / "two"
     flags = []
-    for key, value in {**ARGS, "batch_size": 4}.items():
+    for key, value in {**ARGS, "batch_size": 4, "loss": loss}.items():
         flag = "--" + key.replace("_", "-")
         flags += [flag if value is not False else "--full"] if isinstance(value, bool) else [flag, str(value)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -44,7 +44,35 @@ def test_artifact_of_another_kind(aot, tiny_model_dir, tmp_path):
 def test_unpaired_data_with_paired_loss(aot, tiny_model_dir, unpaired_data, tmp_path):
     out = tmp_path / "run"
     _check_error(_train(aot, tiny_model_dir, unpaired_data, out), out,
-                 "unpaired data", "--loss aot", "use --loss aot_unpaired")
+                 "unpaired data", "--loss aot", "use --loss aot_unpaired", "--loss kto")
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (("--loss", "dpo", "--dominance", "second"), ("--dominance second applies to the aot losses only", "--loss dpo")),
+    (("--loss", "kto", "--dominance", "second"), ("--dominance second applies to the aot losses only", "--loss kto")),
+    (("--loss", "kto", "--surrogate", "squared_hinge"), ("--surrogate squared_hinge applies to the aot losses",)),
+    (("--loss", "kto", "--label-smoothing", "0.1"), ("--label-smoothing is not defined for --loss kto",)),
+    (("--desirable-weight", "2"), ("--desirable-weight 2 applies to --loss kto only, not --loss aot",)),
+    (("--loss", "dpo", "--undesirable-weight", "0.5"), ("--undesirable-weight 0.5 applies to --loss kto only",)),
+    (("--loss", "kto", "--desirable-weight", "0"), ("--desirable-weight must be a finite number > 0, got 0",)),
+    (("--positive-fraction", "0.3"), ("--positive-fraction applies to unpaired data", "is paired")),
+    (("--positive-fraction", "1"), ("--positive-fraction must be a finite number > 0, < 1, got 1",)),
+    (("--loss", "kto", "--batch-size", "1", "--grad-accum", "1"),
+     ("global batch 1", "--loss kto on paired data needs at least 2 pairs per step")),
+])
+def test_objective_options_that_do_not_apply(aot, tiny_model_dir, paired_data, tmp_path, extra, needles):
+    out = tmp_path / "run"
+    _check_error(_train(aot, tiny_model_dir, paired_data, out, *extra), out, *needles)
+
+
+def test_beta_defaults_per_loss_and_an_explicit_value_is_kept():
+    from aot_cli.train.config import Config as TrainConfig
+    from aot_cli.vocab import LOSSES
+
+    defaults = {loss: TrainConfig(model="m", data="d", output="o", loss=loss).beta for loss in LOSSES}
+    assert defaults == {"aot": 0.01, "aot_unpaired": 0.01, "dpo": 0.1, "ipo": 0.1, "kto": 0.1}
+    assert TrainConfig(model="m", data="d", output="o", loss="kto", beta=0.01).beta == 0.01
+    assert TrainConfig(model="m", data="d", output="o", loss="aot", beta=0.1).beta == 0.1
 
 
 def test_tokenizer_without_chat_template(aot, tiny_model_dir, paired_data, tmp_path):

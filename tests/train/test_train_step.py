@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from aot_cli.losses import preference_loss
-from aot_cli.train.batching import MicroBatch, collate
+from aot_cli.losses import kto_loss, kto_reference_point, preference_loss
+from aot_cli.train.batching import KLRows, MicroBatch, collate, split_micro_batches
+from aot_cli.train.logprobs import model_sequence_logps
 from aot_cli.train.step import global_scope_step, micro_scope_step, policy_logps
 
 G = 16
@@ -47,8 +48,8 @@ def _micro_batches(micro: int, seed: int = 0, start: int = 0, count: int = G) ->
     return batches
 
 
-def _loss_fn(name: str, beta: float = 0.5):
-    return lambda pa, pb, ra, rb: preference_loss(name, pa, pb, ra, rb, beta=beta)
+def _loss_fn(name: str, beta: float = 0.5, **kwargs):
+    return lambda pa, pb, ra, rb, kl=None: preference_loss(name, pa, pb, ra, rb, beta=beta, kl=kl, **kwargs)
 
 
 def _update(step, micro: int, name: str, lr: float = 1e-2):
@@ -186,3 +187,114 @@ def test_policy_logps_never_splits_across_processes(monkeypatch):
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda *args: 2)
     policy_logps(model, batch, chunk_size=7)
     assert len(calls) == 1
+
+
+# --- unpaired data with unequal counts, and KTO ---------------------------------------------------------
+
+N_POS, N_NEG = 11, 5  # 16 samples: one global batch of 8 "couples"
+
+
+def _unpaired_rows(seed: int):
+    """Positives, negatives, their random references, and one mismatched (KL) row per sample with its
+    random reference; the KL rows are token rows like any other (the step does not build them)."""
+    rng = np.random.default_rng(seed)
+
+    def rows(n):
+        return [(rng.integers(1, 64, int(rng.integers(6, 13))).tolist(), int(rng.integers(2, 5))) for _ in range(n)]
+
+    pos, neg = rows(N_POS), rows(N_NEG)
+    kl = {("a", i): r for i, r in enumerate(rows(N_POS))} | {("b", i): r for i, r in enumerate(rows(N_NEG))}
+    refs = {k: torch.tensor(rng.normal(-60, 8, n), dtype=torch.float32) for k, n in (("a", N_POS), ("b", N_NEG))}
+    kl_refs = {k: float(v) for k, v in zip(kl, rng.normal(-60, 8, len(kl)))}
+    return pos, neg, refs, kl, kl_refs
+
+
+def _unpaired_micro_batches(micro: int, *, with_kl: bool, seed: int = 1) -> list[MicroBatch]:
+    """The 16 samples split as training splits them: micro-batches of 2 x `micro` rows holding 2
+    or 3 positives (micro 2), or all of them at once (micro 8)."""
+    pos, neg, refs, kl, kl_refs = _unpaired_rows(seed)
+    lengths = (np.array([len(r[0]) for r in pos]), np.array([len(r[0]) for r in neg]))
+    batches = []
+    for a, b in split_micro_batches(np.arange(N_POS), np.arange(N_NEG), *lengths, micro_batch=micro, paired=False):
+        ids, mask, labels = collate([pos[i] for i in a] + [neg[i] for i in b], pad_id=0)
+        batch = MicroBatch(ids, mask, labels, a, b, refs["a"][a], refs["b"][b])
+        if with_kl:
+            keys = [("a", int(i)) for i in a] + [("b", int(i)) for i in b]
+            batch.kl = KLRows(*collate([kl[key] for key in keys], pad_id=0), np.arange(len(keys)),
+                              torch.tensor([kl_refs[key] for key in keys]))
+        batches.append(batch)
+    return batches
+
+
+def _unpaired_update(step, micro: int, name: str, **kwargs):
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    batches = _unpaired_micro_batches(micro, with_kl=name == "kto")
+    out = step(model, batches, _loss_fn(name, **kwargs), chunk_size=7)
+    optimizer.step()
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    return delta, out, batches
+
+
+@pytest.mark.parametrize("name, kwargs", [("aot_unpaired", {}), ("aot_unpaired", {"dominance": "second"}),
+                                          ("aot_unpaired", {"surrogate": "squared_hinge"}),
+                                          ("kto", {"desirable_weight": 1.3})])
+def test_global_scope_with_unequal_counts_equals_one_big_batch(name, kwargs):
+    """11 positives and 5 negatives: micro-batches of 4 rows hold 2 or 3 positives each, so the sides'
+    shares differ from micro-batch to micro-batch; the global step still equals the loss on all 16."""
+    small_batches = _unpaired_micro_batches(2, with_kl=False)
+    assert sorted({b.n_a for b in small_batches}) == [2, 3] and len(small_batches) == 4
+    big, out_big, _ = _unpaired_update(micro_scope_step, 8, name, **kwargs)  # one micro-batch: the plain loss
+    small, out_small, _ = _unpaired_update(global_scope_step, 2, name, **kwargs)
+    assert big.norm() > 0
+    assert _rel(small, big) < 1e-4
+    assert out_small.loss.item() == pytest.approx(out_big.loss.item(), rel=1e-5)
+    assert out_small.policy_a.shape == (N_POS,) and out_small.policy_b.shape == (N_NEG,)
+    assert torch.allclose(out_small.policy_a.sort().values, out_big.policy_a.sort().values, atol=1e-4)
+    assert out_small.couples == 8
+
+
+def test_kto_step_gradient_equals_kto_loss_on_the_batch():
+    """The two-pass KTO step (4 micro-batches) leaves in .grad the gradient of kto_loss computed directly on
+    the whole batch: policy log-probs with gradient, the mismatched rows' log-probs without (z0 is a
+    constant), over all 16 mismatched rows."""
+    model = _model()
+    batches = _unpaired_micro_batches(2, with_kl=True)
+    loss_fn = _loss_fn("kto", beta=0.5, desirable_weight=1.3, undesirable_weight=0.8)
+    out = global_scope_step(model, batches, loss_fn, chunk_size=None)
+    stepped = torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    model.zero_grad()
+    logps = [model_sequence_logps(model, b.input_ids, b.attention_mask, b.labels) for b in batches]
+    with torch.no_grad():
+        policy_kl = torch.cat([model_sequence_logps(model, b.kl.input_ids, b.kl.attention_mask, b.kl.labels)
+                               for b in batches])
+    ref_kl = torch.cat([b.kl.ref for b in batches])
+    loss = kto_loss(torch.cat([x[:b.n_a] for x, b in zip(logps, batches)]),
+                    torch.cat([x[b.n_a:] for x, b in zip(logps, batches)]),
+                    torch.cat([b.ref_a for b in batches]), torch.cat([b.ref_b for b in batches]),
+                    policy_kl, ref_kl, beta=0.5, desirable_weight=1.3, undesirable_weight=0.8)
+    loss.backward()
+    direct = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert direct.norm() > 0
+    assert _rel(stepped, direct) < 1e-4
+    assert out.loss.item() == pytest.approx(loss.item(), rel=1e-5)
+    z0 = kto_reference_point(policy_kl, ref_kl).item()
+    assert z0 > 0 and out.kl == pytest.approx(z0, rel=1e-5)  # the logged reference point is the batch's
+
+
+def test_kto_micro_scope_takes_z0_per_micro_batch():
+    """TRL's scope: each micro-batch's loss uses the reference point of its own mismatched rows; the logged
+    z0 is the mean of those; and the update differs from the global scope's."""
+    model = _model()
+    batches = _unpaired_micro_batches(2, with_kl=True)
+    out = micro_scope_step(model, batches, _loss_fn("kto"), chunk_size=None)
+    with torch.no_grad():
+        per_micro = [kto_reference_point(model_sequence_logps(model, b.kl.input_ids, b.kl.attention_mask,
+                                                              b.kl.labels), b.kl.ref).item() for b in batches]
+    assert out.kl == pytest.approx(sum(per_micro) / len(per_micro), rel=1e-5)
+    assert max(per_micro) - min(per_micro) > 1.0  # the micro-batches' estimates do differ
+    micro_update, _, _ = _unpaired_update(micro_scope_step, 2, "kto")
+    global_update, _, _ = _unpaired_update(global_scope_step, 2, "kto")
+    assert _rel(micro_update, global_update) > 1e-3
