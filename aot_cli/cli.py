@@ -39,7 +39,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str, str]] = [
     (("inspect",), "aot_cli.inspect.config:Config", "aot_cli.inspect.run:run",
      "Show a prepared dataset as training will tokenize it: templated text, token counts, truncation."),
     (("train",), "aot_cli.train.config:Config", "aot_cli.train.run:run",
-     "Align a model on a prepared preference dataset with AOT (or DPO/IPO): LoRA or full, resumable."),
+     "Align a model on a prepared preference dataset with AOT (or DPO/IPO/KTO): LoRA or full, resumable."),
     (("merge",), "aot_cli.merge.config:Config", "aot_cli.merge.run:run",
      "Merge a run's LoRA adapter into its base model (or export a full run) as a plain model directory."),
     (("eval", "openllm"), "aot_cli.eval.config:OpenLLMConfig", "aot_cli.eval.lm_eval_suites:run_openllm",

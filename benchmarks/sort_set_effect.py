@@ -18,7 +18,7 @@ optimizer step, the same steps, lr, beta and seed, and only the sort set changes
 - ``micro-16``: ``--batch-size 16 --grad-accum 1`` (sorts 16 in one micro-batch: must match
   ``global-16`` up to float noise).
 
-Each run is scored on the clean held-out split by ``aot eval RUN --suite dominance --data DATA``
+Each run is scored on the clean held-out split by ``aot eval dominance RUN --data DATA``
 (its ``results.json``: implicit-reward accuracy, mean reward margin, violation fraction). Commands
 run in this process through the real ``aot`` typer app (``aot ARGS``), so the libraries are
 imported once. Writes a table, ``--json`` (every number and command) and ``--figure``.
@@ -126,11 +126,12 @@ def aot(*args) -> str:
     from aot_cli.cli import app
 
     argv = [str(a) for a in args]
-    try:
-        app(argv, prog_name="aot", standalone_mode=False)
-    except SystemExit as exc:  # typer.Exit(2) after a UserError message
-        if exc.code:
-            raise RuntimeError(f"aot {' '.join(argv)} exited {exc.code}") from None
+    try:  # without standalone mode click returns typer.Exit's code instead of raising it
+        code = app(argv, prog_name="aot", standalone_mode=False)
+    except SystemExit as exc:
+        code = exc.code
+    if code:
+        raise RuntimeError(f"aot {' '.join(argv)} exited {code}")
     return "aot " + " ".join(argv)
 
 
@@ -163,7 +164,7 @@ def build_inputs(args: argparse.Namespace) -> dict:
 
 
 def train_and_score(args: argparse.Namespace, loss: str, config: tuple, seed: int) -> dict:
-    """One `aot train` run and its `aot eval --suite dominance` on the clean test split."""
+    """One `aot train` run and its `aot eval dominance` on the clean test split."""
     name, scope, batch, accum, sort_set = config
     data = args.out / ("data-unpaired" if loss == "aot_unpaired" else "data-paired")
     run = args.out / "runs" / f"{loss}-{name}-seed{seed}"
@@ -173,10 +174,11 @@ def train_and_score(args: argparse.Namespace, loss: str, config: tuple, seed: in
                     "--grad-accum", accum, "--max-steps", args.steps, "--lr", args.lr, "--warmup-ratio", 0,
                     "--seed", seed, "--max-length", 64, "--max-prompt-length", 32, "--save-steps", 0)
     train_s = time.perf_counter() - start
-    eval_cmd = aot("eval", run, "--suite", "dominance", "--data", data, "-o", run / "eval-dominance", "--overwrite")
-    scores = json.loads((run / "eval-dominance" / "results.json").read_text())["scores"]["implicit_rewards"]
+    evaluation = args.out / "evals" / run.name  # an output may not sit inside its input run
+    eval_cmd = aot("eval", "dominance", run, "--data", data, "-o", evaluation, "--overwrite")
+    scores = json.loads((evaluation / "results.json").read_text())["scores"]["implicit_rewards"]
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    spread = pair_spread(run / "eval-dominance" / "logps.jsonl", args.beta) if loss == "aot" else {}
+    spread = pair_spread(evaluation / "logps.jsonl", args.beta) if loss == "aot" else {}
     return {"loss": loss, "config": name, "sort_scope": scope, "batch_size": batch, "grad_accum": accum,
             "sort_set": sort_set, "seed": seed, **{m: scores[m] for m in METRICS}, **spread,
             "train_loss_last": log[-1]["loss"], "train_wall_s": round(train_s, 1),
@@ -186,7 +188,7 @@ def train_and_score(args: argparse.Namespace, loss: str, config: tuple, seed: in
 def pair_spread(logps_file: Path, beta: float) -> dict:
     """Paired runs: how the held-out reward margins ``beta * (log-ratio chosen - log-ratio rejected)``
     spread over the test pairs, and their correlation with the reference's own margin (from the
-    per-example log-probs that `aot eval --suite dominance` writes)."""
+    per-example log-probs that `aot eval dominance` writes)."""
     import numpy as np
 
     rows = [json.loads(line) for line in logps_file.read_text().splitlines() if line.strip()]

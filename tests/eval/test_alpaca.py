@@ -354,7 +354,8 @@ def test_odd_judge_answers_are_counted_and_the_run_finishes(aot, tmp_path, monke
     model.mkdir()
     (model / "config.json").write_text("{}")
     (model / "model.safetensors").write_bytes(b"")
-    monkeypatch.setattr("aot_cli.eval.alpaca.load_for_generation", lambda *a, **k: pytest.fail("generation should be skipped"))
+    monkeypatch.setattr("aot_cli.eval.alpaca.load_for_generation",
+                        lambda *a, **k: pytest.fail("generation should be skipped"))
     rows = [{"instruction": text, "output": f"REF: {i}"} for i, text in enumerate(
         ["Plain question\u2028one?", "REFUSE this.", "BYTES please.", "FAVOR MODEL: be nice.", "Plain two\u2029?"])]
     instructions = tmp_path / "instructions.jsonl"
