@@ -98,7 +98,7 @@ def safetensors_problem(path: str | Path) -> str | None:
         prefix = handle.read(8)
         header_len = int.from_bytes(prefix, "little") if len(prefix) == 8 else None
         if header_len is None or header_len > size - 8:
-            return f"truncated ({size} bytes, shorter than its header)"
+            return f"truncated: {size} bytes, shorter than its header"
         try:
             header = json.loads(handle.read(header_len))
             end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"),
@@ -107,7 +107,7 @@ def safetensors_problem(path: str | Path) -> str | None:
             return "its header is not valid safetensors metadata"
     expected = 8 + header_len + end
     if size != expected:
-        return f"{size} bytes, its header describes {expected}" + (" (truncated)" if size < expected else "")
+        return ("truncated: " if size < expected else "") + f"{size} bytes, its header describes {expected}"
     return None
 
 
