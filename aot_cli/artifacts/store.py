@@ -347,35 +347,55 @@ def output_failure(exc: OSError, out: Path, tmp: Path | None = None) -> UserErro
     return error if error is not None and _about_output(exc, out, tmp) else None
 
 
+def _missing_ancestors(path: Path) -> list[Path]:
+    """The directories above `path` that do not exist yet, nearest first."""
+    return [parent for parent in path.parents if not parent.exists()]
+
+
+def _remove_if_empty(directories: list[Path]) -> None:
+    """Remove `directories` (nearest first) while they are empty: what a failed step created for nothing."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
 @contextmanager
 def atomic_dir(out: str | Path, *, overwrite: bool = False,
                inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
     """Yield a fresh temporary directory next to `out`; on success rename it into place.
 
-    On any exception the temporary directory is removed and `out` is left as it was. With
-    `overwrite`, an existing `out` is replaced only after the new one is complete. See the module
-    docstring for the input check, the lock, stale temporaries and I/O errors.
+    On any exception the temporary directory is removed and `out` is left as it was, and so are the
+    directories above it (those created for it are removed again). With `overwrite`, an existing
+    `out` is replaced only after the new one is complete. See the module docstring for the input
+    check, the lock, stale temporaries and I/O errors.
     """
     out = check_output(out, overwrite, inputs)
-    with output_lock(out):
-        remove_stale_temporaries(out)
-        tmp = temporary_name(out)
-        try:
-            tmp.mkdir()
-        except OSError as exc:
-            raise (output_error(out, exc) or exc) from None
-        try:
-            yield tmp
-            replace_dir(tmp, out)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            error = output_failure(exc, out, tmp)
-            if error is None:
+    created = _missing_ancestors(out)
+    try:
+        with output_lock(out):
+            remove_stale_temporaries(out)
+            tmp = temporary_name(out)
+            try:
+                tmp.mkdir()
+            except OSError as exc:
+                raise (output_error(out, exc) or exc) from None
+            try:
+                yield tmp
+                replace_dir(tmp, out)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                error = output_failure(exc, out, tmp)
+                if error is None:
+                    raise
+                raise error from None
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            raise error from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    except BaseException:
+        _remove_if_empty(created)
+        raise
 
 
 @contextmanager
