@@ -401,8 +401,10 @@ def atomic_dir(out: str | Path, *, overwrite: bool = False,
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it replaces `path` in one rename, so a
-    reader (or a killed writer) never sees half a file."""
+    reader (or a killed writer) never sees half a file; a killed writer's temporary is removed by
+    the next write of the same file."""
     path = Path(path)
+    remove_stale_temporaries(path)
     tmp = temporary_name(path)
     try:
         yield tmp

@@ -29,7 +29,7 @@ class Trainable:
         self.model = torch.nn.Linear(8, 4)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-2)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
-        self.accelerator = Accelerator(cpu=True)
+        self.accelerator = Accelerator()
 
     def save(self, out, step, keep=None):
         self.model(torch.ones(1, 8)).sum().backward()

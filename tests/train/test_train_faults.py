@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -201,3 +202,13 @@ def test_a_second_writer_gets_one_line_and_the_metrics_stay_whole(aot_process, t
     steps = _steps(out)
     assert steps == list(range(1, len(steps) + 1))
     assert (out / "checkpoints" / f"step-{steps[-1]}" / "state.json").is_file()
+
+
+def test_the_last_good_checkpoint_named_by_the_guards_is_intact_and_finite(unfinished):
+    """What the NaN and divergence errors name: not the newest checkpoint, the newest good one."""
+    _nan_filled(unfinished / "checkpoints" / "step-3")
+    kept = loop._kept(SimpleNamespace(out=unfinished))
+    assert kept == f"the last good checkpoint is {unfinished / 'checkpoints' / 'step-2'}"
+    for step in (1, 2):
+        (unfinished / "checkpoints" / f"step-{step}" / "optimizer.pt").write_bytes(b"")
+    assert loop._kept(SimpleNamespace(out=unfinished)) == "no good checkpoint was saved before it"
