@@ -3,6 +3,7 @@ limit, and a second process writing the same run (docs/reliability.md)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -212,3 +213,24 @@ def test_the_last_good_checkpoint_named_by_the_guards_is_intact_and_finite(unfin
     for step in (1, 2):
         (unfinished / "checkpoints" / f"step-{step}" / "optimizer.pt").write_bytes(b"")
     assert loop._kept(SimpleNamespace(out=unfinished)) == "no good checkpoint was saved before it"
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_earlier_checkpoints(tiny_model_dir, paired_data,
+                                                                                       tmp_path, monkeypatch):
+    from aot_cli.train import checkpoint
+
+    real, calls = checkpoint.save_file, []
+
+    def full_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", full_on_the_second)
+    out = tmp_path / "run"
+    with pytest.raises(run.UserError, match=rf"^cannot write {re.escape(str(out))}: No space left on device; "
+                                            rf"{re.escape(str(out))} keeps the good checkpoints written so far: "
+                                            "make room, then continue with --resume auto$"):
+        run.run(config(tiny_model_dir, paired_data, out))
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-1"]
