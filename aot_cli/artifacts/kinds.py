@@ -132,6 +132,11 @@ class RunArtifact(Artifact):
         if not self.config.get("model"):
             raise UserError(f"{self.path}/{MANIFEST}: config.model (the base model) is missing; {self.hint}")
         self._refuse_damaged(adapter_config_problem(self.trained_dir) if self.lora else damaged_file(self.trained_dir))
+        try:  # every reader of a run loads its base too (a LoRA run is base + adapter; eval, its reference)
+            check_model_location(self.base_model, "the base model")
+        except UserError as exc:
+            raise UserError(f"{self.path}: {exc}; the run was trained on it (config.model in its {MANIFEST}): "
+                            "put it back there") from None
 
     @property
     def lora(self) -> bool:

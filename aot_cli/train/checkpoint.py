@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -37,7 +38,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from aot_cli.artifacts.store import remove_stale_temporaries_in, sha256_file, temporary_name
@@ -224,10 +225,23 @@ def check_compatible(saved: dict, current: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler, accelerator) -> int:
-    """Restore weights, optimizer, scheduler and this rank's RNG; return the step to continue from."""
+    """Restore weights, optimizer, scheduler and this rank's RNG; return the step to continue from.
+
+    `path` passed :func:`checkpoint_problem` (its files are as written); what still fails to load
+    (files written by another version of the libraries, or edited together with their record) is
+    one error line naming the step."""
     path = Path(path)
     state = read_state(path)
-    weights = load_file(str(path / TRAINABLE))
+    try:
+        weights = load_file(str(path / TRAINABLE))
+        optimizer_state = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=False)
+        scheduler_state = torch.load(path / SCHEDULER, weights_only=False)
+        rng_file = path / f"rng-{accelerator.process_index}.pt"
+        rng = torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, SafetensorError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--resume {path}: checkpoint step {step_of(path)} cannot be loaded ({first}); resume "
+                        "from an older one or train again") from None
     params = dict(accelerator.unwrap_model(model).named_parameters())
     missing = [name for name, p in params.items() if p.requires_grad and name not in weights]
     if missing:
@@ -236,9 +250,12 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, accelerator) -> 
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER, map_location="cpu", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / SCHEDULER, weights_only=False))
-    rng_file = path / f"rng-{accelerator.process_index}.pt"
-    if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+    try:
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+    except (ValueError, KeyError, TypeError) as exc:  # another optimizer, other parameter groups
+        raise UserError(f"--resume {path}: the optimizer state of checkpoint step {step_of(path)} does not fit "
+                        f"this run ({exc}); was it made with another --optim?") from None
+    if rng is not None:
+        set_rng_state(rng)
     return int(state["step"])

@@ -148,3 +148,29 @@ def test_file_checks_on_hand_made_files(tmp_path):
     assert damaged_file(tmp_path) is None
     whole.write_bytes(data[:-1])
     assert damaged_file(tmp_path) == f"{whole}: truncated: {size - 1} bytes, its header describes {size}"
+
+
+@pytest.mark.parametrize("damage", ["truncated shard", "deleted"])
+def test_the_base_model_of_a_run_is_checked_with_the_run(aot, tiny_model_dir, lora_run_dir, dataset, tmp_path,
+                                                          damage):
+    """Every reader of a run loads its base; a damaged or missing base is one line naming both."""
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    run = tmp_path / "run"
+    shutil.copytree(lora_run_dir, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["config"]["model"] = str(base)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    if damage == "deleted":
+        shutil.rmtree(base)
+    else:
+        _truncate(base / "model.safetensors")
+    expected = ("no such model directory" if damage == "deleted"
+                else f"{base / 'model.safetensors'}: truncated")
+    for args in (["merge", run], ["eval", "tasks", run, "--tasks", "arc_easy"],
+                 ["eval", "dominance", run, "--data", dataset]):
+        out = tmp_path / "out"
+        error = _one_error(aot(*args, "-o", out))
+        assert _squeezed(f"error: {run}: the base model {base}") in error and _squeezed(expected) in error
+        assert _squeezed("the run was trained on it (config.model in its manifest.json): put it back there") in error
+        _nothing_written(out)

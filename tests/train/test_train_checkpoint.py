@@ -182,3 +182,19 @@ def test_resume_must_keep_the_tokenization():
         check_compatible(fixed(), fixed(max_length=512), "ckpt")
     with pytest.raises(UserError, match="max_prompt_length"):
         check_compatible(fixed(), fixed(max_prompt_length=64), "ckpt")
+
+
+def test_a_checkpoint_that_verifies_but_cannot_be_loaded_is_one_line(tmp_path):
+    """Files edited together with their record in state.json pass the hash check; loading them
+    still fails in one line naming the step, never with a traceback."""
+    trainable = Trainable()
+    path = trainable.save(tmp_path, 2)
+    (path / "optimizer.pt").write_bytes(b"not a pickle")
+    state = read_state(path)
+    state["files"]["optimizer.pt"] = {"bytes": 12, "sha256": sha256_file(path / "optimizer.pt")}
+    (path / "state.json").write_text(json.dumps(state))
+    assert checkpoint_problem(path) is None
+    with pytest.raises(UserError, match=r"^--resume .*step-2: checkpoint step 2 cannot be loaded \(.+\); resume "
+                                        r"from an older one or train again$"):
+        checkpoint.load_checkpoint(path, model=trainable.model, optimizer=trainable.optimizer,
+                                   scheduler=trainable.scheduler, accelerator=trainable.accelerator)
