@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -74,6 +78,82 @@ def aot():
         return AotResult(runner.invoke(app, [str(a) for a in args], catch_exceptions=True))
 
     return invoke
+
+
+class AotProcess:
+    """One `aot` command in a forked child of the test process: a real process (its own pid, locks
+    and files; SIGKILL stops it dead) that starts in milliseconds because torch and transformers are
+    already imported. Its stdout and stderr go to files in `logs`."""
+
+    def __init__(self, args, logs: Path):
+        logs.mkdir(parents=True, exist_ok=True)
+        self.stderr_path = logs / f"stderr-{time.monotonic_ns()}.txt"
+        self.started = time.monotonic()
+        self.returncode = None
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._child([str(a) for a in args])
+
+    def _child(self, args) -> None:
+        code = 1
+        try:
+            with open(os.devnull, "wb") as devnull, open(self.stderr_path, "wb") as err:
+                os.dup2(devnull.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+            sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+            sys.argv = ["aot", *args]
+            from aot_cli.cli import main
+
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float = 300) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"aot did not finish in {timeout} s: {self.stderr[-2000:]}")
+            time.sleep(0.005)
+        return self.returncode
+
+    def kill(self) -> int:
+        """SIGKILL it (if still running) and reap it; the exit code (-9 when the kill landed)."""
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+        return self.wait()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def aot_process(tmp_path):
+    """Start ``aot ARGS...`` as a real child process: ``aot_process("train", ...)`` -> AotProcess."""
+    started: list[AotProcess] = []
+
+    def start(*args) -> AotProcess:
+        started.append(AotProcess(args, tmp_path / "logs"))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.kill()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-from aot_cli.artifacts.store import MANIFEST, read_manifest, sha256_file
+from aot_cli.artifacts.store import MANIFEST, json_problem, read_manifest, safetensors_problem, sha256_file
 from aot_cli.errors import UserError
 from aot_cli.vocab import has_weights, is_local_path
 
@@ -35,6 +35,7 @@ class Artifact:
 
     kind: ClassVar[str] = ""
     hint: ClassVar[str] = ""  # how to make one, for error messages
+    remake: ClassVar[str] = ""  # how to make a damaged one again
 
     @classmethod
     def load(cls: type[A], path: str | Path) -> A:
@@ -64,6 +65,12 @@ class Artifact:
                 raise UserError(f"{self.path}: {name} is missing, so the {self.kind} artifact is damaged or was "
                                 f"edited; {self.hint}")
 
+    def _refuse_damaged(self, problem: str | None) -> None:
+        """Raise the one-line error for a damaged file (`problem` from :func:`damaged_file`): a file cut
+        short by a kill or a full disk is reported here, not as a loader's traceback later."""
+        if problem is not None:
+            raise UserError(f"{problem}: the {self.kind} artifact {self.path} is damaged; {self.remake}")
+
     @property
     def config(self) -> dict:
         """The resolved config of the step that made it."""
@@ -85,6 +92,7 @@ class DatasetArtifact(Artifact):
 
     kind: ClassVar[str] = "dataset"
     hint: ClassVar[str] = "make one with `aot prepare SOURCE -o DIR`"
+    remake: ClassVar[str] = "prepare it again (`aot prepare ... --overwrite`)"
 
     def check_complete(self) -> None:
         self._require("dataset_dict.json", "train", "test")
@@ -108,6 +116,7 @@ class RunArtifact(Artifact):
 
     kind: ClassVar[str] = "run"
     hint: ClassVar[str] = "train one with `aot train ... -o DIR` (a run in progress has no manifest yet)"
+    remake: ClassVar[str] = "train it again (`aot train ... --overwrite`)"
 
     def check_complete(self) -> None:
         if (self.path / ADAPTER).is_dir():
@@ -122,6 +131,12 @@ class RunArtifact(Artifact):
             raise UserError(f"{self.path}: neither {ADAPTER}/ nor {FULL_MODEL}/ found; {self.hint}")
         if not self.config.get("model"):
             raise UserError(f"{self.path}/{MANIFEST}: config.model (the base model) is missing; {self.hint}")
+        self._refuse_damaged(adapter_config_problem(self.trained_dir) if self.lora else damaged_file(self.trained_dir))
+        try:  # every reader of a run loads its base too (a LoRA run is base + adapter; eval, its reference)
+            check_model_location(self.base_model, "the base model")
+        except UserError as exc:
+            raise UserError(f"{self.path}: {exc}; the run was trained on it (config.model in its {MANIFEST}): "
+                            "put it back there") from None
 
     @property
     def lora(self) -> bool:
@@ -173,9 +188,11 @@ class ModelArtifact(Artifact):
 
     kind: ClassVar[str] = "model"
     hint: ClassVar[str] = "make one with `aot merge RUN -o DIR`"
+    remake: ClassVar[str] = "merge it again (`aot merge RUN -o DIR --overwrite`)"
 
     def check_complete(self) -> None:
         self._require("config.json", *self.summary.get("shards", []))
+        self._refuse_damaged(damaged_file(self.path))
 
     @property
     def weights_dir(self) -> Path:
@@ -197,6 +214,7 @@ class EvalArtifact(Artifact):
 
     kind: ClassVar[str] = "eval"
     hint: ClassVar[str] = "make one with `aot eval SUITE MODEL -o DIR`"
+    remake: ClassVar[str] = "run the eval again (`aot eval SUITE MODEL -o DIR --overwrite`)"
 
     def check_complete(self) -> None:
         self._require(RESULTS)
@@ -250,3 +268,37 @@ def check_model_location(spec: str, flag: str) -> None:
         raise UserError(f"{flag} {spec}: no config.json (expected a save_pretrained model directory)")
     if not has_weights(path):
         raise UserError(f"{flag} {spec}: no weights found (*.safetensors or *.bin); is the download or save complete?")
+    problem = damaged_file(path)
+    if problem is not None:
+        raise UserError(f"{flag} {spec}: {problem}; the model directory is damaged (download or save it again)")
+
+
+def damaged_file(directory: str | Path) -> str | None:
+    """``FILE: what is wrong`` for the first JSON or safetensors file directly in `directory` that does
+    not parse or is not whole, else None. Cheap: safetensors files are checked by their header."""
+    for path in sorted(Path(directory).iterdir()):
+        if path.suffix == ".safetensors":
+            problem = safetensors_problem(path)
+        elif path.suffix == ".json":
+            problem = json_problem(path)
+        else:
+            continue
+        if problem is not None:
+            return f"{path}: {problem}"
+    return None
+
+
+def adapter_config_problem(directory: str | Path) -> str | None:
+    """``FILE: what is wrong`` when `directory` is not a readable peft adapter: no adapter_config.json,
+    a damaged one, one that is not a config object naming its ``peft_type``, or a damaged weight or
+    JSON file beside it; None when it looks loadable."""
+    config = Path(directory) / "adapter_config.json"
+    if not config.is_file():
+        return f"{config}: missing"
+    problem = damaged_file(directory)
+    if problem is not None:
+        return problem
+    data = json.loads(config.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("peft_type"), str):
+        return f"{config}: not a peft adapter config (no 'peft_type')"
+    return None

@@ -21,9 +21,10 @@ from collections.abc import Iterator
 
 import torch
 from peft import PeftModel
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-from aot_cli.artifacts.kinds import RunArtifact
+from aot_cli.artifacts.kinds import RunArtifact, adapter_config_problem
 from aot_cli.data.tokenize import load_tokenizer
 from aot_cli.errors import UserError
 from aot_cli.vocab import DTYPES
@@ -59,16 +60,25 @@ def load_base(model: str, *, dtype: str = "auto", load_in_4bit: bool = False,
         )
     try:
         return AutoModelForCausalLM.from_pretrained(model, **kwargs)
-    except (OSError, ValueError, ImportError) as exc:  # missing files, bad config, absent attention kernel
+    # missing or damaged files, a bad config, an absent attention kernel
+    except (OSError, ValueError, ImportError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{flag} {model}: cannot load it ({first})") from None
 
 
 def attach_adapter(model: Any, adapter: str | Path, *, trainable: bool = False) -> Any:
-    """`model` with the peft adapter at `adapter`; a damaged adapter is a UserError naming it."""
+    """`model` with the peft adapter at `adapter`; a damaged adapter is a UserError naming it.
+
+    The cheap checks (:func:`adapter_config_problem`: the config is a peft config, every weight file
+    is whole) run first, so a truncated or edited adapter never reaches peft; what peft itself
+    refuses (a shape mismatch with this base, a file damaged inside) is reported the same way."""
+    problem = adapter_config_problem(adapter)
+    if problem is not None:
+        raise UserError(f"cannot load the LoRA adapter {adapter}: {problem}; is it damaged? train the run "
+                        "again or resume it from a checkpoint")
     try:
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
-    except (OSError, ValueError, RuntimeError) as exc:  # truncated safetensors, shape mismatch, bad config
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{adapter}: cannot load the LoRA adapter ({first}); is it damaged? "
                         "train the run again or resume it from a checkpoint") from None
@@ -186,6 +196,6 @@ def load_for_generation(source: Any, dtype: str, device: str) -> tuple[Any, Any]
     torch_type = "auto" if dtype == "auto" else getattr(torch, DTYPES[dtype])
     try:
         model = AutoModelForCausalLM.from_pretrained(source.pretrained, dtype=torch_type)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         raise UserError(f"cannot load model {source.pretrained!r} ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), tokenizer

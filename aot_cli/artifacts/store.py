@@ -21,9 +21,11 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -84,6 +86,40 @@ def sampled_digest(path: str | Path) -> str:
         handle.seek(-_SAMPLE_BYTES, os.SEEK_END)
         digest.update(handle.read())
     return digest.hexdigest()
+
+
+def safetensors_problem(path: str | Path) -> str | None:
+    """What is wrong with a safetensors file, or None when it is whole: its header parses and the file
+    is exactly as long as the header plus the data the header describes. A file cut short by a kill or
+    a full disk fails this; reading the header costs a few kilobytes whatever the file's size."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        header_len = int.from_bytes(prefix, "little") if len(prefix) == 8 else None
+        if header_len is None or header_len > size - 8:
+            return f"truncated: {size} bytes, shorter than its header"
+        try:
+            header = json.loads(handle.read(header_len))
+            end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"),
+                      default=0)
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError, IndexError, AttributeError):
+            return "its header is not valid safetensors metadata"
+    expected = 8 + header_len + end
+    if size != expected:
+        return ("truncated: " if size < expected else "") + f"{size} bytes, its header describes {expected}"
+    return None
+
+
+def json_problem(path: str | Path) -> str | None:
+    """What is wrong with a JSON file, or None when it parses."""
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        return f"line {exc.lineno}: not valid JSON ({exc.msg})"
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    return None
 
 
 def directory_fingerprint(path: str | Path) -> str:
@@ -214,16 +250,37 @@ def temporary_name(target: Path, what: str = "tmp") -> Path:
     return target.with_name(f".{target.name}.{what}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+# What temporary_name makes: the target's name, the kind (tmp: being written, old: being replaced or
+# deleted), the writer's pid.
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}")
+
+
+def _stale(path: Path) -> re.Match | None:
+    """The parsed name of a temporary whose writer no longer runs, else None."""
+    match = _TEMPORARY.fullmatch(path.name)
+    return match if match and not _pid_alive(int(match["pid"])) else None
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def remove_stale_temporaries(target: Path) -> None:
     """Delete the temporaries of `target` whose writing process no longer exists (killed runs)."""
-    parent = target.parent
-    if not parent.is_dir():
-        return
-    for what in ("tmp", "old"):
-        for stale in parent.glob(f".{target.name}.{what}-*-*"):
-            pid = stale.name.rsplit("-", 2)[-2]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    if target.parent.is_dir():
+        for path in target.parent.glob(f".{glob.escape(target.name)}.*"):
+            match = _stale(path)
+            if match and match["target"] == target.name:
+                _remove(path)
+
+
+def remove_stale_temporaries_in(directory: Path) -> None:
+    """Delete every temporary in `directory` whose writing process no longer exists, whatever its
+    target (a run's ``checkpoints/`` after a kill mid-checkpoint)."""
+    if directory.is_dir():
+        for path in directory.glob(".*"):
+            if _stale(path):
+                _remove(path)
 
 
 @contextmanager
@@ -274,13 +331,34 @@ def replace_dir(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def _about_output(exc: OSError, out: Path, tmp: Path) -> bool:
+def _about_output(exc: OSError, out: Path, tmp: Path | None = None) -> bool:
     """Whether an OSError concerns the output being written (not an input read meanwhile)."""
     names = [Path(name) for name in (exc.filename, exc.filename2) if name]
     if not names:  # a full disk reports no file name
         return True
-    return any(name == out or tmp in (name, *name.parents) or name.name.startswith(f".{out.name}.")
-               for name in names)
+    return any(out in (name, *name.parents) or (tmp is not None and tmp in (name, *name.parents))
+               or name.name.startswith(f".{out.name}.") for name in names)
+
+
+def output_failure(exc: OSError, out: Path, tmp: Path | None = None) -> UserError | None:
+    """The one-line error when `exc` means that `out` (or its temporary `tmp`) cannot be written
+    (full disk, permission, read-only filesystem...), else None: an input's error stays a bug's."""
+    error = output_error(out, exc)
+    return error if error is not None and _about_output(exc, out, tmp) else None
+
+
+def _missing_ancestors(path: Path) -> list[Path]:
+    """The directories above `path` that do not exist yet, nearest first."""
+    return [parent for parent in path.parents if not parent.exists()]
+
+
+def _remove_if_empty(directories: list[Path]) -> None:
+    """Remove `directories` (nearest first) while they are empty: what a failed step created for nothing."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 @contextmanager
@@ -288,37 +366,45 @@ def atomic_dir(out: str | Path, *, overwrite: bool = False,
                inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
     """Yield a fresh temporary directory next to `out`; on success rename it into place.
 
-    On any exception the temporary directory is removed and `out` is left as it was. With
-    `overwrite`, an existing `out` is replaced only after the new one is complete. See the module
-    docstring for the input check, the lock, stale temporaries and I/O errors.
+    On any exception the temporary directory is removed and `out` is left as it was, and so are the
+    directories above it (those created for it are removed again). With `overwrite`, an existing
+    `out` is replaced only after the new one is complete. See the module docstring for the input
+    check, the lock, stale temporaries and I/O errors.
     """
     out = check_output(out, overwrite, inputs)
-    with output_lock(out):
-        remove_stale_temporaries(out)
-        tmp = temporary_name(out)
-        try:
-            tmp.mkdir()
-        except OSError as exc:
-            raise (output_error(out, exc) or exc) from None
-        try:
-            yield tmp
-            replace_dir(tmp, out)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            error = output_error(out, exc)
-            if error is None or not _about_output(exc, out, tmp):
+    created = _missing_ancestors(out)
+    try:
+        with output_lock(out):
+            remove_stale_temporaries(out)
+            tmp = temporary_name(out)
+            try:
+                tmp.mkdir()
+            except OSError as exc:
+                raise (output_error(out, exc) or exc) from None
+            try:
+                yield tmp
+                replace_dir(tmp, out)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                error = output_failure(exc, out, tmp)
+                if error is None:
+                    raise
+                raise error from None
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            raise error from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    except BaseException:
+        _remove_if_empty(created)
+        raise
 
 
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it replaces `path` in one rename, so a
-    reader (or a killed writer) never sees half a file."""
+    reader (or a killed writer) never sees half a file; a killed writer's temporary is removed by
+    the next write of the same file."""
     path = Path(path)
+    remove_stale_temporaries(path)
     tmp = temporary_name(path)
     try:
         yield tmp

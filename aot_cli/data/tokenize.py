@@ -66,7 +66,7 @@ from transformers import AutoTokenizer
 
 from aot_cli.artifacts.store import fingerprint as _fingerprint_of
 from aot_cli.cache import cache_dir
-from aot_cli.console import progress
+from aot_cli.console import progress, warn
 from aot_cli.errors import UserError
 from aot_cli.vocab import is_local_path
 
@@ -353,6 +353,24 @@ def _features(split: Any, paired: bool) -> Any:
     return Features(features)
 
 
+def _read_cached(entry: Path, rows: int, features: Any) -> Any:
+    """The cached tokenization in `entry`, or None when there is none or it is damaged (a file cut
+    short, other rows or columns): a damaged entry is removed with a warning and computed again."""
+    path = entry / "data.arrow"
+    if not path.is_file():
+        return None
+    try:
+        cached = datasets.Dataset.from_file(str(path))
+        problem = None if cached.num_rows == rows and cached.features == features else "other rows or columns"
+    except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError, its IOError an OSError
+        problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if problem is None:
+        return cached
+    warn(f"tokenized cache entry {entry} is damaged ({problem}); tokenizing again")
+    shutil.rmtree(entry, ignore_errors=True)
+    return None
+
+
 def tokenize_split(split: Any, tokenizer: Any, settings: TokenizeSettings, *, paired: bool,
                    fingerprint: str | None = None) -> Any:
     """Tokenize a prepared split (docs/architecture.md) into id columns, cached on disk.
@@ -370,8 +388,9 @@ def tokenize_split(split: Any, tokenizer: Any, settings: TokenizeSettings, *, pa
         "paired": paired,
     })
     entry = cache_dir("tokenized") / key
-    if (entry / "data.arrow").is_file():
-        return datasets.Dataset.from_file(str(entry / "data.arrow"))
+    cached = _read_cached(entry, split.num_rows, _features(split, paired))
+    if cached is not None:
+        return cached
     columns = _columns(paired)
     tmp = entry.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)

@@ -4,43 +4,116 @@ uninterrupted one bit for bit on the same hardware.
 - ``trainable.safetensors``: every trainable parameter by name (the LoRA adapter, or all weights);
 - ``optimizer.pt``, ``scheduler.pt``;
 - ``rng-RANK.pt``: Python, NumPy and torch (CPU and CUDA) RNG states of each process;
-- ``state.json``: the step (the data position: the sampler draws step k from the seed alone) and
-  the settings that must not change across a resume.
+- ``state.json``, written last: the step (the data position: the sampler draws step k from the seed
+  alone), the settings that must not change across a resume, the norm of the trainable weights at the
+  start of the run (the divergence guard's yardstick, :mod:`aot_cli.train.loop`), and the size and
+  SHA-256 of every other file.
 
-A checkpoint is written into a temporary directory and renamed, so a crash mid-write never leaves
-a half checkpoint that ``--resume auto`` would pick.
+Faults (docs/reliability.md):
+
+- A checkpoint is written into a temporary directory whose name carries the writer's pid
+  (:func:`aot_cli.artifacts.store.temporary_name`), flushed to disk, and renamed into place, so a kill
+  mid-write never leaves a half checkpoint under a ``step-N`` name; the next save removes the
+  temporaries of dead processes.
+- A checkpoint damaged afterwards (a file cut short, edited, or weights that are not finite) fails
+  :func:`checkpoint_problem`: ``--resume auto`` skips it with a warning for the newest good one, an
+  explicitly named one is refused with one line naming its step.
+- ``--save-total-limit N`` deletes older checkpoints only once a newer one is complete on disk, so
+  the checkpoint a run resumed from survives until it is superseded.
+
+Hashing costs one read of each file per save (about a minute per 100 GB; nothing for LoRA) and one
+per checkpoint examined on resume.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
-import uuid
 from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from aot_cli.artifacts.store import remove_stale_temporaries_in, sha256_file, temporary_name
 from aot_cli.errors import UserError
 
 STATE = "state.json"
+TRAINABLE, OPTIMIZER, SCHEDULER = "trainable.safetensors", "optimizer.pt", "scheduler.pt"
 
 
 def checkpoint_dir(out: Path, step: int) -> Path:
     return Path(out) / "checkpoints" / f"step-{step}"
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    """The complete checkpoint with the highest step under ``OUT/checkpoints``, if any."""
+def step_of(path: Path) -> int:
+    return int(Path(path).name.split("-", 1)[1])
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The checkpoint directories under ``OUT/checkpoints`` that have a ``state.json``, newest first
+    (not yet verified: see :func:`checkpoint_problem`)."""
     root = Path(out) / "checkpoints"
     if not root.is_dir():
-        return None
-    found = [(int(p.name.split("-", 1)[1]), p) for p in root.glob("step-*")
-             if p.name.split("-", 1)[1].isdigit() and (p / STATE).is_file()]
-    return max(found)[1] if found else None
+        return []
+    found = [p for p in root.glob("step-*") if p.name.split("-", 1)[1].isdigit() and (p / STATE).is_file()]
+    return sorted(found, key=step_of, reverse=True)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What is wrong with the checkpoint at `path`, or None when it is good: ``state.json`` parses and
+    lists the files, every listed file has its recorded size and SHA-256, and the trainable weights
+    are finite (a checkpoint of NaN weights would only make the run fail again)."""
+    path = Path(path)
+    try:
+        state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {STATE}"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"{STATE} is not valid JSON"
+    files = state.get("files") if isinstance(state, dict) else None
+    if not isinstance(files, dict) or not {TRAINABLE, OPTIMIZER, SCHEDULER} <= set(files):
+        return f"{STATE} lists no files (not written by this version of aot, or edited)"
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != expected.get("bytes"):
+            return f"{name} has {size} bytes, {expected.get('bytes')} were written"
+        if sha256_file(file) != expected.get("sha256"):
+            return f"{name} differs from what was written (SHA-256 mismatch)"
+    with safe_open(str(path / TRAINABLE), framework="pt") as weights:
+        for name in weights.keys():
+            if not bool(torch.isfinite(weights.get_tensor(name)).all()):
+                return f"{TRAINABLE}: {name} holds non-finite values"
+    return None
+
+
+def newest_good_checkpoint(out: Path, on_damaged: Callable[[Path, str], None] | None = None) -> Path | None:
+    """The newest checkpoint under `out` that passes :func:`checkpoint_problem`; `on_damaged` hears of
+    each newer one passed over."""
+    for path in checkpoints(out):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        if on_damaged is not None:
+            on_damaged(path, problem)
+    return None
+
+
+def check_good(path: Path) -> None:
+    """Refuse an explicitly named checkpoint that is damaged, in one line naming its step."""
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise UserError(f"--resume {path}: checkpoint step {step_of(path)} is damaged ({problem}); resume "
+                        "from an older one (--resume auto picks the newest good one) or train again")
 
 
 def rng_state() -> dict:
@@ -60,29 +133,80 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(out: Path, step: int, *, model, optimizer, scheduler, state: dict, accelerator) -> Path:
-    """Write ``checkpoints/step-<step>`` (main process writes the shared files, every rank its RNG)."""
+def _fsync(path: Path) -> None:
+    """Flush a file or directory to disk (a directory: the names in it), so that deleting an older
+    checkpoint never precedes the newer one being durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _file_record(path: Path) -> dict:
+    _fsync(path)
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _temporary_for(target: Path, accelerator) -> Path:
+    """The temporary directory of `target`, named and made by the main process, known to every rank."""
+    name = [None]
+    if accelerator.is_main_process:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries_in(target.parent)
+        tmp = temporary_name(target)
+        tmp.mkdir()
+        name = [str(tmp)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(name)
+    return Path(name[0])
+
+
+def save_checkpoint(out: Path, step: int, *, model, optimizer, scheduler, state: dict, accelerator,
+                    keep: int | None = None) -> Path:
+    """Write ``checkpoints/step-<step>`` (main process writes the shared files, every rank its RNG),
+    then keep only the newest `keep` checkpoints (None or 0: all of them)."""
     target = checkpoint_dir(out, step)
-    tmp = target.with_name(f".{target.name}.tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        save_file(trainable_state(accelerator.unwrap_model(model)), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, old)
-            shutil.rmtree(old)
-        os.replace(tmp, target)
+    tmp = _temporary_for(target, accelerator)
+    try:
+        torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+        if accelerator.is_main_process:
+            save_file(trainable_state(accelerator.unwrap_model(model)), str(tmp / TRAINABLE))
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+            torch.save(scheduler.state_dict(), tmp / SCHEDULER)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            files = {f.name: _file_record(f) for f in sorted(tmp.iterdir())}
+            (tmp / STATE).write_text(json.dumps({**state, "step": step, "files": files}, indent=2) + "\n")
+            _fsync(tmp / STATE)
+            if target.exists():
+                old = temporary_name(target, "old")
+                os.replace(target, old)
+                shutil.rmtree(old)
+            os.replace(tmp, target)
+            _fsync(target.parent)
+            if keep:
+                prune_checkpoints(out, keep, step)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()
     return target
+
+
+def prune_checkpoints(out: Path, keep: int, newest: int) -> None:
+    """Keep step `newest` (just written) and the `keep - 1` checkpoints before it; delete the older ones.
+
+    Checkpoints after `newest` (left by an earlier attempt when a run resumed from an older step,
+    perhaps the damaged one it skipped) are neither counted nor deleted: counting them could delete
+    the checkpoint just written. Each deleted one is renamed to a temporary first, so a kill
+    mid-delete leaves a stale temporary (removed by the next save), never a half checkpoint."""
+    older = [path for path in checkpoints(out) if step_of(path) < newest]
+    for path in older[keep - 1:]:
+        old = temporary_name(path, "old")
+        os.replace(path, old)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_state(path: Path) -> dict:
@@ -101,10 +225,23 @@ def check_compatible(saved: dict, current: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler, accelerator) -> int:
-    """Restore weights, optimizer, scheduler and this rank's RNG; return the step to continue from."""
+    """Restore weights, optimizer, scheduler and this rank's RNG; return the step to continue from.
+
+    `path` passed :func:`checkpoint_problem` (its files are as written); what still fails to load
+    (files written by another version of the libraries, or edited together with their record) is
+    one error line naming the step."""
     path = Path(path)
     state = read_state(path)
-    weights = load_file(str(path / "trainable.safetensors"))
+    try:
+        weights = load_file(str(path / TRAINABLE))
+        optimizer_state = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=False)
+        scheduler_state = torch.load(path / SCHEDULER, weights_only=False)
+        rng_file = path / f"rng-{accelerator.process_index}.pt"
+        rng = torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, SafetensorError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"--resume {path}: checkpoint step {step_of(path)} cannot be loaded ({first}); resume "
+                        "from an older one or train again") from None
     params = dict(accelerator.unwrap_model(model).named_parameters())
     missing = [name for name, p in params.items() if p.requires_grad and name not in weights]
     if missing:
@@ -113,9 +250,12 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, accelerator) -> 
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng_file = path / f"rng-{accelerator.process_index}.pt"
-    if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+    try:
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+    except (ValueError, KeyError, TypeError) as exc:  # another optimizer, other parameter groups
+        raise UserError(f"--resume {path}: the optimizer state of checkpoint step {step_of(path)} does not fit "
+                        f"this run ({exc}); was it made with another --optim?") from None
+    if rng is not None:
+        set_rng_state(rng)
     return int(state["step"])

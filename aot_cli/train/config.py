@@ -121,6 +121,9 @@ class Config(StepConfig):
                                 metavar="auto|DIR", panel=OUTPUT)
     save_steps: int = opt(100, "--save-steps", help="Write a resumable checkpoint every N steps (0 = only at the "
                           "end).", ge=0, panel=OUTPUT)
+    save_total_limit: int | None = opt(None, "--save-total-limit", help="Keep only the newest N checkpoints "
+                                          "(0 or unset = all); older ones are deleted once a newer one is "
+                                          "complete.", ge=0, metavar="N", panel=OUTPUT)
     report_to: str = opt("none", "--report-to", help="Also log metrics to this tracker.", choices=TRACKERS,
                          panel=OUTPUT)
 

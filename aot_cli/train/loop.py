@@ -1,12 +1,26 @@
-"""The optimizer-step loop: draw, step, clip, update, log, checkpoint; stop cleanly on Ctrl-C or NaN.
+"""The optimizer-step loop: draw, step, clip, update, log, checkpoint; stop cleanly on Ctrl-C or divergence.
 
 Everything the loop needs is built by :mod:`aot_cli.train.run` and passed in a :class:`LoopState`;
-this module owns only the order of operations per step and the two ways of stopping early:
+this module owns only the order of operations per step and the ways of stopping early:
 
 - Ctrl-C (SIGINT) sets a flag; the step in progress finishes, a checkpoint is written, and the
   process exits with code 130 (a second Ctrl-C interrupts at once). Ranks agree on the flag.
-- A non-finite loss or gradient norm stops *before* the update is applied, naming the step and
-  the last good checkpoint; the checkpoints already written are kept.
+- Divergence stops the run with one error line naming the step and the last good checkpoint (the
+  newest one that is intact with finite weights, :func:`aot_cli.train.checkpoint.checkpoint_problem`);
+  the checkpoints already written are kept, and no checkpoint is written of diverged weights.
+  Training has diverged when
+
+  1. the loss or the gradient norm is not finite: the run stops *before* the update is applied; or
+  2. after the update, the norm of the trainable weights is not finite, or is more than
+     ``DIVERGENCE_GROWTH`` (100) times its norm at the start of the run (kept in each checkpoint,
+     so a resumed run measures against the same start).
+
+  Why the weights' norm: a learning rate far too large (``--lr 1e6``) can blow the weights up
+  while the loss stays finite and even flat (the network saturates and its gradient vanishes), so
+  the loss alone does not see it. A sound run moves its weights by a fraction of their size: LoRA's
+  A matrices start at their init scale and B at zero, a full fine-tuning starts at the pretrained
+  weights; growing them a hundredfold takes thousands of same-signed Adam steps at a normal rate.
+  Computing the norm is one pass over the trainable weights per step (negligible next to the step).
 """
 
 from __future__ import annotations
@@ -27,9 +41,11 @@ from aot_cli.console import info, progress
 from aot_cli.errors import UserError
 from aot_cli.losses import reward_metrics
 from aot_cli.train.batching import Side, StepSampler, step_micro_batches
-from aot_cli.train.checkpoint import latest_checkpoint, save_checkpoint
+from aot_cli.train.checkpoint import newest_good_checkpoint, save_checkpoint
 from aot_cli.train.metrics import MetricsLog
 from aot_cli.train.step import step_gradient
+
+DIVERGENCE_GROWTH = 100.0  # criterion 2 of the module docstring
 
 
 @dataclass
@@ -52,6 +68,7 @@ class LoopState:
     kl_ref: dict[int, torch.Tensor] | None = None  # KTO: precomputed reference of each epoch's mismatched rows
     online_ref: Any = None  # reference.OnlineReference with --ref online
     checkpoint_state: dict = field(default_factory=dict)
+    weight_norm_start: float | None = None  # the trainable weights' norm before step 1 (None: measure it now)
 
 
 class _StopRequest:
@@ -118,15 +135,40 @@ def _record(state: LoopState, k: int, out, grad_norm: float, lr: float, seconds:
 
 def _checkpoint(state: LoopState, step: int) -> Path:
     return save_checkpoint(state.out, step, model=state.model, optimizer=state.optimizer,
-                           scheduler=state.scheduler, state=state.checkpoint_state, accelerator=state.accelerator)
+                           scheduler=state.scheduler, accelerator=state.accelerator,
+                           state={**state.checkpoint_state, "weight_norm_start": state.weight_norm_start},
+                           keep=state.config.save_total_limit)
+
+
+def weight_norm(params: list) -> float:
+    """The L2 norm of all `params` together, accumulated in float32 (an fp16 sum would overflow)."""
+    norms = [torch.linalg.vector_norm(p.detach(), dtype=torch.float32) for p in params]
+    return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+
+def diverged(norm: float, start: float) -> bool:
+    """Criterion 2 of the module docstring (a start of all-zero weights gives no scale: only non-finite counts)."""
+    return not math.isfinite(norm) or (start > 0 and norm > DIVERGENCE_GROWTH * start)
+
+
+def _kept(state: LoopState) -> str:
+    last = newest_good_checkpoint(state.out)
+    return f"the last good checkpoint is {last}" if last else "no good checkpoint was saved before it"
 
 
 def _stop_non_finite(state: LoopState, k: int, loss: float, grad_norm: float) -> None:
-    last = latest_checkpoint(state.out)
-    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
     what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
-    raise UserError(f"{what} at step {k + 1}: stopped before applying it; {kept} "
+    raise UserError(f"{what} at step {k + 1}: stopped before applying it; {_kept(state)} "
                     "(lower --lr, check the data, or use --dtype fp32/bf16 instead of fp16)")
+
+
+def _stop_diverged(state: LoopState, k: int, norm: float) -> None:
+    start = state.weight_norm_start
+    what = (f"became {norm} with this update" if not math.isfinite(norm) else
+            f"grew to {norm:.3g}, {norm / start:.3g} times its {start:.3g} at the start (the limit is "
+            f"{DIVERGENCE_GROWTH:g}x)")
+    raise UserError(f"training diverged at step {k + 1}: the trainable weights' norm {what}; stopped without "
+                    f"checkpointing it; {_kept(state)}; lower --lr (it is {state.config.lr:g}) and train again")
 
 
 def train_loop(state: LoopState, metrics: MetricsLog | None) -> None:
@@ -134,6 +176,8 @@ def train_loop(state: LoopState, metrics: MetricsLog | None) -> None:
     acc, cfg = state.accelerator, state.config
     params = [p for p in state.model.parameters() if p.requires_grad]
     state.model.train()
+    if state.weight_norm_start is None:
+        state.weight_norm_start = weight_norm(params)
     started = time.time()
     with _StopRequest() as stop, progress(TextColumn("[dim]{task.fields[stats]}")) as bar:
         task = bar.add_task("Training", total=state.total_steps, completed=state.start_step, stats="",
@@ -155,6 +199,9 @@ def train_loop(state: LoopState, metrics: MetricsLog | None) -> None:
             record = _record(state, k, out, grad_norm, lr, time.time() - t0, started)
             if acc.is_main_process:
                 metrics.write(record)
+            norm = weight_norm(params)
+            if diverged(norm, state.weight_norm_start):
+                _stop_diverged(state, k, norm)
             bar.update(task, completed=k + 1, stats=(
                 f"loss {record['loss']:.4f}  acc {record['rewards/accuracies']:.2f}  "
                 f"margin {record['rewards/margins']:.4f}  {record['samples_per_s']:.1f} samples/s"))

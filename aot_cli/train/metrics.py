@@ -8,6 +8,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from aot_cli.console import warn
 from aot_cli.jsonl import parse_lines, read_text
 
 METRICS = "metrics.jsonl"
@@ -19,10 +20,7 @@ class MetricsLog:
 
     def __init__(self, out: Path, *, resume_step: int = 0, tracker: str = "none", config: dict | None = None):
         self.path = Path(out) / METRICS
-        kept = []
-        if self.path.is_file() and resume_step:
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
+        kept = _lines_up_to(self.path, resume_step) if self.path.is_file() and resume_step else []
         self.path.write_text("".join(line + "\n" for line in kept))
         self._handle = self.path.open("a")
         self._tracker = _open_tracker(tracker, Path(out), config or {})
@@ -37,6 +35,26 @@ class MetricsLog:
         self._handle.close()
         if self._tracker is not None:
             self._tracker.close()
+
+
+def _lines_up_to(path: Path, step: int) -> list[str]:
+    """The lines of `path` recording steps up to `step`. A line that is not a JSON record with a step
+    (cut short by a kill, or edited) is dropped with a warning naming it: the log is a record of the
+    run, not something to stop a resume for."""
+    kept = []
+    for number, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            record_step = record["step"] if isinstance(record, dict) else None
+        except (json.JSONDecodeError, KeyError):
+            record_step = None
+        if not isinstance(record_step, int):
+            warn(f"{path}:{number}: not a metrics record (damaged); dropped")
+        elif record_step <= step:
+            kept.append(line)
+    return kept
 
 
 class _TensorBoard:

@@ -30,7 +30,8 @@ from accelerate.utils import set_seed
 from transformers import get_scheduler
 
 from aot_cli.artifacts.models import check_4bit
-from aot_cli.artifacts.store import describe_input, output_lock, write_manifest
+from aot_cli.artifacts.store import (describe_input, output_failure, output_lock,
+                                     remove_stale_temporaries_in, write_manifest)
 from aot_cli.config import to_dict
 from aot_cli.console import info, progress, quiet_libraries, warn
 from aot_cli.data.dataset import load_prepared
@@ -40,7 +41,8 @@ from aot_cli.errors import UserError
 from aot_cli.losses import preference_loss
 from aot_cli.train import reference
 from aot_cli.train.batching import KLSide, StepSampler, make_sides
-from aot_cli.train.checkpoint import check_compatible, latest_checkpoint, load_checkpoint, read_state
+from aot_cli.train.checkpoint import (check_compatible, check_good, checkpoints, load_checkpoint,
+                                      newest_good_checkpoint, read_state)
 from aot_cli.train.config import Config
 from aot_cli.train.loop import LoopState, train_loop
 from aot_cli.train.metrics import CURVES, MetricsLog, plot_curves, read_metrics
@@ -48,14 +50,25 @@ from aot_cli.train.model import build_policy, save_trained
 from aot_cli.vocab import AOT_LOSSES
 
 
-def resume_point(config: Config) -> Path | None:
-    """The checkpoint to continue from, or None for a fresh run (the output was checked in preflight)."""
+def resume_point(config: Config, *, main: bool = True) -> Path | None:
+    """The checkpoint to continue from, or None for a fresh run (the output was checked in preflight).
+
+    ``--resume auto`` takes the newest good checkpoint, passing over damaged ones with a warning
+    (only `main` warns); an explicitly named checkpoint that is damaged is refused."""
     if config.resume is None:
         return None
     if config.resume == "auto":
-        return latest_checkpoint(Path(config.output))
+        def skipped(path: Path, problem: str) -> None:
+            if main:
+                warn(f"checkpoint {path} is damaged ({problem}); skipped for an older one")
+
+        found = newest_good_checkpoint(Path(config.output), skipped)
+        if found is None and checkpoints(Path(config.output)) and main:
+            warn(f"no good checkpoint in {config.output}: training starts again from step 0")
+        return found
     path = Path(config.resume)
     read_state(path)
+    check_good(path)
     return path
 
 
@@ -166,6 +179,7 @@ def prepare_output(config: Config, accelerator) -> Path:
         if out.exists() and config.overwrite:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries_in(out / "checkpoints")  # checkpoints half-written by a killed run
     accelerator.wait_for_everyone()
     return out
 
@@ -257,6 +271,12 @@ def run(config: Config) -> dict:
         except KeyboardInterrupt:
             setup.say(f"interrupted; {out} keeps the checkpoints written so far (continue with --resume auto)")
             raise SystemExit(130) from None
+        except OSError as exc:  # a full disk while writing a checkpoint, the metrics or the result
+            error = output_failure(exc, out)
+            if error is None:
+                raise
+            raise UserError(f"{error}; {out} keeps the good checkpoints written so far: make room, then continue "
+                            f"with --resume auto") from None
 
 
 def with_absolute_paths(config: Config) -> Config:
@@ -277,7 +297,7 @@ def validate_and_load(config: Config) -> Setup:
     # Several processes without CUDA (torchrun / accelerate launch on CPU): gloo, via accelerate's cpu mode.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(cpu=multi_cpu)
-    resume_from = resume_point(config)
+    resume_from = resume_point(config, main=accelerator.is_main_process)
     check_machine(config, main=accelerator.is_main_process)
     loss_fn = make_loss_fn(config)
     dataset, data = load_prepared(config.data)
@@ -324,9 +344,11 @@ def run_training(setup: Setup, out: Path) -> dict:
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, params)
     scheduler = make_scheduler(config, optimizer, setup.total_steps)
+    weight_norm_start = None
     if setup.resume_from is not None:
         start_step = load_checkpoint(setup.resume_from, model=policy, optimizer=optimizer, scheduler=scheduler,
                                      accelerator=accelerator)
+        weight_norm_start = read_state(setup.resume_from)["weight_norm_start"]
         setup.say(f"resuming from {setup.resume_from} (step {start_step} of {setup.total_steps})")
     n_trainable = sum(p.numel() for p in params)
     sort_set = setup.global_batch if config.sort_scope == "global" else config.batch_size
@@ -342,7 +364,8 @@ def run_training(setup: Setup, out: Path) -> dict:
     state = LoopState(config=config, accelerator=accelerator, model=policy, optimizer=optimizer,
                       scheduler=scheduler, loss_fn=setup.loss_fn, sides=setup.sides, sampler=setup.sampler,
                       pad_id=pad_id, out=out, total_steps=setup.total_steps, start_step=start_step, ref=ref,
-                      kl_ref=kl_ref, online_ref=online_ref, checkpoint_state=setup.fixed)
+                      kl_ref=kl_ref, online_ref=online_ref, checkpoint_state=setup.fixed,
+                      weight_norm_start=weight_norm_start)
     metrics = None
     if accelerator.is_main_process:
         metrics = MetricsLog(out, resume_step=start_step, tracker=config.report_to, config=to_dict(config))

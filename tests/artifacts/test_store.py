@@ -11,7 +11,8 @@ import textwrap
 import pytest
 
 from aot_cli.artifacts.store import (atomic_dir, atomic_file, describe_input, directory_fingerprint, fingerprint,
-                                     output_lock, read_manifest, sampled_digest, write_manifest)
+                                     output_lock, read_manifest, remove_stale_temporaries_in, sampled_digest,
+                                     write_manifest)
 from aot_cli.errors import UserError
 
 
@@ -135,9 +136,31 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     (stale / "weights").write_text("a full copy left by a killed run")
     alive = tmp_path / f".out.tmp-{os.getpid()}-feedbeef"   # ours, still running: kept
     alive.mkdir()
+    other = tmp_path / f".out2.tmp-{dead_pid}-0123abcd"   # another output's: not ours to judge here
+    other.mkdir()
     with atomic_dir(out) as tmp:
         (tmp / "x").write_text("1")
-    assert not stale.exists() and alive.exists()
+    assert not stale.exists() and alive.exists() and other.exists()
+    # any output's stale temporaries in a directory (a run's checkpoints/ after a kill)
+    old = tmp_path / f".step-4.old-{dead_pid}-0123abcd"
+    old.mkdir()
+    remove_stale_temporaries_in(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "out"])
+
+
+def test_a_failed_step_leaves_no_directory_behind(tmp_path):
+    """The directories made above the output for it are removed again when the step fails."""
+    out = tmp_path / "new" / "deeper" / "out"
+    with pytest.raises(UserError, match="bad data"):
+        with atomic_dir(out):
+            raise UserError("bad data")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "mine.txt").write_text("kept")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out):
+            raise RuntimeError
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["mine.txt"]
 
 
 def test_an_output_that_cannot_be_written_is_one_user_error(tmp_path, monkeypatch):

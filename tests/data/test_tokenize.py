@@ -7,6 +7,7 @@ without special tokens, the EOS id.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -362,6 +363,36 @@ def test_tokenize_split_cache_hit_and_invalidation(tok, paired_split, monkeypatc
     assert len(calls) == 8
     assert len(set(p.name for p in cache_dir("tokenized").iterdir()) - entries) == 3
     assert not [p for p in cache_dir("tokenized").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other rows"])
+def test_tokenize_split_recomputes_a_damaged_cache_entry(tok, paired_split, monkeypatch, capsys, damage):
+    """A cache entry cut short (a kill, a full disk), overwritten, or holding another split is
+    removed with a warning and computed again, never read as if it were right."""
+    from aot_cli.data import tokenize as module
+
+    calls = []
+    real = module.encode_many
+    monkeypatch.setattr(module, "encode_many", lambda *a, **k: calls.append(1) or real(*a, **k))
+    settings = TokenizeSettings(max_length=48)
+    first = tokenize_split(paired_split, tok, settings, paired=True, fingerprint=f"damaged-{damage}")
+    expected, arrow = first[:], Path(first.cache_files[0]["filename"])  # (first maps the file: read it now)
+    if damage == "truncated":
+        arrow.write_bytes(arrow.read_bytes()[:len(arrow.read_bytes()) // 2])
+    elif damage == "garbage":
+        arrow.write_bytes(b"\0" * 100)
+    else:
+        other = tokenize_split(paired_split.select([0]), tok, settings, paired=True, fingerprint="damaged-one-row")
+        arrow.write_bytes(Path(other.cache_files[0]["filename"]).read_bytes())
+    calls.clear()
+    capsys.readouterr()
+    again = tokenize_split(paired_split, tok, settings, paired=True, fingerprint=f"damaged-{damage}")
+    assert len(calls) == 2 and again[:] == expected
+    warning = "".join(capsys.readouterr().err.split())
+    assert "".join(f"warning: tokenized cache entry {arrow.parent} is damaged (".split()) in warning
+    assert "tokenizingagain" in warning
+    if damage == "other rows":
+        assert "otherrowsorcolumns" in warning
 
 
 def test_tokenize_split_error_names_the_row(tok):
