@@ -138,7 +138,7 @@ def _footnote(labels: PlotLabels, paired: bool) -> str:
         "curve Q1 (chosen / positive; after) over a second Q2 (rejected / negative; before):",
         r"    0 = the first dominates at every level, 0.5 = no order, 1 = reversed; 2nd order: the same on the "
         r"integrated quantiles $\int_0^t Q(s)\,ds$.",
-        f"p: one-sided bootstrap test of H0: ε ≥ ε0 = {s.epsilon:g} (Nitsure et al. 2023); "
+        f"p: one-sided percentile-bootstrap test of H0: ε ≥ ε0 = {s.epsilon:g} (as in Nitsure et al. 2023); "
         f"p below {1 - s.confidence:.2g}: the first almost dominates at the {s.confidence:.0%} level."))
 
 

@@ -24,11 +24,18 @@ generalized Lorenz curve; ``Q2_pos >= Q2_neg`` everywhere is second-order domina
 risk-averse chooser asks: the worst t-share of positives is better in total than the worst t-share
 of negatives).
 
-The test (del Barrio et al. 2018, Nitsure et al. 2023): ``H0: eps >= eps0`` against ``H1: eps <
-eps0`` ("the positives eps0-almost dominate"). The estimate is asymptotically normal and its
-standard error is estimated by the bootstrap, so ``p = Phi((eps_hat - eps0) / se_boot)`` and the
-one-sided upper confidence bound is ``eps_hat + z_c * se_boot`` (Dror et al. 2019's eps_min);
-H0 is rejected at level ``1 - c`` exactly when that bound is below eps0.
+The test: ``H0: eps >= eps0`` against ``H1: eps < eps0`` ("the positives eps0-almost dominate"),
+the hypotheses of del Barrio et al. (2018) and Nitsure et al. (2023), decided by the bootstrap
+distribution of the estimate. Those papers use a normal approximation, ``p = Phi((eps_hat - eps0)
+/ se_boot)``; on simulated normal samples at the boundary eps = eps0 = 0.2 (n = 100 to 1000, both
+orders, paired and unpaired) it rejected 7 to 12 % of the time at a nominal 5 %, because the
+estimate's distribution is skewed (it is bounded by 0 and 1). The percentile bootstrap held the level
+(3 to 7 %), so it is what this module computes: the one-sided upper confidence bound is the
+c-quantile of the resampled ratios (c = the confidence level; Dror et al. 2019 call the bound
+eps_min), and ``p = (1 + #{resamples with eps* >= eps0}) / (resamples + 1)``, the share of resamples
+on the null's side (never 0: a p-value is no smaller than the resolution of the resampling). H0 is
+rejected at level ``1 - c`` when p <= 1 - c, equivalently (up to that resolution) when the upper
+bound is below eps0.
 
 Resampling: paired samples (chosen and rejected of one prompt) resample pair indices, both curves
 from the same draw, so their dependence is kept; unpaired samples resample each side on its own.
@@ -40,9 +47,7 @@ the empirical (step) quantile function.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import numpy as np
 
@@ -63,10 +68,9 @@ class BootstrapSettings:
 
 @dataclass(frozen=True)
 class AlmostDominance:
-    """One order's violation ratio, its bootstrap standard error, upper confidence bound and p-value."""
+    """One order's violation ratio, its one-sided upper confidence bound and the p-value of H0: eps >= eps0."""
 
     ratio: float
-    standard_error: float
     upper: float
     p_value: float
 
@@ -122,17 +126,10 @@ def violation_ratio(curve_pos: np.ndarray, curve_neg: np.ndarray) -> np.ndarray:
 
 
 def almost_dominance(ratio: float, resampled: np.ndarray, *, epsilon: float, confidence: float) -> AlmostDominance:
-    """The test of ``H0: eps >= epsilon`` from the estimate and its bootstrap replicates.
-
-    A zero standard error (every resample gives the same ratio: perfectly separated or identical
-    samples) decides by the estimate alone: p is 0 below epsilon, 1 at or above it."""
-    se = float(np.std(resampled, ddof=1)) if len(resampled) > 1 else 0.0
-    if se > 0:
-        p_value = 0.5 * math.erfc((epsilon - ratio) / (se * math.sqrt(2)))   # Phi, accurate in the far tail
-        upper = min(1.0, ratio + NormalDist().inv_cdf(confidence) * se)
-    else:
-        p_value, upper = (0.0 if ratio < epsilon else 1.0), ratio
-    return AlmostDominance(ratio=float(ratio), standard_error=se, upper=float(upper), p_value=float(p_value))
+    """The percentile-bootstrap test of ``H0: eps >= epsilon`` from the estimate and its resampled values."""
+    p_value = (1 + np.count_nonzero(resampled >= epsilon)) / (len(resampled) + 1)
+    upper = np.quantile(resampled, confidence)
+    return AlmostDominance(ratio=float(ratio), upper=float(upper), p_value=float(p_value))
 
 
 def _band(curves: np.ndarray, confidence: float) -> np.ndarray:
@@ -140,22 +137,31 @@ def _band(curves: np.ndarray, confidence: float) -> np.ndarray:
     return np.quantile(curves, [tail, 1.0 - tail], axis=0)
 
 
-def bootstrap(pos, neg, *, paired: bool, levels: np.ndarray, settings: BootstrapSettings) -> Inference:
+def _draw(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
+    """`rows` resamples of n indices in [0, n), uniform and with replacement."""
+    return np.minimum((rng.random((rows, n)) * n).astype(np.int64), n - 1)
+
+
+def bootstrap(pos, neg, *, paired: bool, levels: np.ndarray, settings: BootstrapSettings,
+              block_values: int = BLOCK_VALUES) -> Inference:
     """Bands and both orders' almost-dominance tests of `pos` over `neg` (see the module docstring).
 
-    Deterministic for a seed: the same samples and settings give the same numbers."""
+    Deterministic for a seed: the same samples and settings give the same numbers, whatever the
+    block size (`block_values`: how many resampled values are held at once)."""
     pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
     if paired and len(pos) != len(neg):
         raise ValueError(f"paired samples need equal sizes, got {len(pos)} and {len(neg)}")
-    rng = np.random.default_rng(settings.seed)
+    # One stream per side, drawn as doubles (never buffered across calls), so the blocks cut the same
+    # numbers whatever their size.
+    rng_pos, rng_neg = np.random.default_rng(settings.seed).spawn(2)
     count = settings.resamples
     q_pos_b, q_neg_b = np.empty((count, len(levels))), np.empty((count, len(levels)))
     ratio1_b, ratio2_b = np.empty(count), np.empty(count)
-    block = max(1, BLOCK_VALUES // max(len(pos), len(neg)))
+    block = max(1, block_values // max(len(pos), len(neg)))
     for start in range(0, count, block):
         rows = min(block, count - start)
-        i_pos = rng.integers(0, len(pos), size=(rows, len(pos)))
-        i_neg = i_pos if paired else rng.integers(0, len(neg), size=(rows, len(neg)))
+        i_pos = _draw(rng_pos, rows, len(pos))
+        i_neg = i_pos if paired else _draw(rng_neg, rows, len(neg))
         s_pos, s_neg = np.sort(pos[i_pos], axis=1), np.sort(neg[i_neg], axis=1)
         q_pos, q_neg = sorted_quantiles(s_pos, levels), sorted_quantiles(s_neg, levels)
         q_pos_b[start:start + rows], q_neg_b[start:start + rows] = q_pos, q_neg
@@ -176,10 +182,9 @@ def bootstrap(pos, neg, *, paired: bool, levels: np.ndarray, settings: Bootstrap
 
 def method_record(settings: BootstrapSettings, *, paired: bool) -> dict:
     """What results.json says about the inference, so a number can be traced to its method."""
-    return {"method": "almost stochastic dominance: violation ratio eps_W2 (del Barrio et al. 2018), "
-                      "first order on quantile functions, second order on integrated quantile functions; "
-                      "one-sided test of H0: eps >= epsilon with a bootstrap standard error "
-                      "(Nitsure et al. 2023); pointwise percentile bootstrap bands",
+    return {"method": "almost stochastic dominance: violation ratio eps_W2 (del Barrio et al. 2018) on quantile "
+                      "functions (1st order) and integrated quantile functions (2nd order); one-sided "
+                      "percentile-bootstrap test of H0: eps >= epsilon; pointwise percentile bootstrap bands",
             "resampling": "pairs (chosen and rejected together)" if paired else "each side independently",
             "resamples": settings.resamples, "confidence": settings.confidence, "epsilon": settings.epsilon,
             "seed": settings.seed}
