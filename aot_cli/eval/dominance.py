@@ -132,7 +132,7 @@ def small_sample_note(n: int | tuple[int, int]) -> dict:
         return {}
     return {"small_sample": f"the bands and tests rest on {smallest} examples per side; under about "
                             f"{SMALL_SAMPLE} the bootstrap cannot see beyond the sample (a perfectly separated "
-                            "sample gets p = 0): read them as descriptive"}
+                            "sample gets the smallest p-value the resamples allow): read them as descriptive"}
 
 
 def training_shift(logps: dict[str, np.ndarray], inference: dict[str, Inference], *, paired: bool, beta: float,
@@ -197,6 +197,7 @@ def evaluate(config: DominanceConfig, run: RunArtifact, data_path: Path, device:
     levels = quantile_levels()
     boot = BootstrapSettings(resamples=config.bootstrap, confidence=config.confidence, epsilon=config.epsilon,
                              seed=config.seed)
+    info(f"bootstrap: {boot.resamples} resamples (seed {boot.seed}) for the confidence bands and the dominance tests")
     scores, inference = compare(logps, paired=paired, beta=beta, levels=levels, settings=boot)
     with open(out / "logps.jsonl", "w", encoding="utf-8") as handle:
         for i in range(len(next(iter(logps.values())))):

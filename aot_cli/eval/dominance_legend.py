@@ -21,5 +21,5 @@ TEST_COLUMNS = {"violation_ratio": "violation ratio (1st)", "p_value": "p-value 
                 "violation_ratio_2nd": "violation ratio (2nd)", "p_value_2nd": "p-value (2nd)"}
 TESTS_LEGEND = ("violation ratio: the share of the squared gap between the quantile curves where the first is "
                 "below the second (0: it dominates at every level, 0.5: no order, 1: reversed); 2nd: the same on "
-                "integrated quantile curves (second-order dominance); p-value: one-sided bootstrap test of "
+                "integrated quantile curves (second-order dominance); p-value: one-sided percentile-bootstrap test of "
                 "H0: ratio >= eps0 (small: the first almost dominates the second)")

@@ -118,8 +118,9 @@ def _right_column(top, bottom, rewards: Inference, *, paired: bool, levels: np.n
            label=f"{second} rewards")
     top.fill_between(levels, rewards.q_pos, rewards.q_neg, where=rewards.q_pos < rewards.q_neg,
                      color=COLORS["violation"], alpha=0.4, lw=0, label=f"violation ({first} below {second})")
-    top.set_title("Implicit rewards r = β·log π(y)/ref(y)\n"
-                  f"(AOT trains the {first} rewards to dominate the {second} ones)")
+    top.set_title("Implicit rewards r = β·log π(y)/ref(y) (the paper's Figure 1a)\n"
+                  + ("paired AOT trains the margins (left column)" if paired else
+                     "unpaired AOT trains the positive rewards to dominate the negative ones"))
     top.set_ylabel(f"implicit reward ({UNIT})")
     _difference(bottom, levels, rewards, color=COLORS["difference"], label=f"Q_{first}(t) − Q_{second}(t)",
                 confidence=confidence, violations=True)
@@ -130,7 +131,8 @@ def _right_column(top, bottom, rewards: Inference, *, paired: bool, levels: np.n
 
 def _footnote(labels: PlotLabels, paired: bool) -> str:
     s = labels.settings
-    resampled = "pairs resampled together" if paired else "each side resampled independently"
+    resampled = "pairs resampled together" if paired else \
+        "positives and negatives resampled independently, each example's before and after together"
     return "\n".join((
         f"Shaded bands: pointwise {s.confidence:.0%} bootstrap intervals ({s.resamples} resamples, {resampled}, "
         f"seed {s.seed}). Red: quantile levels where the first curve is below the second.",
