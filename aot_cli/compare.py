@@ -4,6 +4,11 @@ One row per model (evals of the same model share a row: its openllm-v1 and alpac
 and a merged model with the run it was merged from), one column per score, and every row after the
 first shows its difference to the first row (the baseline: list it first). Printed as a rich table;
 ``-o FILE`` also writes it as markdown.
+
+A dominance eval contributes its implicit-reward numbers: reward accuracy, violation fraction and
+area, and the almost-dominance tests (violation ratio and p-value, first and second order; an eval
+made before the tests existed shows them as —). Their p-values depend on the eval's eps0 and
+resamples (``settings.statistics``): compare evals made with the same ones.
 """
 
 from __future__ import annotations
@@ -16,19 +21,22 @@ from rich.table import Table
 from aot_cli.artifacts.kinds import EvalArtifact, ModelArtifact, artifact_kind
 from aot_cli.artifacts.store import atomic_file
 from aot_cli.config import StepConfig, arg, opt
-from aot_cli.console import info, out_console
+from aot_cli.console import info, out_console, warn
 from aot_cli.errors import UserError
+from aot_cli.eval.dominance_legend import TEST_COLUMNS
 from aot_cli.eval.report import format_value
 
 # Suites whose full score list is too long for a side-by-side table: their headline columns.
 HEADLINES = {
     "alpacaeval": [("alpacaeval", "length_controlled_winrate"), ("alpacaeval", "win_rate")],
     "dominance": [("implicit_rewards", "accuracy"), ("implicit_rewards", "violation_fraction"),
-                  ("implicit_rewards", "violation_area")],
+                  ("implicit_rewards", "violation_area"), ("implicit_rewards", "violation_ratio"),
+                  ("implicit_rewards", "p_value"), ("implicit_rewards", "violation_ratio_2nd"),
+                  ("implicit_rewards", "p_value_2nd")],
 }
 SHORT = {"length_controlled_winrate": "LC win rate", "win_rate": "win rate"}
 DOMINANCE_SHORT = {"accuracy": "reward accuracy", "violation_fraction": "violation fraction",
-                   "violation_area": "violation area"}
+                   "violation_area": "violation area", **TEST_COLUMNS}
 
 
 def column_name(task: str, metric: str) -> str:
@@ -87,6 +95,19 @@ def build_table(results: list[tuple[str, dict]]) -> tuple[list[str], list[str], 
     return rows, columns, cells
 
 
+def dominance_settings_note(results: list[tuple[str, dict]]) -> str | None:
+    """A warning when dominance evals' p-values come from different thresholds or resamplings."""
+    seen = {}
+    for path, res in results:
+        stats = res.get("settings", {}).get("statistics") if res["suite"] == "dominance" else None
+        if stats:
+            seen[path] = f"eps0 {stats.get('epsilon')}, {stats.get('resamples')} resamples"
+    if len(set(seen.values())) <= 1:
+        return None
+    return ("the dominance p-values were computed with different settings, so they do not compare: "
+            + "; ".join(f"{path}: {what}" for path, what in seen.items()))
+
+
 def cell_text(value, baseline, first_row: bool) -> str:
     if value is None:
         return "—"
@@ -109,7 +130,8 @@ def run(config: Config) -> dict:
     paths = list(config.evals or [])
     if not paths:
         raise UserError("aot compare needs at least one eval directory: aot compare EVAL [EVAL...]")
-    rows, columns, cells = build_table([(p, EvalArtifact.load(p).results) for p in paths])
+    results = [(p, EvalArtifact.load(p).results) for p in paths]
+    rows, columns, cells = build_table(results)
     table = Table(title="eval comparison (differences to the first row)")
     table.add_column("model", overflow="fold")   # long paths and names wrap rather than lose their ends
     for column in columns:
@@ -117,6 +139,9 @@ def run(config: Config) -> dict:
     for i, row in enumerate(rows):
         table.add_row(row, *[cell_text(cells.get((row, c)), cells.get((rows[0], c)), i == 0) for c in columns])
     out_console.print(table)
+    note = dominance_settings_note(results)
+    if note:
+        warn(note)
     if config.output is not None:
         output = Path(config.output)
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,10 @@ from aot_cli.artifacts.store import write_manifest
 from aot_cli.eval.report import markdown, results_document
 
 
-def _eval_dir(path, suite, model, scores, notes=None):
+def _eval_dir(path, suite, model, scores, notes=None, settings=None):
     """An eval artifact as `aot eval` writes one: results.json, report.md, then the manifest."""
     path.mkdir()
-    results = results_document(suite, model, scores, {"x": 1}, notes)
+    results = results_document(suite, model, scores, settings or {"x": 1}, notes)
     (path / "results.json").write_text(json.dumps(results))
     (path / "report.md").write_text(markdown(results))
     write_manifest(path, kind="eval", config={}, summary={"suite": suite, "scores": scores})
@@ -57,12 +57,38 @@ def test_a_merged_model_shares_its_runs_row(aot, tmp_path):
     write_manifest(model, kind="model", config={}, summary={"source_run": str(run)})
     tasks = _eval_dir(tmp_path / "tasks", "lm-eval", str(model), {"t": {"acc": 0.5}})
     dom = _eval_dir(tmp_path / "dom", "dominance", str(tmp_path / "." / "run"),
-                    {"implicit_rewards": {"accuracy": 0.75, "violation_fraction": 0.1, "violation_area": 0.01}})
+                    {"implicit_rewards": {"accuracy": 0.75, "violation_fraction": 0.1, "violation_area": 0.01,
+                                          "violation_ratio": 0.05, "p_value": 0.002, "violation_ratio_2nd": 0.0,
+                                          "p_value_2nd": 0.001}})
     table = tmp_path / "t.md"
     assert aot("compare", tasks, dom, "-o", table).exit_code == 0
     lines = table.read_text().splitlines()
-    assert lines[0] == "| model | t acc | reward accuracy | violation fraction | violation area |"
-    assert len(lines) == 3 and lines[2] == f"| {model} | 0.5000 | 0.7500 | 0.1000 | 0.0100 |"
+    assert lines[0] == ("| model | t acc | reward accuracy | violation fraction | violation area | "
+                        "violation ratio (1st) | p-value (1st) | violation ratio (2nd) | p-value (2nd) |")
+    assert len(lines) == 3
+    assert lines[2] == f"| {model} | 0.5000 | 0.7500 | 0.1000 | 0.0100 | 0.0500 | 0.0020 | 0.0000 | 0.0010 |"
+
+
+def test_dominance_evals_with_and_without_tests(aot, tmp_path):
+    """An eval made before the tests existed shows them as —; different eps0 get a warning."""
+    old = _eval_dir(tmp_path / "old", "dominance", "base",
+                    {"implicit_rewards": {"accuracy": 0.5, "violation_fraction": 0.5, "violation_area": 0.2}})
+    tests = {"accuracy": 0.75, "violation_fraction": 0.1, "violation_area": 0.01, "violation_ratio": 0.05,
+             "p_value": 0.002, "violation_ratio_2nd": 0.0, "p_value_2nd": 0.001}
+    new = _eval_dir(tmp_path / "new", "dominance", "aot", {"implicit_rewards": tests},
+                    settings={"statistics": {"epsilon": 0.2, "resamples": 1000}})
+    table = tmp_path / "t.md"
+    result = aot("compare", old, new, "-o", table)
+    assert result.exit_code == 0 and "different settings" not in result.stderr
+    lines = table.read_text().splitlines()
+    assert lines[2] == "| base | 0.5000 | 0.5000 | 0.2000 | — | — | — | — |"
+    assert lines[3].startswith("| aot | 0.7500 (+0.2500) | 0.1000 (-0.4000) | 0.0100 (-0.1900) | 0.0500 |")
+    other = _eval_dir(tmp_path / "other", "dominance", "aot-2", {"implicit_rewards": tests},
+                      settings={"statistics": {"epsilon": 0.5, "resamples": 1000}})
+    result = aot("compare", new, other)
+    assert result.exit_code == 0
+    assert "dominance p-values were computed with different settings" in result.stderr
+    assert f"{new}: eps0 0.2, 1000 resamples; {other}: eps0 0.5, 1000 resamples" in " ".join(result.stderr.split())
 
 
 def test_v1_and_v2_averages_of_one_model(aot, tmp_path):

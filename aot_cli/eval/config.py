@@ -19,6 +19,7 @@ from aot_cli.vocab import DTYPE_CHOICES
 OPENLLM_VERSIONS = ("v1", "v2")
 DEFAULT_JUDGE = "weighted_alpaca_eval_gpt4_turbo"
 LM_EVAL = "lm-eval options"
+STATISTICS = "statistics"
 
 
 @dataclass
@@ -141,6 +142,15 @@ class DominanceConfig(EvalOptions):
     data: Path | None = opt(None, "--data", help="Prepared dataset (`aot prepare`) whose test split is scored "
                                "(default: the dataset the run trained on).", metavar="DIR")
     beta: float | None = opt(None, "--beta", help="Reward scale beta (default: the run's).", gt=0)
+    seed: int = opt(0, "--seed", help="Seed of the bootstrap resamples (bands and tests).", panel=STATISTICS)
+    bootstrap: int = opt(1000, "--bootstrap", help="Bootstrap resamples for the confidence bands and the "
+                         "dominance tests.", ge=100, le=100_000, panel=STATISTICS)
+    confidence: float = opt(0.95, "--confidence", help="Confidence level of the bands and of the one-sided "
+                            "upper bound on the violation ratio (the tests' level is 1 minus it).", gt=0.5, lt=1,
+                            panel=STATISTICS)
+    epsilon: float = opt(0.2, "--epsilon", help="Threshold eps0 of the almost-dominance test H0: violation "
+                         "ratio >= eps0 (0.5 = the positives merely dominate more than they are dominated).",
+                         gt=0, le=0.5, panel=STATISTICS)
 
     def input_paths(self) -> list:
         return [self.model, self.data]

@@ -3,7 +3,9 @@
 Scores are sequence log-likelihoods of the test split's completions (prompt masked, the training
 tokenization), scaled by beta (the run's, or ``--beta``); implicit rewards are
 ``r = beta * log pi(y) / ref(y)``. Each comparison is measured by
-:func:`aot_cli.eval.quantiles.dominance` (accuracy, violation fraction, violation area):
+:func:`aot_cli.eval.quantiles.dominance` (accuracy, violation fraction, violation area) and, with a
+confidence level, by :func:`aot_cli.eval.stats.bootstrap` (first- and second-order violation ratios
+with a one-sided almost-dominance test, and the bootstrap bands the plot draws):
 
 - ``before`` / ``after``: the reference / the policy on its own. Paired data: its margins
   ``beta * log M(chosen) / M(rejected)`` against 0; unpaired: positive against negative
@@ -25,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from aot_cli.artifacts.kinds import DatasetArtifact, RunArtifact, artifact_kind
 from aot_cli.artifacts.models import load_run, resolve_device
@@ -35,11 +36,16 @@ from aot_cli.data.dataset import load_prepared
 from aot_cli.data.tokenize import TokenizeSettings, tokenize_split
 from aot_cli.errors import UserError
 from aot_cli.eval.config import DominanceConfig
-from aot_cli.eval.quantiles import dominance, quantile_curve, quantile_levels
+from aot_cli.eval.dominance_plot import PlotLabels, plot
+from aot_cli.eval.quantiles import dominance, quantile_levels
 from aot_cli.eval.report import announce, write_eval
 from aot_cli.eval.source import resolve_model
+from aot_cli.eval.stats import BootstrapSettings, Inference, bootstrap, method_record
 from aot_cli.train.batching import collate
 from aot_cli.train.logprobs import model_sequence_logps
+
+# Below this many examples per side the bootstrap's p-values and bands are noted as descriptive only.
+SMALL_SAMPLE = 20
 
 
 def _run(spec: str) -> RunArtifact:
@@ -92,61 +98,54 @@ def sequence_logps(model: Any, sequences: list[tuple[list[int], int]], pad_id: i
     return torch.cat(out).double().numpy()
 
 
-def compare(logps: dict[str, np.ndarray], *, paired: bool, beta: float, levels: np.ndarray) -> dict:
-    """The comparisons of the module docstring from per-example log-probs (pure)."""
+def samples(logps: dict[str, np.ndarray], *, paired: bool, beta: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The (first, second) samples of each comparison of the module docstring (pure)."""
     if paired:
         d_ref = beta * (logps["ref_chosen"] - logps["ref_rejected"])
         d_pol = beta * (logps["policy_chosen"] - logps["policy_rejected"])
         r_c = beta * (logps["policy_chosen"] - logps["ref_chosen"])
         r_r = beta * (logps["policy_rejected"] - logps["ref_rejected"])
         zeros = np.zeros_like(d_ref)
-        return {"before": dominance(d_ref, zeros, paired=True, levels=levels),
-                "after": dominance(d_pol, zeros, paired=True, levels=levels),
-                "implicit_rewards": dominance(r_c, r_r, paired=True, levels=levels),
-                "margins": dominance(d_pol, d_ref, paired=True, levels=levels)}
+        return {"before": (d_ref, zeros), "after": (d_pol, zeros), "implicit_rewards": (r_c, r_r),
+                "margins": (d_pol, d_ref)}
     pos, neg = logps["label"], ~logps["label"]
     pol, ref = beta * logps["policy"], beta * logps["ref"]
-    return {"before": dominance(ref[pos], ref[neg], paired=False, levels=levels),
-            "after": dominance(pol[pos], pol[neg], paired=False, levels=levels),
-            "implicit_rewards": dominance(pol[pos] - ref[pos], pol[neg] - ref[neg], paired=False, levels=levels)}
+    return {"before": (ref[pos], ref[neg]), "after": (pol[pos], pol[neg]),
+            "implicit_rewards": (pol[pos] - ref[pos], pol[neg] - ref[neg])}
 
 
-def plot(logps: dict[str, np.ndarray], *, paired: bool, beta: float, levels: np.ndarray, path: Path) -> None:
-    """Quantile curves: before/after (left), implicit rewards with the violations shaded (right)."""
-    def q(values: np.ndarray) -> np.ndarray:
-        return quantile_curve(values, levels)
+def compare(logps: dict[str, np.ndarray], *, paired: bool, beta: float, levels: np.ndarray,
+            settings: BootstrapSettings) -> tuple[dict, dict[str, Inference]]:
+    """(scores, bootstrap inference) of every comparison: accuracy, violation fraction and area, mean
+    difference, and both orders' violation ratio and almost-dominance p-value (pure)."""
+    scores, inference = {}, {}
+    for name, (first, second) in samples(logps, paired=paired, beta=beta).items():
+        inference[name] = bootstrap(first, second, paired=paired, levels=levels, settings=settings)
+        scores[name] = {**dominance(first, second, paired=paired, levels=levels), **inference[name].scores()}
+    return scores, inference
 
-    fig = Figure(figsize=(11, 4))
-    left, right = fig.subplots(1, 2)
+
+def small_sample_note(n: int | tuple[int, int]) -> dict:
+    """A note when a side has fewer examples than the bootstrap needs to see beyond the sample."""
+    smallest = min(n) if isinstance(n, tuple) else n
+    if smallest >= SMALL_SAMPLE:
+        return {}
+    return {"small_sample": f"the bands and tests rest on {smallest} examples per side; under about "
+                            f"{SMALL_SAMPLE} the bootstrap cannot see beyond the sample (a perfectly separated "
+                            "sample gets the smallest p-value the resamples allow): read them as descriptive"}
+
+
+def training_shift(logps: dict[str, np.ndarray], inference: dict[str, Inference], *, paired: bool, beta: float,
+                   levels: np.ndarray, settings: BootstrapSettings) -> dict[str, Inference]:
+    """After (the policy) against before (the reference) for each role the plot shows: the margins
+    (paired; the ``margins`` comparison), or each class's log-likelihood (unpaired; both from the
+    same examples, so resampled as pairs)."""
     if paired:
-        left.plot(levels, q(beta * (logps["ref_chosen"] - logps["ref_rejected"])), "--", color="gray",
-                  label="reference margin (before)")
-        left.plot(levels, q(beta * (logps["policy_chosen"] - logps["policy_rejected"])), color="C0",
-                  label="policy margin (after)")
-        left.axhline(0, color="black", lw=0.8)
-        left.set_title("margins: beta * log M(chosen) / M(rejected)")
-        pos = beta * (logps["policy_chosen"] - logps["ref_chosen"])
-        neg = beta * (logps["policy_rejected"] - logps["ref_rejected"])
-        names = ("chosen rewards", "rejected rewards")
-    else:
-        is_pos = logps["label"]
-        for key, style, when in (("ref", "--", "before"), ("policy", "-", "after")):
-            left.plot(levels, q(beta * logps[key][is_pos]), style, color="C2", label=f"positive ({when})")
-            left.plot(levels, q(beta * logps[key][~is_pos]), style, color="C3", label=f"negative ({when})")
-        left.set_title("beta * log-likelihood")
-        r = beta * (logps["policy"] - logps["ref"])
-        pos, neg, names = r[is_pos], r[~is_pos], ("positive rewards", "negative rewards")
-    pos_curve, neg_curve = q(pos), q(neg)
-    right.plot(levels, pos_curve, color="C0", label=names[0])
-    right.plot(levels, neg_curve, color="C1", label=names[1])
-    right.fill_between(levels, pos_curve, neg_curve, where=pos_curve < neg_curve, color="red", alpha=0.3,
-                       label="violation")
-    right.set_title("implicit rewards beta * log pi / ref")
-    for ax in (left, right):
-        ax.set_xlabel("quantile level")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        return {"margin": inference["margins"]}
+    pos, neg = logps["label"], ~logps["label"]
+    pol, ref = beta * logps["policy"], beta * logps["ref"]
+    return {"positive": bootstrap(pol[pos], ref[pos], paired=True, levels=levels, settings=settings),
+            "negative": bootstrap(pol[neg], ref[neg], paired=True, levels=levels, settings=settings)}
 
 
 def run(config: DominanceConfig) -> dict:
@@ -157,14 +156,16 @@ def run(config: DominanceConfig) -> dict:
     device = resolve_device(config.device)
     source = resolve_model(config.model)
     with atomic_dir(config.output, overwrite=config.overwrite, inputs=config.input_paths() + [data_path]) as tmp:
-        scores, settings = evaluate(config, run_dir, data_path, device, tmp)
-        results = write_eval(tmp, config, "dominance", source, scores, settings)
+        scores, settings, notes = evaluate(config, run_dir, data_path, device, tmp)
+        results = write_eval(tmp, config, "dominance", source, scores, settings, notes)
     announce(results, Path(config.output), ("logps.jsonl", "dominance.png"))
     return results
 
 
-def evaluate(config: DominanceConfig, run: RunArtifact, data_path: Path, device: str, out: Path) -> tuple[dict, dict]:
-    """Score the test split under policy and reference; write logps.jsonl and dominance.png."""
+def evaluate(config: DominanceConfig, run: RunArtifact, data_path: Path, device: str,
+             out: Path) -> tuple[dict, dict, dict]:
+    """Score the test split under policy and reference; write logps.jsonl and dominance.png.
+    Returns (scores, settings, notes)."""
     test, dataset = _test_split(data_path, config.limit)
     paired = dataset.paired
     beta = config.beta if config.beta is not None else run.beta
@@ -194,14 +195,21 @@ def evaluate(config: DominanceConfig, run: RunArtifact, data_path: Path, device:
                             f"{'positive' if logps['label'].all() else 'negative'} examples; dominance needs both")
 
     levels = quantile_levels()
-    scores = compare(logps, paired=paired, beta=beta, levels=levels)
+    boot = BootstrapSettings(resamples=config.bootstrap, confidence=config.confidence, epsilon=config.epsilon,
+                             seed=config.seed)
+    info(f"bootstrap: {boot.resamples} resamples (seed {boot.seed}) for the confidence bands and the dominance tests")
+    scores, inference = compare(logps, paired=paired, beta=beta, levels=levels, settings=boot)
     with open(out / "logps.jsonl", "w", encoding="utf-8") as handle:
         for i in range(len(next(iter(logps.values())))):
             row = {k: (bool(v[i]) if v.dtype == bool else float(v[i])) for k, v in logps.items()}
             handle.write(json.dumps(row) + "\n")
-    plot(logps, paired=paired, beta=beta, levels=levels, path=out / "dominance.png")
+    shift = training_shift(logps, inference, paired=paired, beta=beta, levels=levels, settings=boot)
+    n = test.num_rows if paired else (int(logps["label"].sum()), int((~logps["label"]).sum()))
+    plot(inference, shift, paired=paired, levels=levels, n=n, path=out / "dominance.png",
+         labels=PlotLabels(run=config.model, data=str(data_path), beta=beta, settings=boot))
     settings_record = {"data": str(data_path), "paired": paired, "n_test": test.num_rows, "beta": beta,
                        "quantile_levels": len(levels), "limit": config.limit, "batch_size": config.batch_size,
                        "device": device, "max_length": settings.max_length,
-                       "max_prompt_length": settings.max_prompt_length, "chat_template": True}
-    return scores, settings_record
+                       "max_prompt_length": settings.max_prompt_length, "chat_template": True,
+                       "statistics": method_record(boot, paired=paired)}
+    return scores, settings_record, small_sample_note(n)

@@ -16,3 +16,10 @@ COMPARISONS = {
 }
 METRICS_LEGEND = ("all scaled by beta; accuracy: share where the first beats the second (unpaired: AUC); "
                   "violation fraction / area: quantile levels where the first is below the second")
+# The almost-dominance test's numbers (aot_cli.eval.stats), shown as a second table, and their headers.
+TEST_COLUMNS = {"violation_ratio": "violation ratio (1st)", "p_value": "p-value (1st)",
+                "violation_ratio_2nd": "violation ratio (2nd)", "p_value_2nd": "p-value (2nd)"}
+TESTS_LEGEND = ("violation ratio: the share of the squared gap between the quantile curves where the first is "
+                "below the second (0: it dominates at every level, 0.5: no order, 1: reversed); 2nd: the same on "
+                "integrated quantile curves (second-order dominance); p-value: one-sided percentile-bootstrap test of "
+                "H0: ratio >= eps0 (small: the first almost dominates the second)")

@@ -17,7 +17,7 @@ from aot_cli.artifacts.kinds import RESULTS
 from aot_cli.artifacts.store import describe_input, library_versions, write_manifest
 from aot_cli.config import to_dict
 from aot_cli.console import info, out_console
-from aot_cli.eval.dominance_legend import COMPARISONS, METRICS_LEGEND
+from aot_cli.eval.dominance_legend import COMPARISONS, METRICS_LEGEND, TEST_COLUMNS, TESTS_LEGEND
 
 
 def format_value(value: Any) -> str:
@@ -33,16 +33,30 @@ def score_rows(scores: dict) -> list[tuple[str, str, Any]]:
     return [(task, metric, value) for task, metrics in scores.items() for metric, value in metrics.items()]
 
 
-def score_table(results: dict) -> tuple[list[str], list[list[str]], list[str]]:
-    """(header, rows of cell texts, legend lines): one row per (task, metric); for dominance one row
-    per comparison with its four numbers as columns, and a legend saying what each row compares."""
+def score_tables(results: dict) -> tuple[list[tuple[str, list[str], list[list[str]]]], list[str]]:
+    """([(title, header, rows of cell texts)], legend lines): one row per (task, metric); for dominance
+    one row per comparison, its measurements in a first table and its almost-dominance tests (when
+    the eval has them) in a second, and a legend saying what each row compares."""
     if results["suite"] != "dominance":
-        return ["task", "metric", "value"], [[t, m, format_value(v)] for t, m, v in score_rows(results["scores"])], []
+        rows = [[t, m, format_value(v)] for t, m, v in score_rows(results["scores"])]
+        return [("", ["task", "metric", "value"], rows)], []
     what = COMPARISONS[bool(results["settings"].get("paired", True))]
     metrics = list(next(iter(results["scores"].values())))
-    header = ["comparison"] + [m.replace("_", " ") for m in metrics]
-    rows = [[name, *(format_value(values.get(m)) for m in metrics)] for name, values in results["scores"].items()]
-    return header, rows, [f"{name}: {what[name]}" for name in results["scores"] if name in what] + [METRICS_LEGEND]
+    tests = [m for m in metrics if m in TEST_COLUMNS]
+    measured = [m for m in metrics if m not in TEST_COLUMNS]
+
+    def rows(columns: list[str]) -> list[list[str]]:
+        return [[name, *(format_value(values.get(m)) for m in columns)] for name, values in results["scores"].items()]
+
+    tables = [("", ["comparison"] + [m.replace("_", " ") for m in measured], rows(measured))]
+    legend = [f"{name}: {what[name]}" for name in results["scores"] if name in what] + [METRICS_LEGEND]
+    if tests:
+        stats = results["settings"].get("statistics", {})
+        title = (f"almost-dominance tests (eps0 = {stats.get('epsilon', '?')}, {stats.get('resamples', '?')} "
+                 f"bootstrap resamples, seed {stats.get('seed', '?')})")
+        tables.append((title, ["comparison"] + [TEST_COLUMNS[m] for m in tests], rows(tests)))
+        legend.append(TESTS_LEGEND)
+    return tables, legend
 
 
 def results_document(suite: str, model: str, scores: dict, settings: dict, notes: dict | None = None) -> dict:
@@ -51,11 +65,13 @@ def results_document(suite: str, model: str, scores: dict, settings: dict, notes
 
 
 def markdown(results: dict) -> str:
-    """report.md: the scores table, then notes and the settings that changed them."""
-    header, rows, legend = score_table(results)
-    lines = [f"# {results['suite']}: {results['model']}", "", "| " + " | ".join(header) + " |",
-             "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    """report.md: the scores table(s), then notes and the settings that changed them."""
+    tables, legend = score_tables(results)
+    lines = [f"# {results['suite']}: {results['model']}"]
+    for title, header, rows in tables:
+        lines += [""] + ([f"## {title[0].upper()}{title[1:]}", ""] if title else [])
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     if legend:
         lines += [""] + [f"- {line}" for line in legend]
     if results.get("notes"):
@@ -65,14 +81,15 @@ def markdown(results: dict) -> str:
 
 
 def print_table(results: dict) -> None:
-    header, rows, legend = score_table(results)
-    table = Table(title=f"{results['suite']}: {results['model']}")
-    for column in header:
-        label = column in ("task", "metric", "comparison")
-        table.add_column(column, justify="left" if label else "right", no_wrap=label)
-    for row in rows:
-        table.add_row(*row)
-    out_console.print(table)
+    tables, legend = score_tables(results)
+    for title, header, rows in tables:
+        table = Table(title=title or f"{results['suite']}: {results['model']}")
+        for column in header:
+            label = column in ("task", "metric", "comparison")
+            table.add_column(column, justify="left" if label else "right", no_wrap=label)
+        for row in rows:
+            table.add_row(*row)
+        out_console.print(table)
     for line in legend:
         out_console.print(line, highlight=False)
     for key, note in results.get("notes", {}).items():

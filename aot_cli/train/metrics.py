@@ -100,24 +100,33 @@ def read_metrics(out: Path) -> list[dict]:
 
 
 def plot_curves(records: list[dict], path: Path) -> None:
-    """Loss, implicit rewards and accuracy / violation fraction against the step, as one PNG."""
+    """Loss, implicit rewards and accuracy / violation fraction against the step, as one PNG whose
+    legends say what each line is (a reader of the PNG alone must not need this docstring)."""
     steps = [r["step"] for r in records]
-    fig = Figure(figsize=(13, 3.6))
+    fig = Figure(figsize=(15, 5.4))
     axes = fig.subplots(1, 3)
-    axes[0].plot(steps, [r["loss"] for r in records])
-    axes[0].set_title("loss (global batch)")
-    for key, label in (("rewards/chosen", "chosen / positive"), ("rewards/rejected", "rejected / negative"),
-                       ("rewards/margins", "margin")):
-        axes[1].plot(steps, [r[key] for r in records], label=label)
-    axes[1].set_title("implicit rewards beta * log(pi/ref)")
-    axes[1].legend(fontsize=8)
-    axes[2].plot(steps, [r["rewards/accuracies"] for r in records], label="accuracy")
-    axes[2].plot(steps, [r["rewards/violation_fraction"] for r in records], label="sorted violations")
+    axes[0].plot(steps, [r["loss"] for r in records], color="black")
+    axes[0].set_title("Training loss on the global batch")
+    axes[0].set_ylabel("loss (dimensionless)")
+    for key, label, color in (("rewards/chosen", "chosen / positive: batch mean", "tab:blue"),
+                              ("rewards/rejected", "rejected / negative: batch mean", "tab:orange"),
+                              ("rewards/margins", "margin: mean chosen − mean rejected", "tab:purple")):
+        axes[1].plot(steps, [r[key] for r in records], label=label, color=color)
+    axes[1].axhline(0, color="black", lw=0.8)
+    axes[1].set_title("Implicit rewards r = β·log π(y)/ref(y)")
+    axes[1].set_ylabel("implicit reward (nats × β)")
+    axes[2].plot(steps, [r["rewards/accuracies"] for r in records], color="tab:green",
+                 label="reward accuracy: share of pairs with\nr(chosen) > r(rejected) (no pairs: of all couples)")
+    axes[2].plot(steps, [r["rewards/violation_fraction"] for r in records], color="tab:red",
+                 label="sorted violations: share of quantile levels where\nthe sorted chosen rewards are below the "
+                       "sorted\nrejected ones (0 = chosen dominate on the batch)")
     axes[2].set_ylim(-0.02, 1.02)
-    axes[2].set_title("reward accuracy / dominance violations")
-    axes[2].legend(fontsize=8)
+    axes[2].set_title("Reward accuracy and dominance violations")
+    axes[2].set_ylabel("share of the batch (0 to 1)")
     for ax in axes:
-        ax.set_xlabel("step")
+        ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
+    for ax in axes[1:]:     # below the axes: inside, the legends hid the lines
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     fig.tight_layout()
     fig.savefig(path, dpi=110)

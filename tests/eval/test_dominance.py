@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from aot_cli.eval.dominance import compare
+from aot_cli.eval.dominance import compare, small_sample_note
 from aot_cli.eval.quantiles import quantile_levels
+from aot_cli.eval.stats import BootstrapSettings
 from aot_cli.tiny_data import preference_pairs, write_jsonl
 
 
@@ -50,15 +51,20 @@ def _rows(path):
 def test_dominance_paired(aot, trained, tmp_path):
     run, data, _ = trained
     out = tmp_path / "dom"
-    result = aot("eval", "dominance", run, "--data", data, "-o", out, "--batch-size", 8)
+    result = aot("eval", "dominance", run, "--data", data, "-o", out, "--batch-size", 8, "--bootstrap", 200,
+                 "--confidence", 0.9, "--epsilon", 0.3, "--seed", 5)
     assert result.exit_code == 0, result
     res = json.loads((out / "results.json").read_text())
     assert res["settings"]["paired"] is True and res["settings"]["n_test"] == 16 and res["settings"]["beta"] == 0.1
     assert set(res["scores"]) == {"before", "after", "implicit_rewards", "margins"}
+    assert res["settings"]["statistics"] == {**res["settings"]["statistics"], "resamples": 200, "confidence": 0.9,
+                                             "epsilon": 0.3, "seed": 5,
+                                             "resampling": "pairs (chosen and rejected together)"}
     rows = _rows(out / "logps.jsonl")
     assert len(rows) == 16
     logps = {k: np.array([r[k] for r in rows]) for k in rows[0]}
-    _assert_same(res["scores"], compare(logps, paired=True, beta=0.1, levels=quantile_levels()))
+    boot = BootstrapSettings(resamples=200, confidence=0.9, epsilon=0.3, seed=5)
+    _assert_same(res["scores"], compare(logps, paired=True, beta=0.1, levels=quantile_levels(), settings=boot)[0])
     # implicit-reward accuracy is DPO's reward accuracy: r_chosen > r_rejected
     r_c = 0.1 * (logps["policy_chosen"] - logps["ref_chosen"])
     r_r = 0.1 * (logps["policy_rejected"] - logps["ref_rejected"])
@@ -67,7 +73,8 @@ def test_dominance_paired(aot, trained, tmp_path):
     assert not np.allclose(logps["policy_chosen"], logps["ref_chosen"])   # training moved the policy
     png = (out / "dominance.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert "implicit_rewards" in result.stdout
+    assert "implicit_rewards" in result.stdout and "almost-dominance tests (eps0 = 0.3, 200" in result.stdout
+    assert "small_sample" in res["notes"] and "16 examples per side" in res["notes"]["small_sample"]
 
 
 @pytest.mark.slow
@@ -99,7 +106,10 @@ def test_dominance_reference_is_the_base_model(aot, trained, tiny_model_dir, tmp
     assert rows[0]["ref"] == pytest.approx(float(expected), rel=1e-4)
     logps = {"policy": np.array([r["policy"] for r in rows]), "ref": np.array([r["ref"] for r in rows]),
              "label": np.array([r["label"] for r in rows])}
-    _assert_same(res["scores"], compare(logps, paired=False, beta=0.1, levels=quantile_levels()))
+    scores, _ = compare(logps, paired=False, beta=0.1, levels=quantile_levels(), settings=BootstrapSettings())
+    _assert_same(res["scores"], scores)
+    assert res["settings"]["statistics"]["resampling"] == "each side independently"
+    assert res["settings"]["statistics"]["resamples"] == 1000
 
 
 def test_report_table_one_row_per_comparison():
@@ -111,6 +121,28 @@ def test_report_table_one_row_per_comparison():
     assert lines[2:5] == ["| comparison | accuracy | violation fraction | violation area | mean difference |",
                           "|---|---|---|---|---|", "| before | 0.5000 | 0.2500 | 0.1250 | 1.5000 |"]
     assert "- before: the reference (before training): log ref(y) of positives vs negatives" in lines
+    assert not any("almost-dominance" in line.lower() for line in lines)     # an eval from before the tests
+
+
+def test_report_tests_table():
+    from aot_cli.eval.report import markdown, results_document
+
+    metrics = {"accuracy": 0.5, "violation_fraction": 0.25, "violation_area": 0.125, "mean_difference": 1.5,
+               "violation_ratio": 0.0625, "p_value": 0.001, "violation_ratio_2nd": 0.5, "p_value_2nd": 1.0}
+    settings = {"paired": True, "statistics": {"epsilon": 0.2, "resamples": 1000, "seed": 0}}
+    lines = markdown(results_document("dominance", "run", {"margins": metrics}, settings)).splitlines()
+    assert lines[2:5] == ["| comparison | accuracy | violation fraction | violation area | mean difference |",
+                          "|---|---|---|---|---|", "| margins | 0.5000 | 0.2500 | 0.1250 | 1.5000 |"]
+    assert lines[6:11] == ["## Almost-dominance tests (eps0 = 0.2, 1000 bootstrap resamples, seed 0)", "",
+                           "| comparison | violation ratio (1st) | p-value (1st) | violation ratio (2nd) | "
+                           "p-value (2nd) |", "|---|---|---|---|---|",
+                           "| margins | 0.0625 | 0.0010 | 0.5000 | 1.0000 |"]
+    assert any(line.startswith("- violation ratio: the share of the squared gap") for line in lines)
+
+
+def test_small_sample_note():
+    assert small_sample_note(20) == {} and small_sample_note((25, 40)) == {}
+    assert "7 examples per side" in small_sample_note((7, 30))["small_sample"]
 
 
 def test_dominance_bad_inputs(aot, lora_run_dir, tiny_model_dir, tmp_path):
@@ -135,3 +167,12 @@ def test_dominance_bad_inputs(aot, lora_run_dir, tiny_model_dir, tmp_path):
     result = aot("eval", "dominance", lora_run_dir, "--data", empty_test, "-o", tmp_path / "d")
     assert result.exit_code == 2 and "test split is empty" in result.stderr and "--test-size" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
+
+
+def test_statistics_options_are_range_checked(aot, lora_run_dir, tmp_path):
+    for flag, value, expected in (("--bootstrap", 10, "--bootstrap must be a finite number 100 to 100000, got 10"),
+                                  ("--confidence", 1, "--confidence must be a finite number > 0.5, < 1, got 1"),
+                                  ("--epsilon", 0.6, "--epsilon must be a finite number > 0, <= 0.5, got 0.6")):
+        result = aot("eval", "dominance", lora_run_dir, "-o", tmp_path / "x", flag, value)
+        assert result.exit_code == 2 and expected in result.stderr, result.stderr
+        assert not (tmp_path / "x").exists()
