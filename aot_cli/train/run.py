@@ -18,6 +18,7 @@ import os
 import resource
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,9 @@ def check_machine(config: Config, *, main: bool = True) -> None:
             check_4bit()
         except UserError as exc:
             raise UserError(str(exc).replace("--load-in-4bit", "--optim paged_adamw_8bit")) from None
+        if main and not torch.cuda.is_available():
+            warn("--optim paged_adamw_8bit on the CPU: bitsandbytes pages optimizer state only on a GPU, so the "
+                 "8-bit AdamW state stays in ordinary memory (tensors under 4096 elements keep 32-bit state)")
     if main and config.sort_scope == "global" and config.lora and config.lora_dropout > 0:
         warn(f"--lora-dropout {config.lora_dropout} with --sort-scope global: the sort set's rewards include "
              "dropout noise (the gradient stays exact: both passes replay the same dropout masks)")
@@ -112,6 +116,9 @@ def make_optimizer(config: Config, params: list):
     if config.optim == "paged_adamw_8bit":
         import bitsandbytes as bnb  # the optional `qlora` extra, checked by check_machine
 
+        # check_machine said it in plain words (once, on the main process); bitsandbytes would repeat it
+        # at the first step of every process.
+        warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU", category=UserWarning)
         return bnb.optim.PagedAdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
