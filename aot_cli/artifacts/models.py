@@ -8,11 +8,16 @@ weights (a LoRA adapter or a full model directory), and how the base is loaded (
 attention kernel). The reference is the starting point of training: the base, or the base with
 its init adapter. A LoRA run without an init adapter needs no second model for it: the policy
 with its adapters disabled *is* the reference (:func:`reference_of`).
+
+A QLoRA run's base is rebuilt in 4 bits as training loaded it (the same quantization of the same
+weights, in the run's dtype), on the GPU when there is one, else on the CPU; merge alone turns it
+back into plain weights (:func:`load_run_dequantized`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,31 +44,68 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def check_4bit() -> None:
-    """4-bit loading needs CUDA and the bitsandbytes package (the `qlora` extra)."""
-    if not torch.cuda.is_available():
-        raise UserError("--load-in-4bit needs a CUDA GPU (bitsandbytes 4-bit kernels); none is available here. "
-                        "Drop --load-in-4bit to train in full precision")
+    """4-bit loading needs the bitsandbytes package (the `qlora` extra); it runs on CUDA and on the CPU."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("--load-in-4bit needs bitsandbytes: pip install 'aot-cli[qlora]'")
 
 
+def quantization_config(dtype: torch.dtype) -> BitsAndBytesConfig:
+    """QLoRA's 4-bit base: NF4 with double quantization, computing in the run's dtype (bf16 on a GPU,
+    float32 on the CPU), so the 4-bit layers multiply in the dtype the rest of the model uses."""
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def keep_4bit_differentiable(model: Any) -> None:
+    """Turn off bitsandbytes' CPU repacking on every 4-bit layer.
+
+    Why: on CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a layer's 4-bit weights in place on
+    its first forward in eval mode without grad (the reference pass does exactly that), and from then
+    on the layer computes through a bf16 kernel that has no backward: gradients silently stop at every
+    base layer, so the LoRA matrices before the last ones get zero gradients. With the flag off, the
+    layer keeps dequantizing and multiplying (exact, differentiable) in every mode."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_base(model: str, *, dtype: str = "auto", load_in_4bit: bool = False,
               attn_implementation: str | None = None, flag: str = "--model") -> Any:
-    """The base causal LM from a directory or hub id (never runs remote code; safetensors first)."""
+    """The base causal LM from a directory or hub id (never runs remote code; safetensors first).
+
+    In 4 bits (QLoRA) transformers places it itself: on the current CUDA device when there is one,
+    else on the CPU; its 4-bit layers stay differentiable (:func:`keep_4bit_differentiable`)."""
     kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=kwargs["dtype"],
-        )
+        kwargs["quantization_config"] = quantization_config(kwargs["dtype"])
     try:
-        return AutoModelForCausalLM.from_pretrained(model, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(model, **kwargs)
     # missing or damaged files, a bad config, an absent attention kernel
     except (OSError, ValueError, ImportError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{flag} {model}: cannot load it ({first})") from None
+    if load_in_4bit:
+        keep_4bit_differentiable(loaded)
+    return loaded
+
+
+def dequantize_4bit(model: Any, dtype: torch.dtype) -> Any:
+    """A 4-bit model turned back into plain Linear layers, on the CPU in `dtype`.
+
+    The weights are the 4-bit ones a QLoRA run trained on, dequantized where they live (the same
+    kernel as training) in the dtype they were quantized from; only then are they moved and widened,
+    which is exact. Merging an adapter into these weights gives what was trained; merging it into the
+    original base would add the base's quantization error to the export."""
+    quiet = logging.getLogger("transformers.integrations.bitsandbytes")  # "dequantized in X and casted to X"
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        model = model.dequantize(dtype=model.dtype)
+    finally:
+        quiet.setLevel(level)
+    return model.to(device="cpu", dtype=dtype)
 
 
 def attach_adapter(model: Any, adapter: str | Path, *, trainable: bool = False) -> Any:
@@ -120,8 +162,10 @@ def load_reference(recipe: ModelRecipe) -> Any:
     return model.eval()
 
 
-def load_policy(recipe: ModelRecipe) -> Any:
-    """The trained policy in eval mode: the base with the trained adapter, or the full model."""
+def load_policy(recipe: ModelRecipe, *, dequantize_to: torch.dtype | None = None) -> Any:
+    """The trained policy in eval mode: the base with the trained adapter, or the full model.
+    `dequantize_to`: a QLoRA base is loaded in 4 bits as trained, then dequantized to that dtype on
+    the CPU before the adapter goes on (:func:`dequantize_4bit`)."""
     if recipe.trained is None:
         raise ValueError("the recipe names no trained weights")
     if not recipe.lora:
@@ -129,6 +173,8 @@ def load_policy(recipe: ModelRecipe) -> Any:
                          flag="the run's model").eval()
     base = load_base(recipe.base_model, dtype=recipe.dtype, load_in_4bit=recipe.load_in_4bit,
                      attn_implementation=recipe.attn_implementation)
+    if recipe.load_in_4bit and dequantize_to is not None:
+        base = dequantize_4bit(base, dequantize_to)
     return attach_adapter(base, recipe.trained).eval()
 
 
@@ -160,22 +206,26 @@ class LoadedRun:
         return reference_of(self.policy, self.recipe)
 
 
-def load_run(run: RunArtifact, *, device: str = "cpu", dtype: str | None = None,
-             quantized: bool | None = None) -> LoadedRun:
+def load_run(run: RunArtifact, *, device: str = "cpu", dtype: str | None = None) -> LoadedRun:
     """The policy of a finished run and its tokenizer (with the chat template it trained with).
 
-    `dtype` overrides the run's dtype (merge computes in fp32); `quantized=False` loads a QLoRA
-    run's base unquantized (merge folds the adapter into full-precision weights).
-    """
+    `dtype` overrides the run's dtype. A QLoRA run is loaded as it trained: the adapter on the 4-bit
+    base, which transformers places itself (`device` applies to the other runs)."""
     recipe = ModelRecipe.of_run(run)
     if dtype is not None:
         recipe = replace(recipe, dtype=dtype)
-    if quantized is not None:
-        recipe = replace(recipe, load_in_4bit=quantized and recipe.load_in_4bit)
     policy = load_policy(recipe)
     if not recipe.load_in_4bit:  # a quantized model is placed on its device when loaded
         policy = policy.to(device)
     return LoadedRun(policy, load_tokenizer(run.trained_dir), recipe)
+
+
+def load_run_dequantized(run: RunArtifact) -> LoadedRun:
+    """A QLoRA run's policy for export, in float32 on the CPU: the adapter on its 4-bit base loaded
+    as trained (the run's dtype) and dequantized (:func:`dequantize_4bit`)."""
+    recipe = ModelRecipe.of_run(run)
+    policy = load_policy(recipe, dequantize_to=torch.float32)
+    return LoadedRun(policy, load_tokenizer(run.trained_dir), replace(recipe, load_in_4bit=False, dtype="fp32"))
 
 
 def resolve_device(device: str | None) -> str:

@@ -9,6 +9,13 @@ model's chat template with few-shot examples as turns; local tasks default to th
 because aot trains chat models.
 
 lm-eval's TaskManager indexes every task YAML (~15 s), so it is built once per run.
+
+A QLoRA run is evaluated as it was trained, the adapter on the 4-bit base, and that model is loaded
+here (:func:`aot_cli.artifacts.models.load_run`) and handed to lm-eval as ``pretrained``: lm-eval's own
+loader cannot make it with transformers 5 (``load_in_4bit=True`` is no longer a ``from_pretrained``
+argument, and a ``quantization_config`` in model_args collides with the one lm-eval passes itself), and
+ours is the one that keeps the 4-bit layers computing as in training (bitsandbytes' CPU repacking off).
+Given the bare adapter, lm-eval would put it on the unquantized base: a model nobody trained.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import yaml
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._yaml_loader import load_yaml
 
-from aot_cli.artifacts.models import resolve_device
+from aot_cli.artifacts.models import load_for_generation, resolve_device
 from aot_cli.artifacts.store import atomic_dir
 from aot_cli.console import info
 from aot_cli.errors import UserError
@@ -165,9 +172,14 @@ def evaluate(config: Any, suite: str, tasks: list[str], include_path: Path | Non
                   "dtype": DTYPES.get(config.dtype, "auto")}
     if source.peft:
         model_args["peft"] = source.peft
+    lm_eval_args = model_args
+    if source.load_in_4bit:  # the run's model as trained (module docstring); model_args stays its description
+        model_args["load_in_4bit"] = True
+        lm_eval_args = {"pretrained": load_for_generation(source, config.dtype, device)[0],
+                        "tokenizer": source.tokenizer}
     try:
         results = lm_eval.simple_evaluate(
-            model="hf", model_args=model_args, tasks=specs, num_fewshot=config.num_fewshot,
+            model="hf", model_args=lm_eval_args, tasks=specs, num_fewshot=config.num_fewshot,
             batch_size=config.batch_size, device=device, limit=config.limit,
             apply_chat_template=chat, fewshot_as_multiturn=multiturn, task_manager=manager,
             log_samples=True, random_seed=config.seed, numpy_random_seed=config.seed,
@@ -177,6 +189,7 @@ def evaluate(config: Any, suite: str, tasks: list[str], include_path: Path | Non
         raise UserError(f"lm-eval could not load the model or a task's data ({str(exc).splitlines()[0]}); "
                         "hub models and datasets must be reachable or already in the Hugging Face cache") from None
     _write_samples(results.pop("samples", {}), out)
+    results["config"]["model_args"] = model_args
     (out / "lm_eval_results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
     raw = results["results"]

@@ -10,11 +10,16 @@ to bf16 weights in bf16 rounds twice; one rounding at the end is the most faithf
 default ``--dtype auto`` saves in the dtype the base checkpoint was saved in (its config's
 ``dtype``/``torch_dtype``): a bf16 7B base gives a bf16 model of the same size, an fp32 one stays fp32.
 
+A QLoRA run (``--load-in-4bit``) trained its adapter on the 4-bit base, not on the original weights:
+its export is that 4-bit base, loaded as training loaded it and dequantized, plus the adapter. Merged
+into the original weights instead, the export would carry the base's quantization error (docs/merge.md
+has the numbers). The manifest's ``base_weights`` says which base weights went into the export.
+
 ``--verify`` (default on) is the check that the export means what the run learned: the logits of the
-unmerged model (base + adapter, or the run's own weights) on a few prompts are compared with those
-of the directory just written, reloaded from disk. The difference is reported relative to the
-largest reference logit; above the tolerance (by dtype, or ``--verify-tolerance``) the merge fails
-and nothing is left behind.
+unmerged model (base + adapter as trained, 4-bit for a QLoRA run, or the run's own weights) on a few
+prompts are compared with those of the directory just written, reloaded from disk. The difference is
+reported relative to the largest reference logit; above the tolerance (by dtype, or
+``--verify-tolerance``) the merge fails and nothing is left behind.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from aot_cli.artifacts.kinds import RunArtifact
-from aot_cli.artifacts.models import LoadedRun, load_run
+from aot_cli.artifacts.models import LoadedRun, load_run, load_run_dequantized, torch_dtype
 from aot_cli.artifacts.store import atomic_dir, describe_input, write_manifest
 from aot_cli.config import to_dict
 from aot_cli.console import info, out_console
@@ -59,14 +64,54 @@ def _refuse_quantized_base(base: str) -> None:
 
 
 def load_unmerged(run: RunArtifact) -> LoadedRun:
-    """The run's policy in float32 on the CPU: base + adapter as a PeftModel, or the full model.
-    A QLoRA run's adapter goes onto the unquantized base (the merge must not round it away)."""
+    """The run's policy in float32 on the CPU, ready to merge: base + adapter as a PeftModel, or the
+    full model. A QLoRA run's base is its 4-bit base dequantized (:func:`load_run_dequantized`)."""
     if run.lora:
         _refuse_quantized_base(run.base_model)
-        if run.config.get("load_in_4bit"):
-            info(f"the run trained on a 4-bit base (QLoRA); merging into the unquantized base {run.base_model} "
-                 "(float32, then --dtype)")
-    return load_run(run, dtype="fp32", device="cpu", quantized=False)
+    if is_qlora(run):
+        info(f"the run trained on a 4-bit base (QLoRA): merging into that 4-bit base dequantized (the weights "
+             f"the adapter was trained on), not into the original weights of {run.base_model}")
+        return load_run_dequantized(run)
+    return load_run(run, dtype="fp32", device="cpu")
+
+
+def is_qlora(run: RunArtifact) -> bool:
+    return run.lora and bool(run.config.get("load_in_4bit"))
+
+
+def compute_dtype_name(run: RunArtifact) -> str:
+    """The dtype the run's model computes in when loaded here (its ``--dtype``, ``auto`` resolved)."""
+    return DTYPE_NAMES[str(torch_dtype(run.config.get("dtype", "auto"))).replace("torch.", "")]
+
+
+def base_weights(run: RunArtifact) -> dict | None:
+    """What the manifest records as the base weights of the export (None for a full run: no base)."""
+    if not run.lora:
+        return None
+    if not is_qlora(run):
+        return {"source": "checkpoint", "path": run.base_model}
+    return {"source": "dequantized-4bit", "path": run.base_model, "quant_type": "nf4", "double_quant": True,
+            "quantized_in": compute_dtype_name(run),
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def verify_tolerance(run: RunArtifact, dtype_name: str) -> float:
+    """The default tolerance: the export dtype's; for a QLoRA run the looser of that and the dtype the
+    run computes in, since its reference logits come from the 4-bit model as trained (a bf16 run's
+    reference carries bf16 arithmetic that no float32 export reproduces)."""
+    tolerance = VERIFY_TOLERANCE[dtype_name]
+    if is_qlora(run):
+        tolerance = max(tolerance, VERIFY_TOLERANCE[compute_dtype_name(run)])
+    return tolerance
+
+
+def reference_logits(run: RunArtifact, loaded: LoadedRun) -> list:
+    """The logits the export must reproduce: of what was trained. For a QLoRA run that is the adapter
+    on the 4-bit base (loaded for this and freed), not the dequantized model about to be merged."""
+    if not is_qlora(run):
+        return prompt_logits(loaded.policy, loaded.tokenizer)
+    trained = load_run(run)
+    return prompt_logits(trained.policy, trained.tokenizer)
 
 
 def checkpoint_dtype(run: RunArtifact) -> str:
@@ -133,12 +178,14 @@ def run(config: Config) -> dict:
     config.preflight()
     run_dir = RunArtifact.load(config.run)
     dtype_name = checkpoint_dtype(run_dir) if config.dtype == "auto" else config.dtype
-    tolerance = config.verify_tolerance if config.verify_tolerance is not None else VERIFY_TOLERANCE[dtype_name]
+    tolerance = (config.verify_tolerance if config.verify_tolerance is not None
+                 else verify_tolerance(run_dir, dtype_name))
 
     info(f"loading {'base + adapter' if run_dir.lora else 'the trained full model'} of {run_dir.path}")
     loaded = load_unmerged(run_dir)
     model, tokenizer = loaded.policy, loaded.tokenizer
-    reference = prompt_logits(model, tokenizer) if config.verify else None
+    reference = reference_logits(run_dir, loaded) if config.verify else None
+    weights = base_weights(run_dir)
     merged = merge_adapter(model)
     _finish_generation_config(merged, tokenizer)
     merged = merged.to(getattr(torch, DTYPES[dtype_name]))
@@ -152,13 +199,15 @@ def run(config: Config) -> dict:
         shards = sorted(p.name for p in tmp.glob("*.safetensors"))
         verify = _verify(config, tmp, tokenizer, reference, tolerance) if config.verify else None
         summary = {"source_run": str(run_dir.path.resolve()), "base_model": run_dir.base_model,
-                   "adapter": run_dir.lora, "dtype": dtype_name, "parameters": n_params,
+                   "adapter": run_dir.lora, "base_weights": weights, "dtype": dtype_name, "parameters": n_params,
                    "shards": shards, "verify": verify}
         manifest = write_manifest(tmp, kind="model", config=to_dict(config),
                                   inputs=[describe_input(run_dir.path)], summary=summary)
 
     what = (f"merged the run's adapter into its base {run_dir.base_model}" if run_dir.lora
             else "exported the run's trained weights")
+    if is_qlora(run_dir):
+        what += " (4-bit, dequantized)"
     line = f"{what} -> {config.output} ({dtype_name}, {len(shards)} shard(s))"
     if verify:
         line += f"; verify: max |logit diff| {verify['max_abs_diff']:.3g} (relative {verify['relative_diff']:.2g})"

@@ -4,6 +4,12 @@ Loading the base and rebuilding a finished run's models are shared with merge an
 (:mod:`aot_cli.artifacts.models`); what is particular to training lives here: making the weights
 trainable (fresh LoRA adapters, an init adapter continued, or every weight), gradient
 checkpointing, and fp32 master weights for bf16 full fine-tuning.
+
+QLoRA trains LoRA adapters on the 4-bit base as loaded, in the run's dtype. peft's
+``prepare_model_for_kbit_training`` is not used: besides freezing the base (peft does that when it
+adds the adapters) it widens every non-4-bit weight to float32, and bitsandbytes then computes the
+4-bit layers in float32 too (a layer computes in its input's dtype), so a bf16 run would train in
+float32 while merge and eval, which load the run in bf16, would compute something else.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, get_peft_model
 
 from aot_cli.artifacts.models import ModelRecipe, attach_adapter, load_base, torch_dtype
 from aot_cli.errors import UserError
@@ -47,8 +53,6 @@ def build_policy(config: Config) -> Any:
     every weight trainable (in bf16: fp32 weights, forward under bf16 autocast)."""
     base = load_base(config.model, dtype="fp32" if master_weights_in_fp32(config) else config.dtype,
                      load_in_4bit=config.load_in_4bit, attn_implementation=config.attn_implementation)
-    if config.load_in_4bit:
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     if config.gradient_checkpointing:
         _enable_checkpointing(base)
     base.config.use_cache = False

@@ -18,6 +18,7 @@ import os
 import resource
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,9 @@ def check_machine(config: Config, *, main: bool = True) -> None:
             check_4bit()
         except UserError as exc:
             raise UserError(str(exc).replace("--load-in-4bit", "--optim paged_adamw_8bit")) from None
+        if main and not torch.cuda.is_available():
+            warn("--optim paged_adamw_8bit on the CPU: bitsandbytes pages optimizer state only on a GPU, so the "
+                 "8-bit AdamW state stays in ordinary memory (tensors under 4096 elements keep 32-bit state)")
     if main and config.sort_scope == "global" and config.lora and config.lora_dropout > 0:
         warn(f"--lora-dropout {config.lora_dropout} with --sort-scope global: the sort set's rewards include "
              "dropout noise (the gradient stays exact: both passes replay the same dropout masks)")
@@ -160,6 +164,9 @@ def make_optimizer(config: Config, params: list):
     if config.optim == "paged_adamw_8bit":
         import bitsandbytes as bnb  # the optional `qlora` extra, checked by check_machine
 
+        # check_machine said it in plain words (once, on the main process); bitsandbytes would repeat it
+        # at the first step of every process.
+        warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU", category=UserWarning)
         return bnb.optim.PagedAdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
@@ -254,7 +261,8 @@ class Setup:
         c = self.config
         return {"seed": c.seed, "global_batch": self.global_batch, "positive_fraction": c.positive_fraction,
                 "loss": c.loss, "data_fingerprint": self.data_fp,
-                "lora": c.lora, "model": c.model, "max_length": c.max_length,
+                "lora": c.lora, "model": c.model, "load_in_4bit": c.load_in_4bit, "dtype": c.dtype,
+                "max_length": c.max_length,
                 "max_prompt_length": c.max_prompt_length,
                 "chat_template": str(c.chat_template) if c.chat_template else None}
 

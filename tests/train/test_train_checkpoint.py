@@ -168,8 +168,9 @@ def test_resume_must_keep_data_order_and_objective(tmp_path):
         read_state(tmp_path)
 
 
-def test_resume_must_keep_the_tokenization():
-    """Other --max-length / --max-prompt-length would cut different tokens: not the same run."""
+def test_resume_must_keep_the_tokenization_and_the_base_weights():
+    """Other --max-length / --max-prompt-length would cut different tokens, another --dtype or
+    --load-in-4bit trains on other base weights: not the same run."""
     from aot_cli.train.config import Config as TrainConfig
     from aot_cli.train.run import Setup
 
@@ -182,6 +183,10 @@ def test_resume_must_keep_the_tokenization():
         check_compatible(fixed(), fixed(max_length=512), "ckpt")
     with pytest.raises(UserError, match="max_prompt_length"):
         check_compatible(fixed(), fixed(max_prompt_length=64), "ckpt")
+    with pytest.raises(UserError, match="load_in_4bit=False, this run has True"):
+        check_compatible(fixed(), fixed(load_in_4bit=True), "ckpt")
+    with pytest.raises(UserError, match="dtype='auto', this run has 'bf16'"):
+        check_compatible(fixed(), fixed(dtype="bf16"), "ckpt")
 
 
 def test_a_checkpoint_that_verifies_but_cannot_be_loaded_is_one_line(tmp_path):
