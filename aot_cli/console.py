@@ -203,6 +203,12 @@ def _tqdm_line(bar: Any, *, done: bool) -> str:
                       eta=eta, stats=str(d.get("postfix") or "").lstrip(", "), done=done)
 
 
+def _tqdm_write(bar: Any, line: str) -> None:
+    """A line to the bar's own file (stderr unless the library chose another)."""
+    bar.fp.write(line + "\n")
+    bar.fp.flush()
+
+
 def _tqdm_display(self: Any, msg: str | None = None, pos: int | None = None) -> bool:
     if _tqdm_on_terminal(self):
         return _TQDM_DISPLAY(self, msg, pos)
@@ -214,14 +220,16 @@ def _tqdm_display(self: Any, msg: str | None = None, pos: int | None = None) -> 
         self._aot_last = now
     elif now - last >= interval_seconds() and (self.total is None or self.n < self.total):
         self._aot_last, self._aot_logged = now, True
-        _write_line(_tqdm_line(self, done=False))
+        _tqdm_write(self, _tqdm_line(self, done=False))
     return True
 
 
 def _tqdm_close(self: Any) -> None:
     if not getattr(self, "disable", True) and not _tqdm_on_terminal(self):
-        if self.leave is not False or getattr(self, "_aot_logged", False):
-            _write_line(_tqdm_line(self, done=self.total is not None and self.n >= self.total))
+        # A kept bar ends with one line; an unnamed one only if it said something before ("6/6" alone
+        # says nothing).
+        if (self.leave is not False and self.desc) or getattr(self, "_aot_logged", False):
+            _tqdm_write(self, _tqdm_line(self, done=self.total is not None and self.n >= self.total))
         self.leave = False   # tqdm would end a kept bar with a newline of its own
     _TQDM_CLOSE(self)
 
