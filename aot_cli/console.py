@@ -151,11 +151,11 @@ class _PlainProgress(Progress):
         super().stop()
 
 
-def progress(*extra_columns, transient: bool = False) -> Progress:
-    """Progress on stderr: a rich bar (description, bar, n/total, elapsed, ETA, then `extra_columns`)
-    in a terminal, plain periodic lines elsewhere (module docstring). A task's ``stats`` field is
-    shown under its bar, or at the end of its plain line; a ``unit`` field names the count in plain
-    lines (``step 30/100``). A `transient` bar disappears when done."""
+def progress(*, transient: bool = False) -> Progress:
+    """Progress on stderr: a rich bar (description, bar, n/total, elapsed, ETA) in a terminal, plain
+    periodic lines elsewhere (module docstring). A task's ``stats`` field is shown under its bar, or
+    at the end of its plain line; a ``unit`` field names the count in plain lines (``step 30/100``).
+    A `transient` bar disappears when done."""
     if not err_console.is_interactive:
         return _PlainProgress(transient=transient, interval=interval_seconds())
     return _BarProgress(
@@ -164,7 +164,6 @@ def progress(*extra_columns, transient: bool = False) -> Progress:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        *extra_columns,
         console=err_console,
         transient=transient,
     )

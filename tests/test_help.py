@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
+from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from aot_cli.cli import COMMANDS, _load, app
 from aot_cli.config import flag_name
 
 COMMAND_WORDS = [words for words, *_ in COMMANDS]
+ROOT = Path(__file__).parents[1]
 
 
 def _help(words: tuple[str, ...], columns: int) -> str:
@@ -104,3 +108,44 @@ def test_on_off_flags_are_stacked_and_parse_both_ways(tmp_path):
     assert verify.split()[1] == "--no-verify"
     result = CliRunner().invoke(app, ["merge", str(tmp_path / "no-run"), "-o", str(tmp_path / "m"), "--no-verify"])
     assert result.exit_code == 2 and "no-run" in result.output   # parsed; the missing run is what fails
+
+
+def _doc_commands(text: str) -> list[tuple[str, list[str]]]:
+    """(line, arguments after `aot`) of every `aot ...` command in the sh code blocks of a page; synopsis
+    lines (``[--flag X]``) and elided ones (``...``) are not commands."""
+    out = []
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", text, re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            if " [" in line or "..." in line:
+                continue
+            words = shlex.split(line, comments=True)
+            for i, word in enumerate(words):
+                if word == "aot" or (word == "aot_cli" and words[i - 1] == "-m"):
+                    out.append((line.strip(), words[i + 1:]))
+                    break
+    return out
+
+
+def _parse(args: list[str]) -> None:
+    """Parse a command line as `aot` would, without running it (unknown commands and flags raise)."""
+    command = typer.main.get_command(app)
+    words = list(args)
+    while isinstance(command, typer.core.TyperGroup):
+        name = words.pop(0)
+        assert name in command.commands, f"no command {name!r}"
+        command = command.commands[name]
+    command.make_context(command.name, words)
+
+
+DOC_PAGES = ["README.md", "docs/aot.md", "docs/eval.md", "docs/inspect.md", "docs/merge.md", "docs/performance.md",
+             "docs/prepare.md", "docs/sort-set.md", "docs/train.md"]
+
+
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_every_documented_command_parses(page):
+    commands = _doc_commands((ROOT / page).read_text())
+    for line, args in commands:
+        try:
+            _parse(args)
+        except Exception as exc:
+            pytest.fail(f"{page}: {line}\n{type(exc).__name__}: {exc}")
