@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import typer
 from rich.markup import escape
-from typer.core import TyperArgument, TyperCommand, TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from aot_cli import __version__
 from aot_cli.config import base_type, load_yaml, range_text, resolve
@@ -55,19 +55,25 @@ COMMANDS: list[tuple[tuple[str, ...], str, str, str]] = [
 ]
 GROUPS = {"eval": "Evaluate a model or run: Open LLM Leaderboard, lm-eval tasks, AlpacaEval, reward dominance."}
 
+# A choice list longer than this is shown as a word (``--dtype DTYPE``) with the choices in the help
+# text: a long ``a|b|c|d`` column would squeeze the help column and cut flag names at 80 columns.
+CHOICES_IN_METAVAR = 12
+# Where --config and --help go in a command whose options all sit in named panels (else "Options").
+LAST_PANEL = "Config file and help"
 
 
-def _plain_help_option(option: Any) -> Any:
+def _plain_help_option(option: Any, panel: str | None = None) -> Any:
     """--help is a flag: show no value type next to it (typer would print <bool>)."""
     if option is not None:
         option.metavar = ""
+        option.rich_help_panel = panel
     return option
 
 
 class _Command(TyperCommand):
     """A command whose help reads plainly: positional arguments show no value type, and a required
     one shows as ``RUN`` in the usage line, not ``[RUN]`` (it is optional to click only so that
-    ``--config`` may give it)."""
+    ``--config`` may give it); an on/off flag pair is shown stacked in one column."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -79,7 +85,22 @@ class _Command(TyperCommand):
                     param.get_usage_pieces = lambda ctx, name=name: [name]
 
     def get_help_option(self, ctx: Any) -> Any:
-        return _plain_help_option(super().get_help_option(ctx))
+        config = next((p for p in self.params if p.name == "config"), None)
+        return _plain_help_option(super().get_help_option(ctx), getattr(config, "rich_help_panel", None))
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """Typer gives ``--no-X`` a column of its own, which leaves too little room at 80 columns (flag
+        names were cut to ``--no-apply-chat-temp…``): show ``--X`` and ``--no-X`` on two lines of the
+        flag column while the help is rendered."""
+        pairs = [(p, p.opts, p.secondary_opts) for p in self.params
+                 if isinstance(p, TyperOption) and p.secondary_opts]
+        for param, opts, secondary in pairs:
+            param.opts, param.secondary_opts = ["\n".join([*opts, *secondary])], []
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            for param, opts, secondary in pairs:
+                param.opts, param.secondary_opts = opts, secondary
 
 
 class _Group(TyperGroup):
@@ -123,7 +144,8 @@ def _metavar(field: dataclasses.Field, typ: Any) -> str:
     if typ is bool:
         return ""
     if meta.get("choices"):
-        return "|".join(meta["choices"])
+        joined = "|".join(meta["choices"])
+        return joined if len(joined) <= CHOICES_IN_METAVAR else field.name.upper()
     if typing.get_origin(typ) is list:
         return "NAME"
     return {int: "N", float: "NUMBER", Path: "PATH"}.get(typ, "TEXT")
@@ -133,6 +155,8 @@ def _typer_parameter(field: dataclasses.Field, annotation: Any) -> inspect.Param
     meta = field.metadata
     typ, _ = base_type(annotation)
     help_text = meta["help"]
+    if meta.get("choices") and _metavar(field, typ) != "|".join(meta["choices"]):
+        help_text += f" (one of: {', '.join(meta['choices'])})"
     bounds = range_text(field)
     if bounds:
         help_text += f" (range: {bounds})"
@@ -164,17 +188,35 @@ def run_command(config: Any, run: Callable[[Any], Any]) -> Any:
         raise typer.Exit(2) from None
 
 
+def help_order(fields: list[dataclasses.Field]) -> list[dataclasses.Field]:
+    """Fields in the order --help shows them: positional arguments, options without a panel, then the
+    panels that hold a required option (what a reader must give comes first), then the others; each
+    panel keeps its fields' order (typer shows panels in the order their first option appears)."""
+    panels = list(dict.fromkeys(f.metadata.get("panel") for f in fields if f.metadata.get("panel")))
+    needed = [p for p in panels if any(f.metadata.get("required") and f.metadata.get("panel") == p for f in fields)]
+    ranks = {p: i for i, p in enumerate(needed + [p for p in panels if p not in needed])}
+
+    def rank(field: dataclasses.Field) -> int:
+        if field.metadata.get("positional"):
+            return -2
+        panel = field.metadata.get("panel")
+        return -1 if panel is None else ranks[panel]
+    return sorted(fields, key=rank)
+
+
 def command(group: typer.Typer, config_cls: type, run: str | Callable[[Any], Any], *, name: str, help: str) -> None:
     """Register ``run(config)`` under `group` as NAME, with one option per field of `config_cls`
     plus ``--config``. `run` is a function or a ``"module:function"`` path imported when it runs."""
     hints = typing.get_type_hints(config_cls)
-    params = [_typer_parameter(f, hints[f.name]) for f in dataclasses.fields(config_cls)]
+    fields = help_order(list(dataclasses.fields(config_cls)))
+    params = [_typer_parameter(f, hints[f.name]) for f in fields]
     params.insert(0, inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context))
+    all_in_panels = all(f.metadata.get("panel") for f in fields if not f.metadata.get("positional"))
     params.append(inspect.Parameter(
         "config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
         default=typer.Option(None, "--config", metavar="FILE.yaml",
                              help="YAML file of option values (keys = option names); flags given on the "
-                                  "command line win.")))
+                                  "command line win.", rich_help_panel=LAST_PANEL if all_in_panels else None)))
 
     def wrapper(ctx: typer.Context, **kwargs: Any) -> None:
         config_file = kwargs.pop("config")

@@ -147,5 +147,7 @@ def run(config: Config) -> dict:
         output.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(output) as tmp:
             tmp.write_text(markdown(rows, columns, cells))
-        info(f"wrote {output}")
+        info(f"wrote {output} (the table as markdown)")
+    else:
+        info("add -o FILE.md to save this table as markdown")
     return {"rows": rows, "columns": columns, "cells": {f"{r} | {c}": v for (r, c), v in cells.items()}}

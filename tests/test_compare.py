@@ -33,6 +33,7 @@ def test_compare_table_and_markdown(aot, tmp_path):
     assert lines[2] == "| base | 0.5000 | 0.4000 | — | — |"
     assert lines[3] == "| aot | 0.5500 (+0.0500) | 0.4500 (+0.0500) | — | 29.90 |"
     assert "+0.0500" in result.stdout
+    assert result.stderr.splitlines()[-1] == f"wrote {table} (the table as markdown)"
 
 
 def test_compare_bad_inputs(aot, tmp_path):

@@ -262,5 +262,5 @@ def run(config: AlpacaConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         scores, settings, notes = evaluate(config, source, resolve_device(config.device), out)
         results = write_eval(out, config, "alpacaeval", source, scores, settings, notes)
-    announce(results, out, (MODEL_OUTPUTS, "annotations.json"))
+    announce(results, out, (MODEL_OUTPUTS, "annotations.json", "judge_cache.jsonl"))
     return results

@@ -18,8 +18,9 @@ from aot_cli.vocab import DTYPE_CHOICES
 
 OPENLLM_VERSIONS = ("v1", "v2")
 DEFAULT_JUDGE = "weighted_alpaca_eval_gpt4_turbo"
-LM_EVAL = "lm-eval options"
-STATISTICS = "statistics"
+# --help panels; the main "Options" panel holds what to evaluate and where to write.
+LM_EVAL, HARDWARE, JUDGE, GENERATION = "lm-eval options", "Device and precision", "Judge", "Generation"
+STATISTICS = "Statistics"
 
 
 @dataclass
@@ -30,12 +31,13 @@ class EvalOptions(StepConfig):
                           "is evaluated as base + adapter), or a hub id.", metavar="MODEL")
     output: Path = opt(None, "-o", "--output", help="Eval directory to write.", required=True, metavar="DIR")
     overwrite: bool = opt(False, "--overwrite", help="Replace an existing output directory.")
-    seed: int = opt(0, "--seed", help="Seed for few-shot sampling and generation.")
-    dtype: str = opt("auto", "--dtype", help="Weight dtype for evaluation (auto = as saved).",
-                     choices=DTYPE_CHOICES)
-    device: str | None = opt(None, "--device", help="torch device (default: cuda when available, else cpu).",
-                                metavar="DEVICE")
-    batch_size: int = opt(8, "--batch-size", help="Examples per forward pass.", ge=1)
+    seed: int = opt(0, "--seed", help="Seed of lm-eval's few-shot sampling and of sampled generations.",
+                    panel=LM_EVAL)
+    dtype: str = opt("auto", "--dtype", help="Weight dtype for evaluation (auto = the dtype the weights are "
+                     "saved in).", choices=DTYPE_CHOICES, panel=HARDWARE)
+    device: str | None = opt(None, "--device", help="torch device, e.g. cuda:1 or cpu (default: cuda when "
+                                "available, else cpu).", metavar="DEVICE", panel=HARDWARE)
+    batch_size: int = opt(8, "--batch-size", help="Examples per forward pass.", ge=1, panel=HARDWARE)
     limit: int | None = opt(None, "--limit", help="Evaluate only the first N examples of each task "
                                "(quick checks; scores are then not comparable).", ge=1)
 
@@ -56,7 +58,8 @@ class _LmEvalOptions:
                                      panel=LM_EVAL)
     apply_chat_template: bool | None = opt(None, "--apply-chat-template/--no-apply-chat-template",
                                               help="Format prompts with the model's chat template (default: "
-                                                   "off for openllm v1, on for v2 and for tasks).", panel=LM_EVAL)
+                                                   "off for openllm v1, on for v2 and for eval tasks).",
+                                              panel=LM_EVAL)
     fewshot_as_multiturn: bool | None = opt(None, "--fewshot-as-multiturn/--no-fewshot-as-multiturn",
                                                help="Few-shot examples as chat turns (default: with the "
                                                     "chat template).", panel=LM_EVAL)
@@ -83,11 +86,10 @@ class OpenLLMConfig(EvalOptions, _LmEvalOptions):
 class TasksConfig(EvalOptions, _LmEvalOptions):
     """Any lm-eval tasks."""
 
-    tasks: list[str] = opt([], "--tasks", help="lm-eval task or group names, comma-separated or repeated.",
-                           required=True, panel=LM_EVAL)
+    tasks: list[str] = opt([], "--tasks", help="lm-eval task or group names, comma separated (arc_easy,piqa) "
+                           "or the flag repeated.", required=True)
     include_path: Path | None = opt(None, "--include-path", help="Directory of extra lm-eval task YAMLs "
-                                       "(their data files are found relative to each YAML).", metavar="DIR",
-                                       panel=LM_EVAL)
+                                       "(their data files are found relative to each YAML).", metavar="DIR")
 
     def input_paths(self) -> list:
         return [self.model, self.include_path]
@@ -105,18 +107,29 @@ class TasksConfig(EvalOptions, _LmEvalOptions):
 class AlpacaConfig(EvalOptions):
     """AlpacaEval: generation, then a pairwise judge."""
 
+    seed: int = opt(0, "--seed", help="Seed of the sampled answers (batch i samples under seed + i) and of "
+                    "the judge.", panel=GENERATION)
+    batch_size: int = opt(8, "--batch-size", help="Instructions answered per generate call.", ge=1,
+                          panel=HARDWARE)
+    limit: int | None = opt(None, "--limit", help="Answer only the first N instructions (quick checks; win "
+                               "rates are then not comparable).", ge=1)
     instructions: Path | None = opt(None, "--instructions", help="JSON/JSONL list of {instruction[, dataset, "
                                        "output]} instead of the 805 AlpacaEval instructions.", metavar="FILE")
     reference: Path | None = opt(None, "--reference", help="Baseline answers {instruction, output} "
                                     "(default: the set's GPT-4 Turbo outputs, or the instructions' 'output').",
                                     metavar="FILE")
-    judge: str = opt(DEFAULT_JUDGE, "--judge", help="alpaca-eval annotator name or YAML.", metavar="NAME")
+    judge: str = opt(DEFAULT_JUDGE, "--judge", help="alpaca-eval annotator name or YAML file (with the alpaca "
+                     "extra, when neither --judge-base-url nor --judge-model is given).", metavar="NAME",
+                     panel=JUDGE)
     judge_base_url: str | None = opt(None, "--judge-base-url", help="OpenAI-compatible endpoint for the judge, "
-                                        "e.g. http://127.0.0.1:8000/v1 (key: $OPENAI_API_KEY).", metavar="URL")
+                                        "e.g. http://127.0.0.1:8000/v1 (key: $OPENAI_API_KEY).", metavar="URL",
+                                        panel=JUDGE)
     judge_model: str | None = opt(None, "--judge-model", help="Judge model name (default: gpt-4-1106-preview).",
-                                     metavar="NAME")
-    max_new_tokens: int = opt(2048, "--max-new-tokens", help="Longest generated answer, in tokens.", ge=1)
-    temperature: float = opt(0.7, "--temperature", help="Sampling temperature (0 = greedy).", ge=0)
+                                     metavar="NAME", panel=JUDGE)
+    max_new_tokens: int = opt(2048, "--max-new-tokens", help="Longest generated answer, in tokens.", ge=1,
+                              panel=GENERATION)
+    temperature: float = opt(0.7, "--temperature", help="Sampling temperature (0 = greedy).", ge=0,
+                             panel=GENERATION)
 
     def input_paths(self) -> list:
         return [self.model, self.instructions, self.reference]
@@ -139,6 +152,9 @@ class DominanceConfig(EvalOptions):
 
     model: str = arg(help="A run directory made by `aot train` (its manifest names the reference model).",
                      metavar="RUN")
+    seed: int = opt(0, "--seed", help="Unused: the dominance scores involve no sampling.", hidden=True)
+    limit: int | None = opt(None, "--limit", help="Score only the first N rows of the test split (quick "
+                               "checks).", ge=1)
     data: Path | None = opt(None, "--data", help="Prepared dataset (`aot prepare`) whose test split is scored "
                                "(default: the dataset the run trained on).", metavar="DIR")
     beta: float | None = opt(None, "--beta", help="Reward scale beta (default: the run's).", gt=0)

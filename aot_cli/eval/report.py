@@ -8,6 +8,7 @@ win rates and leaderboard-v2 normalized scores 0-100), so they match what those 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,10 @@ def write_eval(out: Path, config: Any, suite: str, source: Any, scores: dict, se
 
 
 def announce(results: dict, out: Path, extra_files: tuple[str, ...] = ()) -> None:
-    """The scores table, then what was written and what to run next (after the output is in place)."""
+    """The scores table, then what was written (the suite's own `extra_files` among them, those that
+    are there) and what to run next (after the output is in place)."""
     print_table(results)
-    files = ", ".join((RESULTS, "report.md", *extra_files))
-    info(f"wrote {out} ({files}); compare evals with: aot compare {out} OTHER_EVAL_DIR...")
+    files = [name for name in (RESULTS, "report.md", *extra_files) if (Path(out) / name.rstrip("/")).exists()]
+    info(f"wrote {out}: {', '.join(files)}")
+    info(f"next: aot compare BASELINE_EVAL_DIR {shlex.quote(str(out))} (side by side with differences to the "
+         "first; add more eval directories)")

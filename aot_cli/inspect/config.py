@@ -16,7 +16,7 @@ class Config(StepConfig):
 
     data: Path = arg(help="Prepared dataset directory (made by `aot prepare`).", metavar="DATA")
     model: str | None = opt(None, "--model", help="Model (hub id or directory) whose tokenizer and chat "
-                               "template to apply; without it, raw rows and character lengths.")
+                               "template to apply; without it, raw rows and character lengths.", metavar="MODEL")
     num_examples: int = opt(3, "-n", "--num-examples", help="How many examples to show (the first rows).", ge=0)
     split: str = opt("train", "--split", help="Split to inspect.", choices=("train", "test"))
     max_length: int | None = opt(MAX_LENGTH, "--max-length", help="Longest prompt + completion in tokens, "
@@ -24,7 +24,7 @@ class Config(StepConfig):
     max_prompt_length: int | None = opt(MAX_PROMPT_LENGTH, "--max-prompt-length", help="Longest prompt in "
                                            "tokens (cut from the left), as in `aot train` (same default).", ge=1)
     chat_template: Path | None = opt(None, "--chat-template", help="Jinja chat template file, for a "
-                                        "tokenizer without one or to override it.")
+                                        "tokenizer without one or to override it.", metavar="FILE")
 
     def preflight(self) -> None:
         if self.chat_template is not None and self.model is None:

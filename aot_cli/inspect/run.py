@@ -10,6 +10,7 @@ prompt + completion). Without ``--model``: the raw rows and their character leng
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from rich.panel import Panel
@@ -47,6 +48,18 @@ def run(config: Config) -> None:
         _show_raw(rows, split, paired)
     else:
         _show_tokens(config, tokenizer, settings, rows, split, paired)
+    info(_next_command(config))
+
+
+def _next_command(config: Config) -> str:
+    """The `aot train` line that trains on what was just shown (same model, lengths and template)."""
+    model = config.model or "MODEL"
+    line = f"next: aot train --model {shlex.quote(str(model))} --data {shlex.quote(str(config.data))} -o RUN_DIR"
+    if config.model is not None:
+        line += f" --max-length {config.max_length} --max-prompt-length {config.max_prompt_length}"
+    if config.chat_template is not None:
+        line += f" --chat-template {shlex.quote(str(config.chat_template))}"
+    return line
 
 
 def _sides(paired: bool) -> tuple[str, ...]:

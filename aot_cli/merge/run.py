@@ -24,6 +24,7 @@ reported relative to the largest reference logit; above the tolerance (by dtype,
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import torch
@@ -212,7 +213,12 @@ def run(config: Config) -> dict:
     if verify:
         line += f"; verify: max |logit diff| {verify['max_abs_diff']:.3g} (relative {verify['relative_diff']:.2g})"
     out_console.print(line, highlight=False, soft_wrap=True)
-    info(f"next: aot eval openllm {config.output} -o EVAL_DIR (or aot eval tasks / alpaca)")
+    model_dir = shlex.quote(str(config.output))
+    weights = shards[0] if len(shards) == 1 else f"{len(shards)} safetensors shards with their index"
+    info(f"wrote {config.output}: config.json, {weights}, the tokenizer (loads without peft in transformers, "
+         "lm-eval and vLLM)")
+    info(f"next: aot eval openllm {model_dir} --version v1 -o EVAL_DIR (or aot eval tasks {model_dir} --tasks "
+         f"NAMES -o EVAL_DIR, aot eval alpaca {model_dir} -o EVAL_DIR)")
     return manifest
 
 

@@ -9,6 +9,7 @@ fingerprint that later caches key on. Every bad input stops before OUT is touche
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,3 +261,7 @@ def _report(out: Path, summary: dict) -> None:
         for reason, where in summary["drop_examples"].items():
             info(f"  first {reason}: {where}")
     info(f"wrote {out} (fingerprint {summary['fingerprint']})")
+    data = shlex.quote(str(out))
+    loss = "" if summary["paired"] else " --loss aot_unpaired"
+    info(f"next: aot inspect {data} --model MODEL (the rows as training will tokenize them), then "
+         f"aot train --model MODEL --data {data}{loss} -o RUN_DIR")

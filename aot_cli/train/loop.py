@@ -35,7 +35,6 @@ from typing import Any
 from collections.abc import Callable
 
 import torch
-from rich.progress import TextColumn
 
 from aot_cli.console import info, progress
 from aot_cli.errors import UserError
@@ -179,8 +178,8 @@ def train_loop(state: LoopState, metrics: MetricsLog | None) -> None:
     if state.weight_norm_start is None:
         state.weight_norm_start = weight_norm(params)
     started = time.time()
-    with _StopRequest() as stop, progress(TextColumn("[dim]{task.fields[stats]}")) as bar:
-        task = bar.add_task("Training", total=state.total_steps, completed=state.start_step, stats="",
+    with _StopRequest() as stop, progress() as bar:
+        task = bar.add_task("Training", total=state.total_steps, completed=state.start_step, stats="", unit="step",
                             visible=acc.is_local_main_process)
         for k in range(state.start_step, state.total_steps):
             t0 = time.time()
@@ -203,8 +202,8 @@ def train_loop(state: LoopState, metrics: MetricsLog | None) -> None:
             if diverged(norm, state.weight_norm_start):
                 _stop_diverged(state, k, norm)
             bar.update(task, completed=k + 1, stats=(
-                f"loss {record['loss']:.4f}  acc {record['rewards/accuracies']:.2f}  "
-                f"margin {record['rewards/margins']:.4f}  {record['samples_per_s']:.1f} samples/s"))
+                f"loss {record['loss']:.4f}, reward acc {record['rewards/accuracies']:.2f}, "
+                f"margin {record['rewards/margins']:.4f}, {record['samples_per_s']:.1f} samples/s"))
             last_step = k + 1 == state.total_steps
             saved = None
             if cfg.save_steps and (k + 1) % cfg.save_steps == 0 and not last_step:

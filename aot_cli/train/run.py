@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import resource
+import shlex
 import shutil
 import time
 import warnings
@@ -46,7 +47,7 @@ from aot_cli.train.checkpoint import (check_compatible, check_good, checkpoints,
                                       newest_good_checkpoint, read_state)
 from aot_cli.train.config import Config
 from aot_cli.train.loop import LoopState, train_loop
-from aot_cli.train.metrics import CURVES, MetricsLog, plot_curves, read_metrics
+from aot_cli.train.metrics import CURVES, METRICS, MetricsLog, plot_curves, read_metrics
 from aot_cli.train.model import build_policy, save_trained
 from aot_cli.vocab import AOT_LOSSES
 
@@ -412,5 +413,11 @@ def finish(setup: Setup, out: Path, model, *, n_trainable: int, reference_key: s
     if config.init_adapter:
         inputs.append(describe_input(config.init_adapter))
     write_manifest(out, kind="run", config=to_dict(config), inputs=inputs, summary=summary)
-    setup.say(f"wrote {out}")
+    weights = "adapter/ (the LoRA adapter and tokenizer)" if config.lora else "model/ (the trained model and tokenizer)"
+    written = [weights] + [name for name in (CURVES, METRICS, "tensorboard/", "checkpoints/")
+                           if (out / name.rstrip("/")).exists()]
+    setup.say(f"wrote {out}: {', '.join(written)}")
+    run_dir = shlex.quote(str(out))
+    setup.say(f"next: aot merge {run_dir} -o MODEL_DIR (a plain model for lm-eval or vLLM); "
+              f"aot eval dominance {run_dir} -o EVAL_DIR (held-out reward quantiles)")
     return summary

@@ -84,6 +84,8 @@ def test_alpacaeval_end_to_end(aot, tiny_model_dir, tmp_path, monkeypatch):
                      "--judge-base-url", server.url, "--judge-model", "judge-x", *GEN)
     assert result.exit_code == 0, result
     assert "resuming: 4 of 4" in result.stderr
+    assert f"wrote {out}: results.json, report.md, model_outputs.json, annotations.json" in result.stderr
+    assert f"next: aot compare BASELINE_EVAL_DIR {out}" in result.stderr
     assert server.failures == 2 and len(server.requests) == 4
     body = server.requests[0]["body"]
     assert server.requests[0]["path"] == "/v1/chat/completions"

@@ -54,6 +54,7 @@ def test_dominance_paired(aot, trained, tmp_path):
     result = aot("eval", "dominance", run, "--data", data, "-o", out, "--batch-size", 8, "--bootstrap", 200,
                  "--confidence", 0.9, "--epsilon", 0.3, "--seed", 5)
     assert result.exit_code == 0, result
+    assert f"wrote {out}: results.json, report.md, logps.jsonl, dominance.png" in result.stderr.splitlines()
     res = json.loads((out / "results.json").read_text())
     assert res["settings"]["paired"] is True and res["settings"]["n_test"] == 16 and res["settings"]["beta"] == 0.1
     assert set(res["scores"]) == {"before", "after", "implicit_rewards", "margins"}

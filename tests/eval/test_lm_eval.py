@@ -5,6 +5,7 @@ lm-eval's task index costs ~15 s to build."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,13 @@ def test_lm_eval_on_a_lora_run(aot, lora_run_dir, tmp_path):
     result = aot("eval", "tasks", lora_run_dir, "-o", out, "--tasks", "aot_tiny_mc,aot_tiny_gen",
                  "--include-path", TASK_DIR, "--limit", 3, "--batch-size", 4, "--num-fewshot", 1)
     assert result.exit_code == 0, result
+    # lm-eval's tqdm bars, off a terminal: plain lines, no carriage returns
+    assert "\r" not in result.stderr
+    assert re.search(r"^Running loglikelihood requests: \d+/\d+ \(100%\), done in \d+:\d\d:\d\d$", result.stderr, re.M)
+    assert result.stderr.splitlines()[-2:] == [
+        f"wrote {out}: results.json, report.md, lm_eval_results.json, samples/",
+        f"next: aot compare BASELINE_EVAL_DIR {out} (side by side with differences to the first; add more eval "
+        "directories)"]
     res = json.loads((out / "results.json").read_text())
     assert res["suite"] == "lm-eval" and res["model"] == str(lora_run_dir)
     settings = res["settings"]

@@ -63,6 +63,8 @@ def test_inspect_tokens_boundary_table_and_truncation(aot, paired_dir, tiny_mode
     assert "1 of 2 rows have a prompt that leaves no room" in err
     assert "writes BOS (<s>) and the tokenizer adds one too; aot keeps one" in err
     assert "warning: " not in err.replace("warning: 1 of 2 rows have a prompt", "")
+    assert err.endswith(f"next: aot train --model {tiny_model_dir} --data {paired_dir} -o RUN_DIR --max-length 14 "
+                        "--max-prompt-length 512")
 
 
 def test_inspect_warns_double_bos(aot, paired_dir, tiny_model_dir, tmp_path):
@@ -118,6 +120,7 @@ def test_inspect_raw_rows_without_model(aot, tmp_path):
     assert table_row(result.stdout, "prompt") == [2, 11, 11]
     assert table_row(result.stdout, "completion") == [3, 3, 3]
     assert "give --model" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"next: aot train --model MODEL --data {data} -o RUN_DIR"
 
 
 def test_inspect_unpaired_tokens(aot, tmp_path, tiny_model_dir):

@@ -69,6 +69,11 @@ def test_merge_lora_run(aot, lora_run_dir, tiny_model_dir, tmp_path):
     verify = manifest["summary"]["verify"]
     assert verify["relative_diff"] < 1e-4 and verify["prompts"] == 3
     assert "verify: max |logit diff|" in result.stdout
+    assert result.stderr.splitlines()[-2:] == [
+        f"wrote {out}: config.json, {len(shards)} safetensors shards with their index, the tokenizer (loads "
+        "without peft in transformers, lm-eval and vLLM)",
+        f"next: aot eval openllm {out} --version v1 -o EVAL_DIR (or aot eval tasks {out} --tasks NAMES -o EVAL_DIR, "
+        f"aot eval alpaca {out} -o EVAL_DIR)"]
     # the merged model computes what base + adapter computes, and differs from the base
     merged, adapted, base = _logits(out), _adapter_logits(lora_run_dir, tiny_model_dir), _logits(tiny_model_dir)
     assert torch.allclose(merged, adapted, atol=1e-5)

@@ -35,6 +35,10 @@ def test_cli_writes_run_artifact_and_every_lora_parameter_changes(aot, tiny_mode
     result = aot("train", "--model", tiny_model_dir.name, "--data", paired_data, "-o", out, "--max-steps", 2,
                  "--batch-size", 2, "--grad-accum", 4, "--lr", 1e-3, "--save-steps", 1, "--max-length", 64)
     assert result.exit_code == 0, result
+    assert result.stderr.splitlines()[-2:] == [
+        f"wrote {out}: adapter/ (the LoRA adapter and tokenizer), training_curves.png, metrics.jsonl, checkpoints/",
+        f"next: aot merge {out} -o MODEL_DIR (a plain model for lm-eval or vLLM); aot eval dominance {out} "
+        "-o EVAL_DIR (held-out reward quantiles)"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "run"
     assert manifest["config"]["model"] == str(tiny_model_dir.resolve())
