@@ -2,8 +2,9 @@
 
 One row per model (evals of the same model share a row: its openllm-v1 and alpacaeval directories,
 and a merged model with the run it was merged from), one column per score, and every row after the
-first shows its difference to the first row (the baseline: list it first). Printed as a rich table;
-``-o FILE`` also writes it as markdown.
+first shows its difference to the first row (the baseline: list it first). Rows are named by the
+model each eval names (a path or a hub id), or by ``--label`` (e.g. by method, as the paper's Table 1
+does). Printed as a rich table; ``-o FILE`` also writes it as markdown.
 """
 
 from __future__ import annotations
@@ -49,6 +50,21 @@ class Config(StepConfig):
                            metavar="EVAL")
     output: Path | None = opt(None, "-o", "--output", help="Also write the table as markdown to this file.",
                                  metavar="FILE.md")
+    label: list[str] = opt([], "--label", help="Row names in row order (comma-separated or repeated), one per "
+                           "model, e.g. --label base,aot,dpo (default: the model each eval names).", metavar="NAME")
+
+    def labels(self) -> list[str]:
+        """The --label names, split at commas; a UserError for an empty or repeated name."""
+        names = [name.strip() for value in self.label for name in value.split(",")]
+        if any(not name for name in names):
+            raise UserError(f"--label {','.join(self.label)}: empty name (give one name per row, comma-separated)")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise UserError(f"--label names {', '.join(repeated)} more than one row; each row needs its own name")
+        return names
+
+    def preflight(self) -> None:
+        self.labels()
 
 
 def model_identity(spec: str) -> str:
@@ -87,6 +103,15 @@ def build_table(results: list[tuple[str, dict]]) -> tuple[list[str], list[str], 
     return rows, columns, cells
 
 
+def relabel(rows: list[str], cells: dict, labels: list[str]) -> tuple[list[str], dict]:
+    """Rows and cells renamed by `labels` (in row order); a UserError unless there is one per row."""
+    if len(labels) != len(rows):
+        raise UserError(f"--label gives {len(labels)} name(s) for {len(rows)} row(s) ({', '.join(rows)}); "
+                        "give one name per model, in the order of the rows")
+    names = dict(zip(rows, labels))
+    return labels, {(names[row], column): value for (row, column), value in cells.items()}
+
+
 def cell_text(value, baseline, first_row: bool) -> str:
     if value is None:
         return "—"
@@ -110,6 +135,9 @@ def run(config: Config) -> dict:
     if not paths:
         raise UserError("aot compare needs at least one eval directory: aot compare EVAL [EVAL...]")
     rows, columns, cells = build_table([(p, EvalArtifact.load(p).results) for p in paths])
+    labels = config.labels()
+    if labels:
+        rows, cells = relabel(rows, cells, labels)
     table = Table(title="eval comparison (differences to the first row)")
     table.add_column("model", overflow="fold")   # long paths and names wrap rather than lose their ends
     for column in columns:
