@@ -2,8 +2,9 @@
 
 One row per model (evals of the same model share a row: its openllm-v1 and alpacaeval directories,
 and a merged model with the run it was merged from), one column per score, and every row after the
-first shows its difference to the first row (the baseline: list it first). Printed as a rich table;
-``-o FILE`` also writes it as markdown.
+first shows its difference to the first row (the baseline: list it first). Rows are named by the
+model each eval names (a path or a hub id), or by ``--label`` (e.g. by method, as the paper's Table 1
+does). Printed as a rich table; ``-o FILE`` also writes it as markdown.
 
 A dominance eval contributes its implicit-reward numbers: reward accuracy, violation fraction and
 area, and the almost-dominance tests (violation ratio and p-value, first and second order; an eval
@@ -57,6 +58,21 @@ class Config(StepConfig):
                            metavar="EVAL")
     output: Path | None = opt(None, "-o", "--output", help="Also write the table as markdown to this file.",
                                  metavar="FILE.md")
+    label: list[str] = opt([], "--label", help="Row names in row order (comma-separated or repeated), one per "
+                           "model, e.g. --label base,aot,dpo (default: the model each eval names).", metavar="NAME")
+
+    def labels(self) -> list[str]:
+        """The --label names, split at commas; a UserError for an empty or repeated name."""
+        names = [name.strip() for value in self.label for name in value.split(",")]
+        if any(not name for name in names):
+            raise UserError(f"--label {','.join(self.label)}: empty name (give one name per row, comma-separated)")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise UserError(f"--label names {', '.join(repeated)} more than one row; each row needs its own name")
+        return names
+
+    def preflight(self) -> None:
+        self.labels()
 
 
 def model_identity(spec: str) -> str:
@@ -108,6 +124,15 @@ def dominance_settings_note(results: list[tuple[str, dict]]) -> str | None:
             + "; ".join(f"{path}: {what}" for path, what in seen.items()))
 
 
+def relabel(rows: list[str], cells: dict, labels: list[str]) -> tuple[list[str], dict]:
+    """Rows and cells renamed by `labels` (in row order); a UserError unless there is one per row."""
+    if len(labels) != len(rows):
+        raise UserError(f"--label gives {len(labels)} name(s) for {len(rows)} row(s) ({', '.join(rows)}); "
+                        "give one name per model, in the order of the rows")
+    names = dict(zip(rows, labels))
+    return labels, {(names[row], column): value for (row, column), value in cells.items()}
+
+
 def cell_text(value, baseline, first_row: bool) -> str:
     if value is None:
         return "—"
@@ -132,6 +157,9 @@ def run(config: Config) -> dict:
         raise UserError("aot compare needs at least one eval directory: aot compare EVAL [EVAL...]")
     results = [(p, EvalArtifact.load(p).results) for p in paths]
     rows, columns, cells = build_table(results)
+    labels = config.labels()
+    if labels:
+        rows, cells = relabel(rows, cells, labels)
     table = Table(title="eval comparison (differences to the first row)")
     table.add_column("model", overflow="fold")   # long paths and names wrap rather than lose their ends
     for column in columns:

@@ -98,3 +98,40 @@ def test_v1_and_v2_averages_of_one_model(aot, tmp_path):
     table = tmp_path / "t.md"
     assert aot("compare", v1, v2, "-o", table).exit_code == 0
     assert table.read_text().splitlines()[0] == "| model | gsm8k exact_match | average | bbh | v2 average |"
+
+
+def test_labels_name_the_rows_in_order(aot, tmp_path):
+    """--label renames rows in row order (a merged model and its run stay one row); the deltas still
+    refer to the first row."""
+    run, model = tmp_path / "runs" / "dpo", tmp_path / "models" / "dpo"
+    run.mkdir(parents=True)
+    model.mkdir(parents=True)
+    write_manifest(run, kind="run", config={})
+    write_manifest(model, kind="model", config={}, summary={"source_run": str(run)})
+    base = _eval_dir(tmp_path / "base-tasks", "lm-eval", "org/base-7b", {"t": {"acc": 0.5}})
+    dpo = _eval_dir(tmp_path / "dpo-tasks", "lm-eval", str(model), {"t": {"acc": 0.75}})
+    dom = _eval_dir(tmp_path / "dpo-dom", "dominance", str(run),
+                    {"implicit_rewards": {"accuracy": 0.625, "violation_fraction": 0.25, "violation_area": 0.5}})
+    table = tmp_path / "t.md"
+    result = aot("compare", base, dpo, dom, "--label", "base", "--label", "dpo", "-o", table)
+    assert result.exit_code == 0, result
+    lines = table.read_text().splitlines()
+    assert lines[2] == "| base | 0.5000 |" + " — |" * 7
+    assert lines[3] == "| dpo | 0.7500 (+0.2500) | 0.6250 | 0.2500 | 0.5000 |" + " — |" * 4  # no tests in this eval
+    comma = tmp_path / "comma.md"
+    assert aot("compare", base, dpo, dom, "--label", "base, dpo", "-o", comma).exit_code == 0
+    assert comma.read_text() == table.read_text()
+
+
+def test_bad_labels(aot, tmp_path):
+    one = _eval_dir(tmp_path / "one", "lm-eval", "a", {"t": {"acc": 0.1}})
+    two = _eval_dir(tmp_path / "two", "lm-eval", "b", {"t": {"acc": 0.2}})
+    result = aot("compare", one, two, "--label", "base")
+    assert result.exit_code == 2
+    assert "--label gives 1 name(s) for 2 row(s) (a, b); give one name per model" in result.stderr
+    result = aot("compare", one, two, "--label", "x,x")
+    assert result.exit_code == 2 and "--label names x more than one row" in result.stderr
+    result = aot("compare", one, two, "--label", "x,,y")
+    assert result.exit_code == 2 and "empty name" in result.stderr
+    out = tmp_path / "never.md"
+    assert aot("compare", one, two, "--label", "x,x", "-o", out).exit_code == 2 and not out.exists()

@@ -53,7 +53,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +64,7 @@ from jinja2 import TemplateError
 from transformers import AutoTokenizer
 
 from aot_cli.artifacts.store import fingerprint as _fingerprint_of
+from aot_cli.artifacts.store import remove_stale_temporaries, temporary_name
 from aot_cli.cache import cache_dir
 from aot_cli.console import progress, warn
 from aot_cli.errors import UserError
@@ -392,7 +392,8 @@ def tokenize_split(split: Any, tokenizer: Any, settings: TokenizeSettings, *, pa
     if cached is not None:
         return cached
     columns = _columns(paired)
-    tmp = entry.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
+    remove_stale_temporaries(entry)  # left by a killed process (the pid in the name says whose)
+    tmp = temporary_name(entry)
     tmp.mkdir(parents=True)
     bars_were_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
@@ -417,10 +418,7 @@ def tokenize_split(split: Any, tokenizer: Any, settings: TokenizeSettings, *, pa
             split.map(encode_batch, batched=True, with_indices=True, features=_features(split, paired),
                       remove_columns=[c for c in split.column_names if paired or c != "label"],
                       cache_file_name=str(tmp / "data.arrow"), new_fingerprint=key, load_from_cache_file=False)
-        if entry.exists():  # another process finished the same work first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, entry)
+        _publish(tmp, entry)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -428,6 +426,19 @@ def tokenize_split(split: Any, tokenizer: Any, settings: TokenizeSettings, *, pa
         if not bars_were_disabled:
             datasets.enable_progress_bars()
     return datasets.Dataset.from_file(str(entry / "data.arrow"))
+
+
+def _publish(tmp: Path, entry: Path) -> None:
+    """Rename the finished `tmp` into `entry`, unless another process (same key, same content) got
+    there first, even between our check and our rename (a rename onto a full directory fails)."""
+    if not entry.exists():
+        try:
+            os.replace(tmp, entry)
+            return
+        except OSError:
+            if not entry.exists():
+                raise
+    shutil.rmtree(tmp)
 
 
 def truncation_counts(tokenized: Any) -> dict[str, int]:

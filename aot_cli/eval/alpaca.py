@@ -259,8 +259,14 @@ def run(config: AlpacaConfig) -> dict:
     with output_lock(out):
         if out.exists() and config.overwrite:
             shutil.rmtree(out) if out.is_dir() else out.unlink()
+        fresh = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        scores, settings, notes = evaluate(config, source, resolve_device(config.device), out)
+        try:
+            scores, settings, notes = evaluate(config, source, resolve_device(config.device), out)
+        except BaseException:
+            if fresh and not any(out.iterdir()):  # failed before any answer was kept: leave nothing behind
+                out.rmdir()
+            raise
         results = write_eval(out, config, "alpacaeval", source, scores, settings, notes)
     announce(results, out, (MODEL_OUTPUTS, "annotations.json", "judge_cache.jsonl"))
     return results

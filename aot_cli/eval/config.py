@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from aot_cli.artifacts.kinds import DatasetArtifact
 from aot_cli.artifacts.store import check_output
 from aot_cli.config import StepConfig, arg, opt
 from aot_cli.errors import UserError
-from aot_cli.eval.source import resolve_model
+from aot_cli.eval.source import resolve_model, resolve_run
 from aot_cli.vocab import DTYPE_CHOICES
 
 OPENLLM_VERSIONS = ("v1", "v2")
@@ -152,7 +153,6 @@ class DominanceConfig(EvalOptions):
 
     model: str = arg(help="A run directory made by `aot train` (its manifest names the reference model).",
                      metavar="RUN")
-    seed: int = opt(0, "--seed", help="Unused: the dominance scores involve no sampling.", hidden=True)
     limit: int | None = opt(None, "--limit", help="Score only the first N rows of the test split (quick "
                                "checks).", ge=1)
     data: Path | None = opt(None, "--data", help="Prepared dataset (`aot prepare`) whose test split is scored "
@@ -170,3 +170,9 @@ class DominanceConfig(EvalOptions):
 
     def input_paths(self) -> list:
         return [self.model, self.data]
+
+    def preflight(self) -> None:
+        resolve_run(self.model)
+        check_output(self.output, self.overwrite, inputs=self.input_paths())
+        if self.data is not None:  # not a dataset, or a damaged one: one line before torch is imported
+            DatasetArtifact.load(self.data)

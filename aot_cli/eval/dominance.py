@@ -39,23 +39,13 @@ from aot_cli.eval.config import DominanceConfig
 from aot_cli.eval.dominance_plot import PlotLabels, plot
 from aot_cli.eval.quantiles import dominance, quantile_levels
 from aot_cli.eval.report import announce, write_eval
-from aot_cli.eval.source import resolve_model
+from aot_cli.eval.source import resolve_model, resolve_run
 from aot_cli.eval.stats import BootstrapSettings, Inference, bootstrap, method_record
 from aot_cli.train.batching import collate
 from aot_cli.train.logprobs import model_sequence_logps
 
 # Below this many examples per side the bootstrap's p-values and bands are noted as descriptive only.
 SMALL_SAMPLE = 20
-
-
-def _run(spec: str) -> RunArtifact:
-    """MODEL as a run; a merged model names the run it came from in the error."""
-    source = resolve_model(spec)
-    if source.run is not None:
-        return source.run
-    hint = f" (this model was merged from {source.merged_from}: pass that)" if source.merged_from else ""
-    raise UserError(f"{spec}: `aot eval dominance` needs a run directory made by `aot train` "
-                    f"(its manifest names the reference model){hint}")
 
 
 def _dataset(config: DominanceConfig, run: RunArtifact) -> Path:
@@ -151,7 +141,7 @@ def training_shift(logps: dict[str, np.ndarray], inference: dict[str, Inference]
 def run(config: DominanceConfig) -> dict:
     """`aot eval dominance RUN`: score the held-out split, write logps.jsonl, dominance.png, results."""
     config.preflight()
-    run_dir = _run(config.model)
+    run_dir = resolve_run(config.model)
     data_path = _dataset(config, run_dir)
     device = resolve_device(config.device)
     source = resolve_model(config.model)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from aot_cli.artifacts.kinds import ModelArtifact, RunArtifact, artifact_kind
+from aot_cli.artifacts.kinds import ModelArtifact, RunArtifact, artifact_kind, damaged_file
 from aot_cli.errors import UserError
 from aot_cli.vocab import has_weights, is_local_path
 
@@ -54,9 +54,22 @@ def resolve_model(spec: str) -> ModelSource:
         if not (path / "config.json").is_file() or not has_weights(path):
             raise UserError(f"{spec}: model directory without weights (expected config.json and *.safetensors; "
                             "make one with `aot merge RUN -o DIR`, or pass a run directory)")
+        problem = damaged_file(path)
+        if problem is not None:  # a cut-short download or copy: say so before lm-eval or torch chokes on it
+            raise UserError(f"{problem}; copy or download the model again")
         return ModelSource(spec, "model", str(path), None, str(path), None)
     if path.exists():
         raise UserError(f"{spec}: is a file, expected a model directory, a run directory or a hub id")
     if is_local_path(spec):
         raise UserError(f"{spec}: no such directory (and not a hub id like org/name)")
     return ModelSource(spec, "hub", spec, None, spec, None)
+
+
+def resolve_run(spec: str) -> RunArtifact:
+    """MODEL as a run (for what needs its reference); a merged model names the run it came from."""
+    source = resolve_model(spec)
+    if source.run is not None:
+        return source.run
+    hint = f" (this model was merged from {source.merged_from}: pass that)" if source.merged_from else ""
+    raise UserError(f"{spec}: `aot eval dominance` needs a run directory made by `aot train` "
+                    f"(its manifest names the reference model){hint}")

@@ -63,7 +63,7 @@ def _nothing_written(out):
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
-@pytest.mark.parametrize("command", ["merge", "eval dominance", "eval tasks"])
+@pytest.mark.parametrize("command", ["merge", "eval dominance", "eval tasks", "eval alpaca"])
 def test_damaged_adapter_of_a_run(aot, lora_run_dir, dataset, tmp_path, damage, command):
     run = tmp_path / "run"
     shutil.copytree(lora_run_dir, run)
@@ -72,7 +72,8 @@ def test_damaged_adapter_of_a_run(aot, lora_run_dir, dataset, tmp_path, damage, 
     out = tmp_path / "out"
     args = {"merge": ["merge", run, "-o", out],
             "eval dominance": ["eval", "dominance", run, "--data", dataset, "-o", out],
-            "eval tasks": ["eval", "tasks", run, "--tasks", "arc_easy", "-o", out]}[command]
+            "eval tasks": ["eval", "tasks", run, "--tasks", "arc_easy", "-o", out],
+            "eval alpaca": ["eval", "alpaca", run, "-o", out]}[command]
     error = _one_error(aot(*args))
     assert _squeezed(f"error: {run / 'adapter' / name}") in error and _squeezed(expected) in error
     assert _squeezed(f"the run artifact {run} is damaged; train it again") in error
@@ -89,6 +90,19 @@ def test_truncated_shard_of_a_model_artifact(aot, tiny_model_dir, tmp_path):
         error = _one_error(aot(*args, "-o", out))
         assert _squeezed(f"error: {model / 'model.safetensors'}: truncated") in error
         assert _squeezed(f"the model artifact {model} is damaged; merge it again") in error
+        _nothing_written(out)
+
+
+def test_truncated_shard_of_a_plain_model_directory(aot, tiny_model_dir, tmp_path):
+    """A model directory that aot did not write (a download or copy cut short) is checked too."""
+    model = tmp_path / "downloaded"
+    shutil.copytree(tiny_model_dir, model)
+    _truncate(model / "model.safetensors")
+    for args in (["eval", "tasks", model, "--tasks", "arc_easy"], ["eval", "alpaca", model]):
+        out = tmp_path / "eval"
+        error = _one_error(aot(*args, "-o", out))
+        assert _squeezed(f"error: {model / 'model.safetensors'}: truncated") in error
+        assert _squeezed("copy or download the model again") in error
         _nothing_written(out)
 
 
@@ -168,7 +182,7 @@ def test_the_base_model_of_a_run_is_checked_with_the_run(aot, tiny_model_dir, lo
     expected = ("no such model directory" if damage == "deleted"
                 else f"{base / 'model.safetensors'}: truncated")
     for args in (["merge", run], ["eval", "tasks", run, "--tasks", "arc_easy"],
-                 ["eval", "dominance", run, "--data", dataset]):
+                 ["eval", "dominance", run, "--data", dataset], ["eval", "alpaca", run]):
         out = tmp_path / "out"
         error = _one_error(aot(*args, "-o", out))
         assert _squeezed(f"error: {run}: the base model {base}") in error and _squeezed(expected) in error

@@ -365,6 +365,34 @@ def test_tokenize_split_cache_hit_and_invalidation(tok, paired_split, monkeypatc
     assert not [p for p in cache_dir("tokenized").iterdir() if p.name.startswith(".")]
 
 
+def test_tokenize_split_two_writers_and_a_killed_one(tok, paired_split, monkeypatch):
+    """A killed writer's temporary is removed by the next run of the same key; when another process
+    publishes the same entry between our check and our rename, ours is dropped and theirs is used."""
+    import shutil
+
+    from aot_cli.data import tokenize as module
+
+    settings = TokenizeSettings(max_length=48)
+    first = tokenize_split(paired_split, tok, settings, paired=True, fingerprint="race/train")[:]
+    entry = Path(tokenize_split(paired_split, tok, settings, paired=True,
+                                fingerprint="race/train").cache_files[0]["filename"]).parent
+    saved = entry.with_name("saved")
+    shutil.copytree(entry, saved)
+    shutil.rmtree(entry)
+    stale = entry.with_name(f".{entry.name}.tmp-999999999-0123abcd")   # no process has that pid
+    stale.mkdir()
+    real_replace = module.os.replace
+
+    def other_process_wins(src, dst):
+        real_replace(saved, dst)                 # theirs lands first: our rename onto it fails
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(module.os, "replace", other_process_wins)
+    again = tokenize_split(paired_split, tok, settings, paired=True, fingerprint="race/train")
+    assert again[:] == first and not stale.exists()
+    assert [p.name for p in entry.parent.iterdir() if p.name.startswith(f".{entry.name}")] == []
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "other rows"])
 def test_tokenize_split_recomputes_a_damaged_cache_entry(tok, paired_split, monkeypatch, capsys, damage):
     """A cache entry cut short (a kill, a full disk), overwritten, or holding another split is

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from aot_cli.errors import UserError
+
 from aot_cli.eval import judge
 from aot_cli.eval.alpaca import win_rate_metrics
 from aot_cli.eval.judge import model_label, read_verdict
@@ -54,6 +56,19 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_failure_before_any_answer_leaves_no_directory(aot, tiny_model_dir, tmp_path, monkeypatch):
+    """The output is made to keep answers across a judge failure; with none kept it is removed."""
+    def cannot_load(*a, **k):
+        raise UserError("--model x: cannot load it (no GPU kernel)")
+
+    monkeypatch.setattr("aot_cli.eval.alpaca.load_for_generation", cannot_load)
+    out = tmp_path / "ae"
+    result = aot("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", out, "--judge-base-url",
+                 "http://127.0.0.1:9/v1", "--judge-model", "judge-x", *GEN)
+    assert result.exit_code == 2 and "cannot load it (no GPU kernel)" in result.stderr
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -168,6 +168,11 @@ def test_dominance_bad_inputs(aot, lora_run_dir, tiny_model_dir, tmp_path):
     result = aot("eval", "dominance", lora_run_dir, "--data", empty_test, "-o", tmp_path / "d")
     assert result.exit_code == 2 and "test split is empty" in result.stderr and "--test-size" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
+    from aot_cli.errors import UserError
+    from aot_cli.eval.config import DominanceConfig
+
+    with pytest.raises(UserError, match="is a 'run' artifact|expected a dataset|kind"):  # before torch is loaded
+        DominanceConfig(model=str(lora_run_dir), data=lora_run_dir, output=tmp_path / "e").preflight()
 
 
 def test_statistics_options_are_range_checked(aot, lora_run_dir, tmp_path):
