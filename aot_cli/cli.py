@@ -28,9 +28,9 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from aot_cli import __version__
-from aot_cli.config import base_type, load_yaml, range_text, resolve
+from aot_cli.config import base_type, flag_name, load_yaml, range_text, resolve
 from aot_cli.console import err_console, quiet_libraries
-from aot_cli.errors import UserError
+from aot_cli.errors import OptionError, UserError
 
 # (command words, "module:Config", "module:run", one-line help)
 COMMANDS: list[tuple[tuple[str, ...], str, str, str]] = [
@@ -184,8 +184,15 @@ def run_command(config: Any, run: Callable[[Any], Any]) -> Any:
             preflight()
         return run(config)
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        message = exc.worded(flag_names(config)) if isinstance(exc, OptionError) else str(exc)
+        err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def flag_names(config: Any) -> dict[str, str]:
+    """Each field of a command's config with the flag the user types for it (``max_length`` ->
+    ``--max-length``): how an OptionError from below the steps is worded on the command line."""
+    return {field.name: flag_name(field) for field in dataclasses.fields(config)}
 
 
 def help_order(fields: list[dataclasses.Field]) -> list[dataclasses.Field]:

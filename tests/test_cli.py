@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from aot_cli import __version__
+from aot_cli.data.operations import held_out_count
+from aot_cli.errors import OptionError
 
 
 def test_version_and_help(aot):
@@ -37,3 +41,16 @@ def test_usage_errors_are_one_line_with_exit_2(tmp_path):
 def test_bare_aot_prints_help():
     result = _aot()
     assert result.returncode == 0 and "prepare" in result.stdout and "train" in result.stdout
+
+
+def test_option_errors_from_the_data_layer_read_as_fields_in_python_and_flags_on_the_command_line(aot, tmp_path):
+    """The data layer knows options by their Config field names; the command words them as its flags."""
+    with pytest.raises(OptionError) as caught:
+        held_out_count(10, 2.5)
+    assert str(caught.value) == "test_size 2.5: a count must be a whole number (a fraction is below 1)"
+    assert caught.value.worded({"test_size": "--test-size"}).startswith("--test-size 2.5: a count")
+    source = tmp_path / "pairs.jsonl"
+    source.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' * 4)
+    result = aot("prepare", source, "-o", tmp_path / "out", "--test-size", "2.5")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --test-size 2.5: a count must be a whole number (a fraction is below 1)"

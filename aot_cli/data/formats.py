@@ -21,7 +21,7 @@ from typing import Any
 from collections.abc import Callable
 
 from aot_cli.data.operations import ScoreExpr, missing_score, short_repr, to_label
-from aot_cli.errors import UserError
+from aot_cli.errors import OptionError, UserError
 
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
 LABEL_FIELDS = ("label", "is_safe")
@@ -92,8 +92,8 @@ def detect_shape(columns: set[str], sample: dict, label_field: str | None = None
         return "scored"
     if has_text and label_field in cols:
         return "labelled"
-    raise UserError(f"unknown data shape: found columns {column_list(cols) or '(none)'}; "
-                    f"known shapes: {known_shapes()} (or name one with --format)")
+    raise OptionError(f"unknown data shape: found columns {column_list(cols) or '(none)'}; "
+                      f"known shapes: {known_shapes()} (or name one with {{format}})", "format")
 
 
 def column_list(names: Any) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 from datasets import Dataset, Features, Value
 
-from aot_cli.errors import UserError
+from aot_cli.errors import OptionError
 
 # One signed term: [+|-] [WEIGHT *] FIELD; a hyphen between name characters is part of the name
 # (fine-grained_score), one with a space or a digit beside it is a minus.
@@ -38,8 +38,8 @@ class ScoreExpr:
             match = _TERM.match(expression, position)
             if not match or (self.terms and not match.group(1)):
                 rest = expression[position:].strip().lstrip("+-").strip()
-                raise UserError(f"--score: cannot read {rest!r} in {expression!r} (use FIELD or a weighted "
-                                "sum like '0.7*helpfulness + 0.3*honesty - 0.2*verbosity')")
+                raise OptionError(f"{{score}}: cannot read {rest!r} in {expression!r} (use FIELD or a weighted "
+                                  "sum like '0.7*helpfulness + 0.3*honesty - 0.2*verbosity')", "score")
             sign = -1.0 if match.group(1) == "-" else 1.0
             self.terms.append((sign * float(match.group(2) or 1.0), match.group(3)))
             position = match.end()
@@ -57,7 +57,8 @@ class ScoreExpr:
                 return None
             total += weight * _finite(value, where, name)
         if not math.isfinite(total):  # finite terms, but a weighted sum past float range
-            raise UserError(f"{where}: --score {self.expression!r} is too large to compute (overflows a float)")
+            raise OptionError(f"{where}: {{score}} {self.expression!r} is too large to compute (overflows a float)",
+                              "score")
         return total
 
     def __str__(self) -> str:
@@ -68,13 +69,15 @@ def _finite(value: Any, where: str, name: str) -> float:
     """A score as a finite float, from a JSON number or numeric text. Infinity (or an integer too
     large for a float) would make every margin against it infinite or NaN, so it is an error."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise UserError(f"{where}: field {name!r}: expected a number for --score, got {type(value).__name__}")
+        raise OptionError(f"{where}: field {name!r}: expected a number for {{score}}, got {type(value).__name__}",
+                          "score")
     try:
         number = float(value)
     except (ValueError, OverflowError):
         number = None
     if number is None or not math.isfinite(number):
-        raise UserError(f"{where}: field {name!r}: expected a finite number for --score, got {short_repr(value)}")
+        raise OptionError(f"{where}: field {name!r}: expected a finite number for {{score}}, got "
+                          f"{short_repr(value)}", "score")
     return number
 
 
@@ -101,8 +104,8 @@ def to_label(value: Any, threshold: float | None, where: str, field: str) -> boo
         except (TypeError, ValueError, OverflowError):
             number = math.nan
         if math.isnan(number):
-            raise UserError(f"{where}: field {field!r}: expected a number to compare with "
-                            f"--label-threshold, got {type(value).__name__} {short_repr(value)}")
+            raise OptionError(f"{where}: field {field!r}: expected a number to compare with "
+                              f"{{label_threshold}}, got {type(value).__name__} {short_repr(value)}", "label_threshold")
         return number >= threshold
     if isinstance(value, bool):
         return value
@@ -110,8 +113,9 @@ def to_label(value: Any, threshold: float | None, where: str, field: str) -> boo
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
         return value.strip().lower() in ("true", "1")
-    raise UserError(f"{where}: field {field!r}: expected true/false or 1/0, got {type(value).__name__} "
-                    f"{short_repr(value)} (to threshold scores into labels pass --label-threshold T)")
+    raise OptionError(f"{where}: field {field!r}: expected true/false or 1/0, got {type(value).__name__} "
+                      f"{short_repr(value)} (to threshold scores into labels pass {{label_threshold}} T)",
+                      "label_threshold")
 
 
 def row_key(value: Any) -> str:
@@ -215,13 +219,14 @@ def held_out_count(n: int, test_size: float) -> int:
     if test_size <= 0:
         return 0
     if test_size >= 1 and test_size != int(test_size):
-        raise UserError(f"--test-size {test_size:g}: a count must be a whole number (a fraction is below 1)")
+        raise OptionError(f"{{test_size}} {test_size:g}: a count must be a whole number (a fraction is below 1)",
+                          "test_size")
     count = round(test_size * n) if test_size < 1 else int(test_size)
     if test_size < 1 and count == 0 and n > 1:
         count = 1
     if count >= n:
-        raise UserError(f"--test-size {test_size:g} leaves no training rows ({n} rows after filtering); "
-                        "give a smaller fraction or count")
+        raise OptionError(f"{{test_size}} {test_size:g} leaves no training rows ({n} rows after filtering); "
+                          "give a smaller fraction or count", "test_size")
     return count
 
 
@@ -256,8 +261,8 @@ def split_indices(n: int, test_size: float, seed: int, *, groups: list[str] | No
         if count and not test:  # every prompt has more rows than the test split asks for
             smallest = min(order, key=lambda g: len(members[g]))
             if len(members[smallest]) == n:
-                raise UserError(f"all {n} rows share one prompt, so a test split by prompt would take them "
-                                "all; use --test-size 0 (or a source with its own test split)")
+                raise OptionError(f"all {n} rows share one prompt, so a test split by prompt would take them "
+                                  "all; use {test_size} 0 (or a source with its own test split)", "test_size")
             test = list(members[smallest])
     else:
         test = rng.sample(range(n), count)

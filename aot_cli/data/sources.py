@@ -30,7 +30,7 @@ from huggingface_hub import HfApi
 
 from aot_cli.artifacts.store import MANIFEST, describe_input
 from aot_cli.data.dataset import load_prepared
-from aot_cli.errors import UserError
+from aot_cli.errors import OptionError, UserError
 from aot_cli.jsonl import describe_error, parse_lines, read_text
 from aot_cli.vocab import DATA_SUFFIXES as SUFFIXES
 from aot_cli.vocab import is_local_path
@@ -81,8 +81,9 @@ def load_source(source: str, *, subset: str | None = None, split: str | None = N
     path = Path(source)
     saved = path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file())
     if path.exists() and (subset or revision or (split and not saved)):
-        raise UserError(f"{source}: --subset, --split and --revision apply to hub datasets, not local paths "
-                        "(a directory's files named *test* form its test split)")
+        raise OptionError(f"{source}: {{subset}}, {{split}} and {{revision}} apply to hub datasets, not local "
+                          "paths (a directory's files named *test* form its test split)", "subset", "split",
+                          "revision")
     if path.is_dir():
         if (path / MANIFEST).is_file():
             return _load_prepared_source(path, limit)
@@ -171,9 +172,9 @@ def _hub_splits(source: str, subset: str | None, split: str | None, revision: st
     try:
         names = get_dataset_split_names(source, subset, revision=revision)
     except Exception as exc:  # the hub client raises many types; all mean "cannot read it"
-        raise UserError(f"{source}: not a local path, and not readable as a hub dataset "
-                        f"({type(exc).__name__}: {exc}); check the path or the id, --subset and --revision, "
-                        "and that the hub is reachable") from None
+        raise OptionError(f"{source}: not a local path, and not readable as a hub dataset "
+                          f"({type(exc).__name__}: {exc}); check the path or the id, {{subset}} and {{revision}}, "
+                          "and that the hub is reachable", "subset", "revision") from None
     return _choose_splits(source, names, split)
 
 
@@ -184,7 +185,7 @@ def _choose_splits(source: str, names: list[str], split: str | None) -> dict[str
     train = split or next((n for n in names if n == "train"), None) or \
         next((n for n in names if n.startswith("train")), None)
     if train is None:
-        raise UserError(f"{source}: no train split among {', '.join(names)} (choose one with --split)")
+        raise OptionError(f"{source}: no train split among {', '.join(names)} (choose one with {{split}})", "split")
     test_candidates = [train.replace("train", "test")] if "train" in train else []
     test_candidates += ["test", "test_prefs", "validation"]
     test = next((n for n in test_candidates if n in names and n != train), None)

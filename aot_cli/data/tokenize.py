@@ -67,7 +67,7 @@ from aot_cli.artifacts.store import fingerprint as _fingerprint_of
 from aot_cli.artifacts.store import remove_stale_temporaries, temporary_name
 from aot_cli.cache import cache_dir
 from aot_cli.console import progress, warn
-from aot_cli.errors import UserError
+from aot_cli.errors import OptionError, UserError
 from aot_cli.vocab import is_local_path
 
 # Bump when the encoding logic changes, so cached tokenizations made by older code are not reused.
@@ -83,10 +83,11 @@ class TokenizeSettings:
 
     def __post_init__(self) -> None:
         if self.max_length is not None and self.max_length < 2:
-            raise UserError(f"--max-length {self.max_length} leaves no room for a prompt token and a "
-                            "completion token (use at least 2)")
+            raise OptionError(f"{{max_length}} {self.max_length} leaves no room for a prompt token and a "
+                              "completion token (use at least 2)", "max_length")
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            raise UserError(f"--max-prompt-length must be at least 1, got {self.max_prompt_length}")
+            raise OptionError(f"{{max_prompt_length}} must be at least 1, got {self.max_prompt_length}",
+                              "max_prompt_length")
 
 
 @dataclass
@@ -146,8 +147,9 @@ def load_tokenizer(name_or_path: str | Path, chat_template_file: Path | None = N
     if template is not None:
         tokenizer.chat_template = template
     if not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"{name_or_path}: the tokenizer has no chat template; give one with "
-                        "--chat-template FILE (a Jinja template, e.g. aot_cli/templates/chatml.jinja)")
+        raise OptionError(f"{name_or_path}: the tokenizer has no chat template; give one with "
+                          "{chat_template} FILE (a Jinja template, e.g. aot_cli/templates/chatml.jinja)",
+                          "chat_template")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -213,21 +215,22 @@ def render_example(tokenizer: Any, prompt: Any, completion: Any, eos_token: str 
                        generation_prompt=False)
     start = marked.find(sentinel)
     if start < 0 or marked.count(sentinel) > 1:
-        raise UserError("the chat template rewrites the answer (it does not write the answer's text once, as "
-                        "given), so aot cannot tell where the answer starts; give another template with "
-                        "--chat-template")
+        raise OptionError("the chat template rewrites the answer (it does not write the answer's text once, as "
+                          "given), so aot cannot tell where the answer starts; give another template with "
+                          "{chat_template}", "chat_template")
     if not text.startswith(marked[:start]):
         at = _common_prefix_len(text, marked)
-        raise UserError(f"the chat template writes the conversation before the answer differently for this "
-                        f"answer ({_clip(text[at:])} where another answer gets {_clip(marked[at:])}; Qwen3 moves "
-                        "<think> reasoning out of the answer), so aot cannot tell where the answer starts; remove "
-                        "the reasoning from the answers or give another template with --chat-template")
+        raise OptionError(f"the chat template writes the conversation before the answer differently for this "
+                          f"answer ({_clip(text[at:])} where another answer gets {_clip(marked[at:])}; Qwen3 moves "
+                          "<think> reasoning out of the answer), so aot cannot tell where the answer starts; remove "
+                          "the reasoning from the answers or give another template with {chat_template}",
+                          "chat_template")
     written = text[start:].lstrip()
     if not written.startswith(content.strip()):
-        raise UserError(f"the chat template rewrites the answer: it writes {_clip(written)} for "
-                        f"{_clip(content.strip())} (DeepSeek-R1 drops everything up to </think>), so aot would not "
-                        "train on the answer given; remove what the template drops (the reasoning) from the answers "
-                        "or give another template with --chat-template")
+        raise OptionError(f"the chat template rewrites the answer: it writes {_clip(written)} for "
+                          f"{_clip(content.strip())} (DeepSeek-R1 drops everything up to </think>), so aot would not "
+                          "train on the answer given; remove what the template drops (the reasoning) from the answers "
+                          "or give another template with {chat_template}", "chat_template")
     if eos_token:
         end = text.rfind(eos_token, start)
         if end >= 0 and not text[end + len(eos_token):].strip():

@@ -20,7 +20,7 @@ def test_score_expression_weights_fields_and_skips_missing():
     assert expr({"helpfulness": 4, "honesty": "N/A", "bonus": 1}, "w") is None
     assert expr({"helpfulness": 4, "bonus": 1}, "w") is None
     assert expr({"helpfulness": float("nan"), "honesty": 1, "bonus": 1}, "w") is None  # NaN: a missing rating
-    with pytest.raises(UserError, match="w: field 'bonus': expected a number for --score, got list"):
+    with pytest.raises(UserError, match="w: field 'bonus': expected a number for score, got list"):
         expr({"helpfulness": 4, "honesty": 1, "bonus": [1]}, "w")
     with pytest.raises(UserError, match="cannot read '3\\*'"):
         ScoreExpr("a + 3*")
@@ -37,7 +37,7 @@ def test_to_label_flags_and_thresholds():
     assert [to_label(v, 3, "w", "f") for v in (2, 3, 4.5, "3.5")] == [False, True, True, True]
     with pytest.raises(UserError, match="w: field 'f': expected true/false or 1/0, got float 0.7"):
         to_label(0.7, None, "w", "f")
-    with pytest.raises(UserError, match="expected a number to compare with --label-threshold, got str 'x'"):
+    with pytest.raises(UserError, match="expected a number to compare with label_threshold, got str 'x'"):
         to_label("x", 1, "w", "f")
 
 
@@ -80,7 +80,7 @@ def test_hygiene_on_messages_and_across_splits():
 def test_held_out_count_fraction_and_count():
     assert [held_out_count(100, t) for t in (0, 0.1, 0.25, 1, 7)] == [0, 10, 25, 1, 7]
     assert held_out_count(3, 0.01) == 1
-    with pytest.raises(UserError, match="--test-size 2.5: a count must be a whole number"):
+    with pytest.raises(UserError, match="test_size 2.5: a count must be a whole number"):
         held_out_count(5, 2.5)
     with pytest.raises(UserError, match="leaves no training rows"):
         held_out_count(5, 5)
@@ -148,14 +148,14 @@ def test_scores_and_thresholds_must_be_finite_numbers():
     and a NaN margin kept an all-infinite tie as a pair; 10**400 against --label-threshold crashed."""
     expr = ScoreExpr("helpfulness")
     for value in (float("inf"), "-inf", "1e400", 10 ** 400):
-        with pytest.raises(UserError, match="field 'helpfulness': expected a finite number for --score, got"):
+        with pytest.raises(UserError, match="field 'helpfulness': expected a finite number for score, got"):
             expr({"helpfulness": value}, "w")
     with pytest.raises(UserError, match="got an integer of about 401 digits"):
         expr({"helpfulness": 10 ** 400}, "w")
     assert expr({"helpfulness": 10 ** 300}, "w") == 1e300
-    with pytest.raises(UserError, match="w: --score '2\\*a \\+ b' is too large to compute"):
+    with pytest.raises(UserError, match="w: score '2\\*a \\+ b' is too large to compute"):
         ScoreExpr("2*a + b")({"a": 1e308, "b": 1}, "w")
     for value in (10 ** 400, float("nan"), "nan"):
-        with pytest.raises(UserError, match="expected a number to compare with --label-threshold"):
+        with pytest.raises(UserError, match="expected a number to compare with label_threshold"):
             to_label(value, 1, "w", "f")
     assert to_label(float("inf"), 1, "w", "f") is True

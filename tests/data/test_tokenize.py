@@ -258,9 +258,9 @@ def test_truncation_never_drops_the_completion(tok):
 
 
 def test_impossible_lengths_are_user_errors():
-    with pytest.raises(UserError, match="--max-length 1 leaves no room"):
+    with pytest.raises(UserError, match="max_length 1 leaves no room"):
         TokenizeSettings(max_length=1)
-    with pytest.raises(UserError, match="--max-prompt-length"):
+    with pytest.raises(UserError, match="max_prompt_length must be at least 1"):
         TokenizeSettings(max_prompt_length=0)
 
 
@@ -274,7 +274,7 @@ def test_load_tokenizer_without_chat_template(tiny_model_dir, tmp_path):
     tokenizer = load_tokenizer(tiny_model_dir)
     tokenizer.chat_template = None
     tokenizer.save_pretrained(bare)
-    with pytest.raises(UserError, match="no chat template; give one with --chat-template"):
+    with pytest.raises(UserError, match="no chat template; give one with chat_template"):
         load_tokenizer(bare)
     template = tmp_path / "chat.jinja"
     template.write_text("{% for m in messages %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}"
