@@ -9,6 +9,8 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from aot_cli.errors import UserError
 
@@ -370,7 +372,7 @@ def test_odd_judge_answers_are_counted_and_the_run_finishes(aot, tmp_path, monke
     model = tmp_path / "fake-model"  # resolved, never loaded: every answer is already in model_outputs.json
     model.mkdir()
     (model / "config.json").write_text("{}")
-    (model / "model.safetensors").write_bytes(b"")
+    save_file({"w": torch.zeros(1)}, model / "model.safetensors")   # whole, so the model passes the damage check
     monkeypatch.setattr("aot_cli.eval.alpaca.load_for_generation",
                         lambda *a, **k: pytest.fail("generation should be skipped"))
     rows = [{"instruction": text, "output": f"REF: {i}"} for i, text in enumerate(
