@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -39,6 +38,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from in_process import aot, offline
 
 ADJECTIVES = ["quiet", "bright", "small", "heavy", "warm", "old", "green", "sharp", "soft", "round",
               "tall", "empty", "golden", "narrow", "calm", "wild", "clever", "dusty", "frozen", "gentle"]
@@ -135,20 +136,6 @@ def paired_differences(runs: list[dict]) -> dict:
     return out
 
 
-def aot(*args) -> str:
-    """Run ``aot ARGS`` in this process through the real typer app; returns the command line."""
-    from aot_cli.cli import app
-
-    argv = [str(a) for a in args]
-    try:
-        code = app(argv, prog_name="aot", standalone_mode=False)  # click returns an Exit's code here
-    except SystemExit as exc:
-        code = exc.code
-    if code:
-        raise RuntimeError(f"aot {' '.join(argv)} exited {code}")
-    return "aot " + " ".join(argv)
-
-
 def build_inputs(args: argparse.Namespace) -> dict:
     """Model, JSONL sources and the prepared datasets under args.out; their commands and counts."""
     from aot_cli.tiny_model import build_tiny_model
@@ -205,10 +192,7 @@ def print_table(rows: list[dict], differences: dict, beta: float) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    os.environ.setdefault("AOT_CACHE_DIR", str((args.out / "cache").resolve()))
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(var, "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    offline(args.out)
     import torch
 
     from aot_cli.artifacts.store import library_versions

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from in_process import aot, offline
 
 ADJECTIVES = ["quiet", "bright", "small", "heavy", "warm", "old", "green", "sharp", "soft", "round",
               "tall", "empty", "golden", "narrow", "calm", "wild", "clever", "dusty", "frozen", "gentle"]
@@ -119,20 +120,6 @@ def flip(rows: list[dict], fraction: float, rng: random.Random) -> int:
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
-def aot(*args) -> str:
-    """Run ``aot ARGS`` in this process through the real typer app; returns the command line."""
-    from aot_cli.cli import app
-
-    argv = [str(a) for a in args]
-    try:  # without standalone mode click returns typer.Exit's code instead of raising it
-        code = app(argv, prog_name="aot", standalone_mode=False)
-    except SystemExit as exc:
-        code = exc.code
-    if code:
-        raise RuntimeError(f"aot {' '.join(argv)} exited {code}")
-    return "aot " + " ".join(argv)
 
 
 def build_inputs(args: argparse.Namespace) -> dict:
@@ -291,10 +278,7 @@ def plot(rows: list[dict], path: Path, *, beta: float, steps: int, noise: float)
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    os.environ.setdefault("AOT_CACHE_DIR", str((args.out / "cache").resolve()))
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(var, "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    offline(args.out)
     import torch
 
     from aot_cli.artifacts.store import library_versions
