@@ -4,8 +4,8 @@ With ``--model``, examples are tokenized exactly as ``aot train`` tokenizes them
 (``data.tokenize.encode_example`` with the same ``--max-length`` / ``--max-prompt-length``) and the
 token ids are decoded back: special tokens visible and highlighted, the prompt/completion boundary
 marked. Then a table of token lengths before truncation, how many rows the limits would truncate,
-and warnings for the template traps (double BOS, missing EOS, templated prompt not a prefix of
-prompt + completion). Without ``--model``: the raw rows and their character lengths.
+and warnings for the template traps (double BOS, missing EOS, a trained prompt that is not the
+generation prompt). Without ``--model``: the raw rows and their character lengths.
 """
 
 from __future__ import annotations
