@@ -48,13 +48,15 @@ def run(config: Config) -> None:
         _show_raw(rows, split, paired)
     else:
         _show_tokens(config, tokenizer, settings, rows, split, paired)
-    info(_next_command(config))
+    info(_next_command(config, paired))
 
 
-def _next_command(config: Config) -> str:
-    """The `aot train` line that trains on what was just shown (same model, lengths and template)."""
+def _next_command(config: Config, paired: bool) -> str:
+    """The `aot train` line that trains on what was just shown (same model, lengths and template;
+    unpaired data needs the unpaired loss)."""
     model = config.model or "MODEL"
-    line = f"next: aot train --model {shlex.quote(str(model))} --data {shlex.quote(str(config.data))} -o RUN_DIR"
+    line = f"next: aot train --model {shlex.quote(str(model))} --data {shlex.quote(str(config.data))}"
+    line += " -o RUN_DIR" if paired else " --loss aot_unpaired -o RUN_DIR"
     if config.model is not None:
         line += f" --max-length {config.max_length} --max-prompt-length {config.max_prompt_length}"
     if config.chat_template is not None:

@@ -120,7 +120,8 @@ def test_inspect_raw_rows_without_model(aot, tmp_path):
     assert table_row(result.stdout, "prompt") == [2, 11, 11]
     assert table_row(result.stdout, "completion") == [3, 3, 3]
     assert "give --model" in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"next: aot train --model MODEL --data {data} -o RUN_DIR"
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"next: aot train --model MODEL --data {data} --loss aot_unpaired -o RUN_DIR"
 
 
 def test_inspect_unpaired_tokens(aot, tmp_path, tiny_model_dir):
