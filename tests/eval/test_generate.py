@@ -6,6 +6,7 @@ vLLM backend's plumbing (its absence, its arguments, its wiring) works where vLL
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import types
@@ -120,6 +121,28 @@ def test_throughput_without_generation_has_no_rate():
     assert Throughput("vllm", True, answers=4, tokens=30, seconds=1.5).record() == {
         "backend": "vllm", "batch_order": "longest prompt first", "answers_generated": 4, "generated_tokens": 30,
         "seconds": 1.5, "tokens_per_s": 20.0}
+
+
+def test_alpaca_reports_generated_tokens_per_second(aot, tiny_model_dir, tmp_path):
+    from judge_server import JudgeServer
+
+    out = tmp_path / "ae"
+    args = ("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", out, "--max-new-tokens", 8,
+            "--batch-size", 2, "--temperature", 0, "--judge-model", "judge-x", "--judge-base-url")
+    with JudgeServer() as server:
+        result = aot(*args, server.url)
+    assert result.exit_code == 0, result
+    line = re.search(r"^generated 4 answers, (\d+) tokens in ([\d.]+) s: ([\d.]+) tokens/s \(hf, longest prompt "
+                     r"first\)$", result.stderr, re.M)
+    assert line, result.stderr
+    res = json.loads((out / "results.json").read_text())
+    generation = res["settings"]["generation"]
+    assert generation["backend"] == "hf" and generation["answers_generated"] == 4
+    assert generation["generated_tokens"] == int(line[1]) and 4 <= int(line[1]) <= 4 * 8
+    assert generation["tokens_per_s"] == pytest.approx(int(line[1]) / generation["seconds"], rel=0.01)
+    assert "tokens_per_s" not in res["notes"]
+    outputs = json.loads((out / "model_outputs.json").read_text())
+    assert [o["instruction"] for o in outputs] == [r["instruction"] for r in json.loads(Path(DATA).read_text())]
 
 
 # --- the vLLM backend, where vLLM is not installed ---------------------------------------------------
