@@ -67,6 +67,7 @@ def main() -> None:
     from aot_cli.tiny_model import build_tiny_model
 
     args.out.mkdir(parents=True, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp) / "model", hidden=args.hidden, layers=args.layers)
@@ -95,7 +96,7 @@ def main() -> None:
 
     median = {o: statistics.median(r["tokens_per_s"] for r in runs if r["order"] == o) for o in ("plain", "sorted")}
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_at_start": load,
+        "started": started, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_at_start": load,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
