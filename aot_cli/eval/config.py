@@ -120,8 +120,8 @@ class TasksConfig(EvalOptions, _LmEvalOptions):
 class AlpacaConfig(EvalOptions):
     """AlpacaEval: generation, then a pairwise judge."""
 
-    seed: int = opt(0, "--seed", help="Seed of the sampled answers (batch i samples under seed + i) and of "
-                    "the judge.", panel=GENERATION)
+    seed: int = opt(0, "--seed", help="Seed of the sampled answers (hf: batch i of the length-sorted batches "
+                    "under seed + i; vllm: instruction k under seed + k) and of the judge.", panel=GENERATION)
     batch_size: int = opt(8, "--batch-size", help="Instructions answered per generate call.", ge=1,
                           panel=HARDWARE)
     limit: int | None = opt(None, "--limit", help="Answer only the first N instructions (quick checks; win "
