@@ -159,7 +159,7 @@ def answer_rows(answer: Answerer, tokenizer: Any, rows: list[dict], path: Path, 
                 write_outputs(path, in_order(done, rows))
                 bar.advance(task, len(batch))
         info(f"generated {throughput.answers} answers, {throughput.tokens} tokens in {throughput.seconds:.1f} s: "
-             f"{throughput.tokens_per_s:.1f} tokens/s ({throughput.backend}, {BATCH_ORDER[throughput.by_length]})")
+             f"{throughput.tokens_per_s or 0:.1f} tokens/s ({throughput.backend}, {BATCH_ORDER[throughput.by_length]})")
     return [done[r["instruction"]] for r in rows]
 
 
