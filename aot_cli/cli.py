@@ -176,13 +176,14 @@ def _typer_parameter(field: dataclasses.Field, annotation: Any) -> inspect.Param
                              annotation=click_annotation)
 
 
-def run_command(config: Any, run: Callable[[Any], Any]) -> Any:
-    """Preflight, then run; the one place where a UserError becomes ``error: ...`` and exit 2."""
+def run_command(config: Any, run: Callable[[Any], Any] | str) -> Any:
+    """Preflight, then import the step (``"module:name"``) and run it; the one place where a UserError
+    becomes ``error: ...`` and exit 2."""
     try:
         preflight = getattr(config, "preflight", None)
         if preflight is not None:
             preflight()
-        return run(config)
+        return (_load(run) if isinstance(run, str) else run)(config)
     except UserError as exc:
         message = exc.worded(flag_names(config)) if isinstance(exc, OptionError) else str(exc)
         err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
@@ -237,7 +238,7 @@ def command(group: typer.Typer, config_cls: type, run: str | Callable[[Any], Any
         except UserError as exc:
             err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        run_command(config, _load(run) if isinstance(run, str) else run)
+        run_command(config, run)
 
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     wrapper.__name__ = name.replace("-", "_")

@@ -41,6 +41,11 @@ BINARIZE_METHODS = ("best-vs-worst", "best-vs-random")
 PREFERENCES = ("better", "safer")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
+# --- evaluation backends (aot_cli.eval.vllm_args maps a model onto vLLM) ----------------------------
+# hf: transformers in-process (any device, the default); vllm: vLLM on CUDA GPUs (the optional
+# `vllm` extra, pip install 'aot-cli[vllm]').
+EVAL_BACKENDS = ("hf", "vllm")
+
 # --- model directories ---------------------------------------------------------------------------
 # Weight files a saved model directory may hold: safetensors (what aot writes and prefers) and the
 # legacy pickled shards transformers still loads.

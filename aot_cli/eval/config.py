@@ -15,13 +15,20 @@ from aot_cli.artifacts.store import check_output
 from aot_cli.config import StepConfig, arg, opt
 from aot_cli.errors import UserError
 from aot_cli.eval.source import resolve_model, resolve_run
-from aot_cli.vocab import DTYPE_CHOICES
+from aot_cli.eval.vllm_args import check_vllm
+from aot_cli.vocab import DTYPE_CHOICES, EVAL_BACKENDS
 
 OPENLLM_VERSIONS = ("v1", "v2")
 DEFAULT_JUDGE = "weighted_alpaca_eval_gpt4_turbo"
 # --help panels; the main "Options" panel holds what to evaluate and where to write.
 LM_EVAL, HARDWARE, JUDGE, GENERATION = "lm-eval options", "Device and precision", "Judge", "Generation"
 STATISTICS = "Statistics"
+
+
+def check_backend(backend: str, model: str, device: str | None) -> None:
+    """``--backend vllm``: installed, on CUDA, and a model it can load (before torch is imported)."""
+    if backend == "vllm":
+        check_vllm(resolve_model(model), device)
 
 
 @dataclass
@@ -64,6 +71,9 @@ class _LmEvalOptions:
     fewshot_as_multiturn: bool | None = opt(None, "--fewshot-as-multiturn/--no-fewshot-as-multiturn",
                                                help="Few-shot examples as chat turns (default: with the "
                                                     "chat template).", panel=LM_EVAL)
+    backend: str = opt("hf", "--backend", help="lm-eval's model: hf (transformers, any device) or vllm (CUDA "
+                       "GPUs; the vllm extra; a LoRA run as base + adapter, a QLoRA run must be merged first).",
+                       choices=EVAL_BACKENDS, panel=HARDWARE)
 
     def check_chat_settings(self) -> None:
         if self.fewshot_as_multiturn and self.apply_chat_template is False:
@@ -81,6 +91,7 @@ class OpenLLMConfig(EvalOptions, _LmEvalOptions):
     def preflight(self) -> None:
         self.check_chat_settings()
         super().preflight()
+        check_backend(self.backend, self.model, self.device)
 
 
 @dataclass
@@ -102,14 +113,15 @@ class TasksConfig(EvalOptions, _LmEvalOptions):
         if self.include_path is not None and not Path(self.include_path).is_dir():
             raise UserError(f"--include-path {self.include_path}: no such directory")
         super().preflight()
+        check_backend(self.backend, self.model, self.device)
 
 
 @dataclass
 class AlpacaConfig(EvalOptions):
     """AlpacaEval: generation, then a pairwise judge."""
 
-    seed: int = opt(0, "--seed", help="Seed of the sampled answers (batch i samples under seed + i) and of "
-                    "the judge.", panel=GENERATION)
+    seed: int = opt(0, "--seed", help="Seed of the sampled answers (hf: batch i of the length-sorted batches "
+                    "under seed + i; vllm: instruction k under seed + k) and of the judge.", panel=GENERATION)
     batch_size: int = opt(8, "--batch-size", help="Instructions answered per generate call.", ge=1,
                           panel=HARDWARE)
     limit: int | None = opt(None, "--limit", help="Answer only the first N instructions (quick checks; win "
@@ -131,6 +143,9 @@ class AlpacaConfig(EvalOptions):
                               panel=GENERATION)
     temperature: float = opt(0.7, "--temperature", help="Sampling temperature (0 = greedy).", ge=0,
                              panel=GENERATION)
+    backend: str = opt("hf", "--backend", help="Generation engine: hf (transformers, any device) or vllm (CUDA "
+                       "GPUs, the vllm extra; raise --batch-size, e.g. 256, to keep it busy).",
+                       choices=EVAL_BACKENDS, panel=GENERATION)
 
     def input_paths(self) -> list:
         return [self.model, self.instructions, self.reference]
@@ -140,6 +155,7 @@ class AlpacaConfig(EvalOptions):
             if path is not None and not Path(path).is_file():
                 raise UserError(f"{flag} {path}: file not found")
         resolve_model(self.model)
+        check_backend(self.backend, self.model, self.device)
         # An unfinished eval directory (no manifest) is resumed: its outputs are kept.
         out = Path(self.output)
         if out.exists() and not self.overwrite and (not out.is_dir() or (out / "manifest.json").is_file()):

@@ -1,7 +1,9 @@
 """`aot eval openllm` and `aot eval tasks`: the Open LLM Leaderboard suites and any lm-eval task.
 
 All three go through one code path, ``lm_eval.simple_evaluate`` in-process with the "hf" model, so
-the offline tests on local tasks exercise exactly what the leaderboard suites run. What changes
+the offline tests on local tasks exercise exactly what the leaderboard suites run. ``--backend vllm``
+swaps in lm-eval's "vllm" model on CUDA GPUs (the optional extra), with model_args built from the same
+resolved MODEL (:mod:`aot_cli.eval.vllm_args`). What changes
 scores is passed explicitly and recorded (lm-eval #1841, #1645, #2322 are all about silent
 defaults): chat template on or off, few-shot as multi-turn, shots, batch size, dtype, device, limit.
 Per-suite chat-template defaults follow the leaderboards: v1 scored raw prompts, v2 applies the
@@ -38,6 +40,7 @@ from aot_cli.eval import leaderboard
 from aot_cli.eval.config import OpenLLMConfig, TasksConfig
 from aot_cli.eval.report import announce, write_eval
 from aot_cli.eval.source import ModelSource, resolve_model
+from aot_cli.eval.vllm_args import lm_eval_model_args
 from aot_cli.vocab import DTYPES
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -160,6 +163,18 @@ def _write_samples(samples: dict, out: Path) -> None:
                 handle.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
 
 
+def hf_model_args(source: ModelSource, dtype: str) -> dict:
+    """model_args of lm-eval's ``hf`` model as recorded: the weights, the tokenizer, the dtype, a LoRA
+    run's adapter (``peft``), and ``load_in_4bit`` for a QLoRA run (whose model is loaded here instead:
+    module docstring)."""
+    args = {"pretrained": source.pretrained, "tokenizer": source.tokenizer, "dtype": DTYPES.get(dtype, "auto")}
+    if source.peft:
+        args["peft"] = source.peft
+    if source.load_in_4bit:
+        args["load_in_4bit"] = True
+    return args
+
+
 def evaluate(config: Any, suite: str, tasks: list[str], include_path: Path | None, source: ModelSource,
              device: str, out: Path) -> tuple[dict, dict]:
     """Run lm-eval on `tasks`; write raw results and samples into `out`; return (scores, settings)."""
@@ -168,19 +183,16 @@ def evaluate(config: Any, suite: str, tasks: list[str], include_path: Path | Non
     check_task_names(tasks, manager.all_tasks)
     specs = local_task_specs(manager, tasks, include_path)
 
-    model_args = {"pretrained": source.pretrained, "tokenizer": source.tokenizer,
-                  "dtype": DTYPES.get(config.dtype, "auto")}
-    if source.peft:
-        model_args["peft"] = source.peft
+    vllm = config.backend == "vllm"
+    model_args = lm_eval_model_args(source, config.dtype, config.seed) if vllm else hf_model_args(source, config.dtype)
     lm_eval_args = model_args
     if source.load_in_4bit:  # the run's model as trained (module docstring); model_args stays its description
-        model_args["load_in_4bit"] = True
         lm_eval_args = {"pretrained": load_for_generation(source, config.dtype, device)[0],
                         "tokenizer": source.tokenizer}
     try:
-        results = lm_eval.simple_evaluate(
-            model="hf", model_args=lm_eval_args, tasks=specs, num_fewshot=config.num_fewshot,
-            batch_size=config.batch_size, device=device, limit=config.limit,
+        results = lm_eval.simple_evaluate(   # vLLM takes its GPUs from CUDA_VISIBLE_DEVICES, not a device
+            model=config.backend, model_args=lm_eval_args, tasks=specs, num_fewshot=config.num_fewshot,
+            batch_size=config.batch_size, device=None if vllm else device, limit=config.limit,
             apply_chat_template=chat, fewshot_as_multiturn=multiturn, task_manager=manager,
             log_samples=True, random_seed=config.seed, numpy_random_seed=config.seed,
             torch_random_seed=config.seed, fewshot_random_seed=config.seed,
@@ -205,6 +217,6 @@ def evaluate(config: Any, suite: str, tasks: list[str], include_path: Path | Non
         "apply_chat_template": chat, "fewshot_as_multiturn": multiturn,
         "num_fewshot": config.num_fewshot, "n_shot": results.get("n-shot", {}),
         "limit": config.limit, "batch_size": config.batch_size, "dtype": config.dtype, "device": device,
-        "seed": config.seed, "model_args": model_args,
+        "seed": config.seed, "backend": config.backend, "model_args": model_args,
     }
     return scores, settings

@@ -129,3 +129,52 @@ def test_unreachable_model_or_data_is_a_user_error(aot, tiny_model_dir, tmp_path
     result = aot("eval", "tasks", tiny_model_dir, "--tasks", "arc_challenge", "-o", tmp_path / "o")
     assert result.exit_code == 2 and "Couldn't reach 'allenai/ai2_arc'" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_lm_eval_model_args_per_backend(lora_run_dir, tiny_model_dir):
+    from aot_cli.eval.lm_eval_suites import hf_model_args
+    from aot_cli.eval.source import resolve_model
+    from aot_cli.eval.vllm_args import lm_eval_model_args
+
+    lora = resolve_model(str(lora_run_dir))
+    adapter = str(lora_run_dir / "adapter")
+    assert hf_model_args(lora, "bf16") == {"pretrained": lora.pretrained, "tokenizer": adapter, "dtype": "bfloat16",
+                                           "peft": adapter}
+    # the tiny run's adapter has rank 4: vLLM's smallest max_lora_rank holds it; lm-eval turns on enable_lora
+    assert lm_eval_model_args(lora, "bf16", 7) == {"pretrained": lora.pretrained, "tokenizer": adapter,
+                                                   "dtype": "bfloat16", "seed": 7, "lora_local_path": adapter,
+                                                   "max_lora_rank": 8}
+    plain = resolve_model(str(tiny_model_dir))
+    assert lm_eval_model_args(plain, "auto", 0) == {"pretrained": str(tiny_model_dir),
+                                                    "tokenizer": str(tiny_model_dir), "dtype": "auto", "seed": 0}
+
+
+def test_the_vllm_backend_reaches_lm_eval_as_its_vllm_model(aot, lora_run_dir, tiny_model_dir, tmp_path,
+                                                            monkeypatch):
+    """What lm-eval receives with --backend vllm (a stand-in for simple_evaluate: vLLM is not installed here)."""
+    import lm_eval
+
+    from aot_cli.eval import lm_eval_suites
+
+    class Manager:
+        all_tasks = ["arc_easy"]
+
+    seen = {}
+
+    def simple_evaluate(**kwargs):
+        seen.update(kwargs)
+        return {"results": {"arc_easy": {"acc,none": 0.5}}, "config": {}, "samples": {}}
+
+    monkeypatch.setattr("aot_cli.eval.vllm_args.vllm_installed", lambda: True)
+    monkeypatch.setattr(lm_eval_suites, "task_manager", lambda include_path, tasks: Manager())
+    monkeypatch.setattr(lm_eval, "simple_evaluate", simple_evaluate)
+    out = tmp_path / "o"
+    result = aot("eval", "tasks", lora_run_dir, "--tasks", "arc_easy", "--backend", "vllm", "--batch-size", 64,
+                 "-o", out)
+    assert result.exit_code == 0, result
+    adapter = str(lora_run_dir / "adapter")
+    assert seen["model"] == "vllm" and seen["device"] is None and seen["batch_size"] == 64
+    assert seen["model_args"] == {"pretrained": str(tiny_model_dir), "tokenizer": adapter, "dtype": "auto",
+                                  "seed": 0, "lora_local_path": adapter, "max_lora_rank": 8}
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["backend"] == "vllm" and settings["model_args"] == seen["model_args"]
