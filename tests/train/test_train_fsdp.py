@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from aot_cli.configs.show import accelerate_config
+from aot_cli.errors import UserError
 from aot_cli.merge import run as merge_run
 from aot_cli.merge.config import Config as MergeConfig
 from aot_cli.train import run
@@ -80,10 +81,10 @@ def test_fsdp_full_update_equals_one_process_and_exports(tiny_model_dir, mixed_l
 
 @pytest.mark.slow
 def test_fsdp_checkpoint_resumes_like_an_uninterrupted_run(tiny_model_dir, paired_data, tmp_path):
-    args = dict(ARGS, optim="adamw", lr=1e-3, max_steps=3, batch_size=4, save_steps=1)
+    args = dict(ARGS, optim="adamw", lr=1e-3, max_steps=2, batch_size=4, save_steps=1)
     straight = tmp_path / "straight"
     fsdp_train(tiny_model_dir, paired_data, straight, **args)
-    checkpoint = straight / "checkpoints" / "step-2"
+    checkpoint = straight / "checkpoints" / "step-1"
     assert sorted(p.name for p in checkpoint.iterdir()) == ["optimizer.pt", "rng-0.pt", "rng-1.pt", "scheduler.pt",
                                                             "state.json", "trainable.safetensors"]
     resumed = tmp_path / "resumed"
@@ -93,3 +94,12 @@ def test_fsdp_checkpoint_resumes_like_an_uninterrupted_run(tiny_model_dir, paire
     b = load_file(str(resumed / "adapter" / "adapter_model.safetensors"))
     assert sorted(a) == sorted(b) and any(k.endswith("lora_B.weight") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deepspeed_launch_is_refused_before_anything_is_written(tiny_model_dir, paired_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` with a zero config sets
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"^aot train does not run under DeepSpeed yet: .* launch with the fsdp "
+                                        r"config instead \(aot configs fsdp; docs/distributed.md\)$"):
+        run.run(TrainConfig(model=str(tiny_model_dir), data=paired_data, output=out, **ARGS))
+    assert not out.exists()
