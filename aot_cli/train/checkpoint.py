@@ -21,6 +21,10 @@ Faults (docs/reliability.md):
 - ``--save-total-limit N`` deletes older checkpoints only once a newer one is complete on disk, so
   the checkpoint a run resumed from survives until it is superseded.
 
+Under FSDP (docs/distributed.md) the weights and the optimizer state are gathered whole on the main
+process before they are written (the optimizer state then keyed by parameter name), and on resume every
+process reads them and keeps its shard: the same files and checks, for any number of FSDP processes.
+
 Hashing costs one read of each file per save (about a minute per 100 GB; nothing for LoRA) and one
 per checkpoint examined on resume.
 """
@@ -142,8 +146,8 @@ def sharded(accelerator) -> bool:
 
 def gathered_state(model, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """FSDP: the whole trainable weights and the whole optimizer state (keyed by parameter name), on the
-    main process's CPU; every process must call it, the others get empty dicts. The files are then the
-    same as one process writes, whatever the number of processes that resumes them."""
+    main process's CPU; every process must call it, the others get empty dicts. Whole tensors, so that
+    any number of FSDP processes can resume them and the checks of :func:`checkpoint_problem` apply."""
     weights, optim = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
                                                                                cpu_offload=True))
     names = {name for name, p in model.named_parameters() if p.requires_grad}

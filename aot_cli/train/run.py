@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from torch.distributed.fsdp import FSDPModule
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, set_seed, str_to_bool
+from torch.distributed.fsdp import FSDPModule
 from transformers import get_scheduler
 
 from aot_cli.artifacts.models import check_4bit
