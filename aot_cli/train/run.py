@@ -267,7 +267,9 @@ class Setup:
                 "lora": c.lora, "model": c.model, "load_in_4bit": c.load_in_4bit, "dtype": c.dtype,
                 "max_length": c.max_length,
                 "max_prompt_length": c.max_prompt_length,
-                "chat_template": str(c.chat_template) if c.chat_template else None}
+                "chat_template": str(c.chat_template) if c.chat_template else None,
+                # an FSDP checkpoint's optimizer state is keyed by parameter name, another's by position
+                "fsdp": sharded(self.accelerator)}
 
 
 def run(config: Config) -> dict:
