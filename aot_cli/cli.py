@@ -52,6 +52,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str, str]] = [
      "Does the run's reward distribution dominate? Quantile curves of held-out rewards, and a PNG."),
     (("compare",), "aot_cli.compare:Config", "aot_cli.compare:run",
      "Put eval results side by side (one row per model, differences to the first), as a table and markdown."),
+    (("configs",), "aot_cli.configs.show:Config", "aot_cli.configs.show:run",
+     "Where the shipped accelerate configs (ddp, fsdp, zero2, zero3) are, for launching on several processes."),
 ]
 GROUPS = {"eval": "Evaluate a model or run: Open LLM Leaderboard, lm-eval tasks, AlpacaEval, reward dominance."}
 

@@ -28,6 +28,8 @@ REFERENCE_MODES = ("precompute", "online")
 OPTIMIZERS = ("adamw", "sgd", "paged_adamw_8bit")
 LR_SCHEDULERS = ("linear", "cosine", "constant")
 TRACKERS = ("none", "tensorboard", "wandb")
+# The accelerate launch configs shipped in aot_cli/configs/accelerate/NAME.yaml (docs/distributed.md).
+ACCELERATE_CONFIGS = ("ddp", "fsdp", "zero2", "zero3")
 
 # --- dtypes: the short names users type, and the torch attribute each one names -----------------
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}

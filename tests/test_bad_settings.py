@@ -55,6 +55,7 @@ def base_args(command: str, inputs: dict, out: Path) -> list:
         "eval alpaca": ["eval", "alpaca", inputs["model"], "-o", out, "--instructions", INSTRUCTIONS],
         "eval dominance": ["eval", "dominance", inputs["run"], "--data", inputs["data"], "-o", out],
         "compare": ["compare", inputs["eval"], "-o", out],
+        "configs": ["configs"],
     }[command]
 
 
@@ -166,6 +167,9 @@ HAND_WRITTEN = {
     "compare": [
         (["{run}"], ["run"]),
         ([MISSING], [MISSING]),
+    ],
+    "configs": [
+        (["nope"], ["'nope' is not a shipped accelerate config", "ddp, fsdp, zero2, zero3"]),
     ],
 }
 

@@ -21,6 +21,10 @@ Faults (docs/reliability.md):
 - ``--save-total-limit N`` deletes older checkpoints only once a newer one is complete on disk, so
   the checkpoint a run resumed from survives until it is superseded.
 
+Under FSDP (docs/distributed.md) the weights and the optimizer state are gathered whole on the main
+process before they are written (the optimizer state then keyed by parameter name), and on resume every
+process reads them and keeps its shard: the same files and checks, for any number of FSDP processes.
+
 Hashing costs one read of each file per save (about a minute per 100 GB; nothing for LoRA) and one
 per checkpoint examined on resume.
 """
@@ -37,7 +41,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from accelerate.utils import broadcast_object_list
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from accelerate.utils import DistributedType, broadcast_object_list
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -133,6 +139,21 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def sharded(accelerator) -> bool:
+    """Whether the model is sharded over the processes (FSDP): its state must be gathered by all of them."""
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def gathered_state(model, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """FSDP: the whole trainable weights and the whole optimizer state (keyed by parameter name), on the
+    main process's CPU; every process must call it, the others get empty dicts. Whole tensors, so that
+    any number of FSDP processes can resume them and the checks of :func:`checkpoint_problem` apply."""
+    weights, optim = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                               cpu_offload=True))
+    names = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {name: t.contiguous() for name, t in weights.items() if name in names}, optim
+
+
 def _fsync(path: Path) -> None:
     """Flush a file or directory to disk (a directory: the names in it), so that deleting an older
     checkpoint never precedes the newer one being durable."""
@@ -170,9 +191,13 @@ def save_checkpoint(out: Path, step: int, *, model, optimizer, scheduler, state:
     tmp = _temporary_for(target, accelerator)
     try:
         torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+        if sharded(accelerator):
+            weights, optim = gathered_state(model, optimizer)
+        elif accelerator.is_main_process:
+            weights, optim = trainable_state(accelerator.unwrap_model(model)), optimizer.state_dict()
         if accelerator.is_main_process:
-            save_file(trainable_state(accelerator.unwrap_model(model)), str(tmp / TRAINABLE))
-            torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+            save_file(weights, str(tmp / TRAINABLE))
+            torch.save(optim, tmp / OPTIMIZER)
             torch.save(scheduler.state_dict(), tmp / SCHEDULER)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -247,11 +272,16 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, accelerator) -> 
     if missing:
         raise UserError(f"--resume {path}: the checkpoint lacks {len(missing)} trainable tensor(s) of this model "
                         f"(e.g. {missing[0]}); was it made with other --lora/--full settings?")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
     try:
-        optimizer.load_state_dict(optimizer_state)
+        if sharded(accelerator):  # every process holds the whole state: each keeps its shard
+            full = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(model, weights, options=full)
+            set_optimizer_state_dict(model, optimizer, optimizer_state, options=full)
+        else:
+            with torch.no_grad():
+                for name, tensor in weights.items():
+                    params[name].copy_(tensor)
+            optimizer.load_state_dict(optimizer_state)
         scheduler.load_state_dict(scheduler_state)
     except (ValueError, KeyError, TypeError) as exc:  # another optimizer, other parameter groups
         raise UserError(f"--resume {path}: the optimizer state of checkpoint step {step_of(path)} does not fit "

@@ -15,6 +15,7 @@ in forward *and* backward, so at most one ``[chunk_size, vocab]`` float32 block 
 from __future__ import annotations
 
 import torch
+from torch.distributed.tensor import DTensor
 
 IGNORE_INDEX = -100
 
@@ -98,9 +99,14 @@ def model_sequence_logps(
     wrong: ``chunk_size`` None or 0; a head that is not a plain floating-point ``nn.Linear`` (LoRA on the
     head, quantized head); a model that post-processes logits (Gemma-2 ``final_logit_softcapping``,
     Cohere ``logit_scale``, Granite ``logits_scaling``, or any model whose returned last-position
-    logits differ from ``head(hidden)``). Under FSDP or ZeRO-3 the head weight is only gathered
-    inside its own forward: a sharded head weight is detected and takes the plain path, or pass
-    ``chunk_size=0`` (``--logps-chunk-size 0``).
+    logits differ from ``head(hidden)``).
+
+    Under FSDP2 the head is an ``FSDPLinear`` (a subclass of ``nn.Linear``) whose weight is a
+    sharded ``DTensor`` except while its unit is gathered. accelerate's layout keeps the unit of the
+    final norm and the head gathered from its forward until the backward, so after the forward the
+    weight is the whole plain matrix and the chunked path uses it (its gradient reaches the shards
+    through FSDP's reduce-scatter). A head still sharded after the forward (a unit resharded after
+    its forward) takes the plain path, as does ZeRO-3's (only its own forward sees it whole).
     """
     inner = model
     while isinstance(getattr(inner, "module", None), torch.nn.Module):  # DDP / accelerate wrappers
@@ -125,11 +131,13 @@ def model_sequence_logps(
         handle.remove()
     if len(captured) != 1:
         raise RuntimeError(f"expected the output head to run once per forward; it ran {len(captured)} times")
+    if isinstance(head.weight, DTensor):  # resharded after its forward: only the forward saw it whole
+        return _plain_model_logps(model, input_ids, attention_mask, labels)
     hidden, dtype = captured[0], head_autocast[0]
     # The head ran under the forward's autocast (accelerate's mixed precision, bf16 --full): so do we.
     with torch.autocast(hidden.device.type, dtype=dtype, enabled=dtype is not None):
-        with torch.no_grad():
-            expected = head(hidden[:, -1:, :]).float()
+        with torch.no_grad():  # the head's own computation, without calling it: FSDP2 hooks its call
+            expected = torch.nn.functional.linear(hidden[:, -1:, :], head.weight, head.bias).float()
         if not torch.allclose(last_logits.detach().float(), expected, rtol=1e-3, atol=1e-3):
             # The model changes logits after its head in a way we do not know: stay correct.
             return _plain_model_logps(model, input_ids, attention_mask, labels)
@@ -142,8 +150,9 @@ def _plain_model_logps(model, input_ids, attention_mask, labels) -> torch.Tensor
 
 
 def _plain_linear_head(head) -> bool:
-    # A weight that is not the whole [out, in] matrix is a shard (ZeRO-3, FSDP): only its forward sees it whole.
-    return (type(head) is torch.nn.Linear and head.weight.is_floating_point()
+    # isinstance: FSDP2 subclasses the head's class. A weight that is not the whole [out, in] matrix is a
+    # ZeRO-3 shard (a DTensor shows its whole shape; model_sequence_logps checks it after the forward).
+    return (isinstance(head, torch.nn.Linear) and head.weight.is_floating_point()
             and tuple(head.weight.shape) == (head.out_features, head.in_features))
 
 

@@ -77,7 +77,8 @@ def build_policy(config: Config) -> Any:
         raise UserError(f"--lora-target-modules {' '.join(targets)}: {exc}") from None
 
 
-def save_trained(model: Any, tokenizer: Any, directory: Path) -> None:
-    """Write the adapter (peft) or the full model as safetensors, with the tokenizer beside it."""
-    model.save_pretrained(str(directory), safe_serialization=True)
+def save_trained(model: Any, tokenizer: Any, directory: Path, state_dict: dict | None = None) -> None:
+    """Write the adapter (peft) or the full model as safetensors, with the tokenizer beside it; a sharded
+    (FSDP) model's weights come gathered in `state_dict` (peft keeps the adapter's part of it)."""
+    model.save_pretrained(str(directory), safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(str(directory))

@@ -125,10 +125,16 @@ def side_logps(model, side: Side | KLSide, *, pad_id: int, batch_rows: int, chun
     order = np.argsort(side.lengths, kind="stable")
     batches = [order[i:i + batch_rows] for i in range(0, len(order), batch_rows)]
     out: dict[int, float] = {}
-    for batch in batches[rank::world_size]:
+    mine = batches[rank::world_size]
+    # Every rank runs as many forwards as the busiest one (a rank short of a batch repeats the first and drops
+    # the result): a sharded model (FSDP) gathers each layer's weights with all ranks in every forward.
+    for k in range(-(-len(batches) // world_size)):
+        batch = mine[k] if k < len(mine) else batches[0]
         ids, mask, labels = collate([side.get(i) for i in batch], pad_id)
         logps = model_sequence_logps(model, ids.to(device), mask.to(device), labels.to(device),
                                      chunk_size=chunk_size)
+        if k >= len(mine):
+            continue
         out.update(zip(batch.tolist(), logps.float().cpu().tolist()))
         if on_batch is not None:
             on_batch(len(batch) * world_size)

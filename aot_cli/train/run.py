@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, set_seed, str_to_bool
+from torch.distributed.fsdp import FSDPModule
 from transformers import get_scheduler
 
 from aot_cli.artifacts.models import check_4bit
@@ -44,7 +46,7 @@ from aot_cli.losses import preference_loss
 from aot_cli.train import reference
 from aot_cli.train.batching import KLSide, StepSampler, make_sides
 from aot_cli.train.checkpoint import (check_compatible, check_good, checkpoints, load_checkpoint,
-                                      newest_good_checkpoint, read_state)
+                                      newest_good_checkpoint, read_state, sharded)
 from aot_cli.train.config import Config
 from aot_cli.train.loop import LoopState, train_loop
 from aot_cli.train.metrics import CURVES, METRICS, MetricsLog, plot_curves, read_metrics
@@ -265,7 +267,9 @@ class Setup:
                 "lora": c.lora, "model": c.model, "load_in_4bit": c.load_in_4bit, "dtype": c.dtype,
                 "max_length": c.max_length,
                 "max_prompt_length": c.max_prompt_length,
-                "chat_template": str(c.chat_template) if c.chat_template else None}
+                "chat_template": str(c.chat_template) if c.chat_template else None,
+                # an FSDP checkpoint's optimizer state is keyed by parameter name, another's by position
+                "fsdp": sharded(self.accelerator)}
 
 
 def run(config: Config) -> dict:
@@ -299,13 +303,47 @@ def with_absolute_paths(config: Config) -> Config:
                                chat_template=absolute(config.chat_template))
 
 
+def launched_with(name: str) -> bool:
+    """Whether `accelerate launch` was given a config of this kind (it says so in ACCELERATE_USE_<NAME>)."""
+    return str_to_bool(os.environ.get(f"ACCELERATE_USE_{name}", "false")) == 1
+
+
+def make_accelerator() -> Accelerator:
+    """The accelerator for how the processes were launched (docs/distributed.md).
+
+    On GPUs accelerate reads the launch config itself. Several processes without CUDA (torchrun or
+    ``accelerate launch`` on CPU) need two corrections, both measured with accelerate 1.15: its cpu
+    mode is what gives them a gloo process group (else each process believes it is alone and trains
+    the same rows), and that mode never selects FSDP (an FSDP config silently gives DDP). So under an
+    FSDP config the state is switched to FSDP with the plugin read from the launch config, before
+    anything is prepared; the process-wide state and the accelerator's copy of it both, since a later
+    ``AcceleratorState()`` copies the former again.
+
+    DeepSpeed is refused: accelerate's DeepSpeed engine steps the optimizer inside ``backward``, and
+    the global-sort step runs a backward per micro-batch after the step's sort (:mod:`aot_cli.train.step`).
+    """
+    if launched_with("DEEPSPEED"):
+        raise UserError("aot train does not run under DeepSpeed yet: DeepSpeed steps the optimizer inside each "
+                        "backward, and the global-sort step runs several backward passes per step; launch with "
+                        "the fsdp config instead (aot configs fsdp; docs/distributed.md)")
+    several_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not several_cpu:
+        return Accelerator()
+    if not launched_with("FSDP"):
+        return Accelerator(cpu=True)
+    plugin = FullyShardedDataParallelPlugin()
+    accelerator = Accelerator(cpu=True, fsdp_plugin=plugin)
+    PartialState().distributed_type = DistributedType.FSDP
+    state = AcceleratorState()
+    state.distributed_type, state.fsdp_plugin = DistributedType.FSDP, plugin
+    return accelerator
+
+
 def validate_and_load(config: Config) -> Setup:
     """Every check that can fail on user input, and the loading it needs; writes nothing but caches."""
     started = time.time()
     quiet_libraries()
-    # Several processes without CUDA (torchrun / accelerate launch on CPU): gloo, via accelerate's cpu mode.
-    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(cpu=multi_cpu)
+    accelerator = make_accelerator()
     resume_from = resume_point(config, main=accelerator.is_main_process)
     check_machine(config, main=accelerator.is_main_process)
     loss_fn = make_loss_fn(config)
@@ -331,10 +369,32 @@ def validate_and_load(config: Config) -> Setup:
     return setup
 
 
+def prepare_model(accelerator, config: Config, model) -> tuple[Any, torch.optim.Optimizer]:
+    """The prepared model and its optimizer. FSDP2 replaces the parameters by their shards and accelerate
+    points the optimizer at them, so both are prepared together; the loop and the checkpoints keep the
+    plain torch optimizer inside accelerate's wrapper."""
+    if sharded(accelerator):
+        optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+        model, wrapped = accelerator.prepare(model, optimizer)
+        return model, wrapped.optimizer
+    model = accelerator.prepare(model)
+    return model, make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+
+
+def reshard(model) -> None:
+    """FSDP: put every unit of `model` back in its shards. A forward without a backward (the reference
+    log-probs) leaves the units that accelerate keeps gathered after their forward (the final norm and
+    the head) whole, and their parameters are then the whole tensors, not the shards the optimizer
+    updates; the loop's clipping and weight norm must see the shards."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def run_training(setup: Setup, out: Path) -> dict:
     """Reference log-probs, optimizer, optional resume, the loop, then the final artifact."""
     config, accelerator = setup.config, setup.accelerator
-    policy = accelerator.prepare(setup.policy)
+    policy, optimizer = prepare_model(accelerator, config, setup.policy)
     unwrapped = accelerator.unwrap_model(policy)
     pad_id = setup.tokenizer.pad_token_id
     ref, kl_ref, online_ref, key = None, None, None, None
@@ -350,8 +410,9 @@ def run_training(setup: Setup, out: Path) -> dict:
             kl_ref = kl_reference_logps(setup, unwrapped, key=key, pad_id=pad_id, start_step=start_step)
     else:
         online_ref = reference.OnlineReference(unwrapped, config, config.logps_chunk_size)
+    if sharded(accelerator):
+        reshard(policy)
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = make_optimizer(config, params)
     scheduler = make_scheduler(config, optimizer, setup.total_steps)
     weight_norm_start = None
     if setup.resume_from is not None:
@@ -383,17 +444,21 @@ def run_training(setup: Setup, out: Path) -> dict:
     finally:
         if metrics is not None:
             metrics.close()
+    # FSDP: every process sends its shards, the main process writes the whole weights.
+    state_dict = accelerator.get_state_dict(policy) if sharded(accelerator) else None
     summary = {}
     if accelerator.is_main_process:
-        summary = finish(setup, out, unwrapped, n_trainable=n_trainable, reference_key=key)
+        summary = finish(setup, out, unwrapped, n_trainable=n_trainable, reference_key=key, state_dict=state_dict)
     accelerator.wait_for_everyone()
     return summary
 
 
-def finish(setup: Setup, out: Path, model, *, n_trainable: int, reference_key: str | None) -> dict:
-    """The final artifact: weights + tokenizer, curves, then the manifest (last)."""
+def finish(setup: Setup, out: Path, model, *, n_trainable: int, reference_key: str | None,
+           state_dict: dict | None = None) -> dict:
+    """The final artifact: weights + tokenizer, curves, then the manifest (last). `state_dict`: the
+    model's whole weights when it is sharded (FSDP), else None (the model's own)."""
     config = setup.config
-    save_trained(model, setup.tokenizer, out / ("adapter" if config.lora else "model"))
+    save_trained(model, setup.tokenizer, out / ("adapter" if config.lora else "model"), state_dict=state_dict)
     records = read_metrics(out)
     if records:
         plot_curves(records, out / CURVES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aot_cli.train import logprobs
 from aot_cli.train.logprobs import (
     IGNORE_INDEX,
     build_labels,
@@ -132,7 +133,7 @@ def test_model_sequence_logps_matches_full_logits(tie):
     handle = model.lm_head.register_forward_hook(lambda m, i, out: head_outputs.append(out.shape))
     chunked = model_sequence_logps(model, input_ids, attention_mask, labels, chunk_size=4)
     handle.remove()
-    assert head_outputs == [(3, 1, 100), (3, 1, 100)]  # the head never saw all positions
+    assert head_outputs == [(3, 1, 100)]  # the head ran once, on the last position only (never all of them)
     chunked.sum().backward()
     chunked_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
@@ -145,6 +146,21 @@ def test_model_sequence_logps_matches_full_logits(tie):
     assert chunked[2].item() == 0.0  # prompt fills the row: no completion token
     for name, p in model.named_parameters():
         assert torch.allclose(chunked_grads[name], p.grad, atol=1e-5), name
+
+
+def test_head_of_a_linear_subclass_takes_the_chunked_path(monkeypatch):
+    """FSDP2 turns the head into an ``FSDPLinear``, a subclass of ``nn.Linear``: still the chunked head."""
+    model = _tiny_llama(tie=False)
+    model.lm_head.__class__ = type("FSDPLinear", (torch.nn.Linear,), {})
+    seen = []
+    chunked_head = logprobs.sequence_logps
+    monkeypatch.setattr(logprobs, "sequence_logps", lambda h, w, *a, **k: seen.append(w) or chunked_head(h, w, *a, **k))
+    input_ids, attention_mask, labels = _batch()
+    chunked = model_sequence_logps(model, input_ids, attention_mask, labels, chunk_size=4)
+    assert seen == [model.lm_head.weight]
+    with torch.no_grad():
+        plain = plain_sequence_logps(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
+    assert torch.allclose(chunked, plain, atol=1e-5)
 
 
 def test_model_sequence_logps_through_peft():

@@ -176,7 +176,7 @@ def test_resume_must_keep_the_tokenization_and_the_base_weights():
 
     def fixed(**overrides):
         config = TrainConfig(model="m", data="d", output="o", **overrides)
-        return Setup(config, None, 0.0, None, None, None, (), None, 1, 16, "fp", True, None).fixed
+        return Setup(config, Accelerator(), 0.0, None, None, None, (), None, 1, 16, "fp", True, None).fixed
 
     check_compatible(fixed(), fixed(lr=1e-3), "ckpt")  # optimizer settings may change
     with pytest.raises(UserError, match="max_length=1024, this run has 512"):
@@ -187,6 +187,9 @@ def test_resume_must_keep_the_tokenization_and_the_base_weights():
         check_compatible(fixed(), fixed(load_in_4bit=True), "ckpt")
     with pytest.raises(UserError, match="dtype='auto', this run has 'bf16'"):
         check_compatible(fixed(), fixed(dtype="bf16"), "ckpt")
+    # an FSDP checkpoint (optimizer state keyed by parameter name) is not resumed without FSDP
+    with pytest.raises(UserError, match="made with fsdp=True, this run has False"):
+        check_compatible({**fixed(), "fsdp": True}, fixed(), "ckpt")
 
 
 def test_a_checkpoint_that_verifies_but_cannot_be_loaded_is_one_line(tmp_path):
