@@ -8,12 +8,13 @@ sequence ``[1, N]`` (N = the micro-batch's token count) and every position compu
 What keeps the values those of the padded layout:
 
 - position ids restart at 0 at the start of each row, so rotary embeddings see what they see padded;
-- no attention mask is passed, so transformers reads the restarts of the position ids as packed
-  sequences and attends block-diagonally causally (a token sees only the earlier tokens of its own
-  row): ``flash_attention_2`` through its varlen kernel (``cu_seqlens``, no wasted work), sdpa,
-  eager and flex attention through a block-diagonal causal mask (``[N, N]``: the attention itself
-  then costs more than the padded rows' ``R x T^2``, which is why packing is opt-in without flash
-  attention, docs/performance.md);
+- attention stays within a row (block-diagonal causal). ``flash_attention_2``/``3`` get the rows'
+  boundaries (``cu_seq_lens``) and run their varlen kernels. ``sdpa`` runs :func:`varlen_sdpa`, one
+  causal SDPA call per row (registered with transformers as ``aot_varlen_sdpa`` and selected only
+  for the packed forward), so attention costs the rows' ``sum L_r^2``, never ``N^2``. Any other
+  kernel (eager, flex, or sdpa with a sliding window shorter than a row) gets no attention mask:
+  transformers reads the restarts of the position ids as packed sequences and builds a dense
+  block-diagonal causal ``[N, N]`` mask (correct, but that attention costs more than padding);
 - the labels of row ``r`` are placed at its packed positions and IGNORE_INDEX elsewhere: labels
   ``[R, N]`` for the one sequence ``[1, N]``; :func:`aot_cli.train.logprobs.sequence_logps` reads
   a single sequence's hidden states for each row of such labels, so the sum over row ``r``'s
@@ -23,21 +24,33 @@ What keeps the values those of the padded layout:
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
 
 from aot_cli.train.logprobs import IGNORE_INDEX, model_sequence_logps
 from aot_cli.vocab import PADDING_FREE_ATTENTION
 
+VARLEN_SDPA = "aot_varlen_sdpa"
+
 
 @dataclass(frozen=True)
 class Packed:
-    """One packed sequence: ``input_ids`` and ``position_ids`` ``[1, N]``, ``labels`` ``[R, N]``."""
+    """One packed sequence: ``input_ids`` and ``position_ids`` ``[1, N]``, ``labels`` ``[R, N]``,
+    and the rows' boundaries ``cu_seqlens`` ``[R + 1]`` (int32, flash attention's convention: row
+    ``r`` is ``cu_seqlens[r]:cu_seqlens[r + 1]``)."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
     labels: torch.Tensor
+    cu_seqlens: torch.Tensor
+
+    @property
+    def longest(self) -> int:
+        return int((self.cu_seqlens[1:] - self.cu_seqlens[:-1]).max())
 
 
 def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> Packed:
@@ -53,7 +66,8 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Te
     position_ids = (attended.long().cumsum(-1) - 1)[attended]
     packed_labels = torch.full((input_ids.shape[0], n), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
     packed_labels[row, torch.arange(n, device=labels.device)] = labels[attended]
-    return Packed(input_ids[attended][None], position_ids[None], packed_labels)
+    cu_seqlens = torch.nn.functional.pad(attended.sum(-1).cumsum(0), (1, 0)).to(torch.int32)
+    return Packed(input_ids[attended][None], position_ids[None], packed_labels, cu_seqlens)
 
 
 def useful_fraction(attention_mask: torch.Tensor) -> float:
@@ -66,16 +80,68 @@ def packed_sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.
     """Float32 ``[R]`` completion log-probs of padded rows, computed in one packed forward: the
     values of :func:`aot_cli.train.logprobs.model_sequence_logps` on the padded rows."""
     packed = pack(input_ids, attention_mask, labels)
-    return model_sequence_logps(model, packed.input_ids, None, packed.labels, chunk_size=chunk_size,
-                                position_ids=packed.position_ids)
+    varlen = {"cu_seq_lens_q": packed.cu_seqlens, "cu_seq_lens_k": packed.cu_seqlens,
+              "max_length_q": packed.longest, "max_length_k": packed.longest}
+    with _varlen_sdpa_selected(model, packed.longest):
+        return model_sequence_logps(model, packed.input_ids, None, packed.labels, chunk_size=chunk_size,
+                                    position_ids=packed.position_ids, **varlen)
+
+
+def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                cu_seq_lens_q: torch.Tensor | None = None, softcap: float | None = None, **kwargs):
+    """Causal attention within each packed row: one SDPA call per row of ``cu_seq_lens_q``, on
+    ``query`` ``[1, heads, N, dim]`` and ``key``/``value`` ``[1, kv_heads, N, dim]``; returns
+    ``[1, N, heads, dim]`` as transformers' attention functions do."""
+    if cu_seq_lens_q is None or attention_mask is not None or softcap:
+        raise ValueError(f"{VARLEN_SDPA} attends packed rows only: it needs cu_seq_lens_q, no attention mask "
+                         "and no logit softcapping")
+    bounds = cu_seq_lens_q.tolist()
+    gqa = query.shape[1] != key.shape[1]
+    rows = [torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], dropout_p=dropout, is_causal=True,
+        scale=scaling, enable_gqa=gqa) for start, end in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*args, **kwargs):
+    """The mask of :func:`varlen_sdpa`: none (the rows' boundaries say it all)."""
+    return None
+
+
+AttentionInterface.register(VARLEN_SDPA, varlen_sdpa)
+AttentionMaskInterface.register(VARLEN_SDPA, _no_mask)
+
+
+def _varlen_sdpa_selected(model, longest: int):
+    """Run :func:`varlen_sdpa` in place of sdpa for one forward, where its values are sdpa's: no
+    sliding window shorter than the longest row. Other kernels are left as they are."""
+    config = _inner(model).config
+    window = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "sliding_window", None)
+    if config._attn_implementation != "sdpa" or (window is not None and window < longest):
+        return nullcontext()
+    return _attention_swapped(config, VARLEN_SDPA)
+
+
+@contextmanager
+def _attention_swapped(config, name: str):
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def _inner(model):
+    """The model under DDP / accelerate wrappers."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
 
 
 def attention_implementation(model) -> str | None:
     """The attention kernel the (possibly wrapped) model runs."""
-    inner = model
-    while isinstance(getattr(inner, "module", None), torch.nn.Module):  # DDP / accelerate wrappers
-        inner = inner.module
-    return getattr(inner.config, "_attn_implementation", None)
+    return getattr(_inner(model).config, "_attn_implementation", None)
 
 
 def resolve(setting: str, model) -> bool:
