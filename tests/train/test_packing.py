@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
 
 from aot_cli.losses import preference_loss
 from aot_cli.train import run
@@ -18,7 +18,7 @@ from aot_cli.train.batching import MicroBatch, collate
 from aot_cli.train.config import Config as TrainConfig
 from aot_cli.train.logprobs import IGNORE_INDEX as X
 from aot_cli.train.logprobs import build_labels, model_sequence_logps
-from aot_cli.train.packing import pack, packed_sequence_logps, resolve, useful_fraction
+from aot_cli.train.packing import VARLEN_SDPA, pack, packed_sequence_logps, resolve, useful_fraction, varlen_sdpa
 from aot_cli.train.reference import OnlineReference, side_logps
 from aot_cli.train.step import global_scope_step, micro_scope_step
 
@@ -48,6 +48,7 @@ def test_pack_by_hand():
     # row 0 predicts 6 and 7 at packed positions 0 and 1, row 1 predicts 9 at position 3; the last
     # token of row 0 (position 2) has no label, so nothing predicts across the row boundary
     assert packed.labels.tolist() == [[6, 7, X, X, X], [X, X, X, 9, X]]
+    assert packed.cu_seqlens.tolist() == [0, 3, 5] and packed.longest == 3
 
 
 def test_pack_left_padding_gives_the_same_sequence():
@@ -91,6 +92,38 @@ def test_rows_of_a_packed_sequence_do_not_see_each_other():
     changed = packed_sequence_logps(model, *collate(rows, pad_id=0))
     assert abs(changed[0] - base[0]) > 1e-3
     torch.testing.assert_close(changed[1:], base[1:], rtol=0, atol=1e-5)
+
+
+@pytest.fixture
+def varlen_calls():
+    """The row counts :func:`varlen_sdpa` saw, one entry per attention call."""
+    calls = []
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        calls.append(len(kwargs["cu_seq_lens_q"]) - 1)
+        return varlen_sdpa(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(VARLEN_SDPA, spy)
+    yield calls
+    AttentionInterface.register(VARLEN_SDPA, varlen_sdpa)
+
+
+def test_sdpa_runs_varlen_for_the_packed_forward_only(varlen_calls):
+    model = _model("sdpa")
+    packed_sequence_logps(model, *collate(_rows(5, seed=7), pad_id=0))
+    assert varlen_calls == [5, 5]  # both layers, five rows
+    assert model.config._attn_implementation == "sdpa"
+    model_sequence_logps(model, *collate(_rows(5, seed=7), pad_id=0))
+    assert len(varlen_calls) == 2
+
+
+def test_sliding_window_shorter_than_a_row_takes_the_dense_mask(varlen_calls):
+    model = _model("sdpa")
+    model.config.sliding_window = 4  # ignored by Llama, so the values stay those of full attention
+    ids, mask, labels = collate(_rows(5, seed=8), pad_id=0)
+    packed = packed_sequence_logps(model, ids, mask, labels)
+    assert varlen_calls == []
+    torch.testing.assert_close(packed, model_sequence_logps(model, ids, mask, labels), rtol=0, atol=1e-5)
 
 
 def _micro_batches(padding_free: bool, micro: int = 4, pairs: int = 8) -> list[MicroBatch]:
