@@ -9,12 +9,13 @@ What keeps the values those of the padded layout:
 
 - position ids restart at 0 at the start of each row, so rotary embeddings see what they see padded;
 - attention stays within a row (block-diagonal causal). ``flash_attention_2``/``3`` get the rows'
-  boundaries (``cu_seq_lens``) and run their varlen kernels. ``sdpa`` runs :func:`varlen_sdpa`, one
-  causal SDPA call per row (registered with transformers as ``aot_varlen_sdpa`` and selected only
-  for the packed forward), so attention costs the rows' ``sum L_r^2``, never ``N^2``. Any other
-  kernel (eager, flex, or sdpa with a sliding window shorter than a row) gets no attention mask:
-  transformers reads the restarts of the position ids as packed sequences and builds a dense
-  block-diagonal causal ``[N, N]`` mask (correct, but that attention costs more than padding);
+  boundaries (``cu_seq_lens``) and run their varlen kernels. ``sdpa`` runs one causal SDPA call per
+  row (:func:`packed_sdpa`, which this module registers in place of transformers' sdpa: it is that
+  function unless ``cu_seq_lens_q`` is passed, which only packed forwards do), so attention costs
+  the rows' ``sum L_r^2``, never ``N^2``; it stays in force when gradient checkpointing replays the
+  forward in backward. Any other kernel (eager, flex, or sdpa with a sliding window shorter than a
+  row) attends through the block-diagonal causal ``[N, N]`` mask transformers builds from the
+  restarting position ids (correct, but that attention costs more than padding);
 - the labels of row ``r`` are placed at its packed positions and IGNORE_INDEX elsewhere: labels
   ``[R, N]`` for the one sequence ``[1, N]``; :func:`aot_cli.train.logprobs.sequence_logps` reads
   a single sequence's hidden states for each row of such labels, so the sum over row ``r``'s
@@ -24,17 +25,14 @@ What keeps the values those of the padded layout:
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from aot_cli.train.logprobs import IGNORE_INDEX, model_sequence_logps
 from aot_cli.vocab import PADDING_FREE_ATTENTION
-
-VARLEN_SDPA = "aot_varlen_sdpa"
 
 
 @dataclass(frozen=True)
@@ -82,54 +80,35 @@ def packed_sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.
     packed = pack(input_ids, attention_mask, labels)
     varlen = {"cu_seq_lens_q": packed.cu_seqlens, "cu_seq_lens_k": packed.cu_seqlens,
               "max_length_q": packed.longest, "max_length_k": packed.longest}
-    with _varlen_sdpa_selected(model, packed.longest):
-        return model_sequence_logps(model, packed.input_ids, None, packed.labels, chunk_size=chunk_size,
-                                    position_ids=packed.position_ids, **varlen)
+    return model_sequence_logps(model, packed.input_ids, None, packed.labels, chunk_size=chunk_size,
+                                position_ids=packed.position_ids, **varlen)
 
 
-def varlen_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-                cu_seq_lens_q: torch.Tensor | None = None, softcap: float | None = None, **kwargs):
-    """Causal attention within each packed row: one SDPA call per row of ``cu_seq_lens_q``, on
-    ``query`` ``[1, heads, N, dim]`` and ``key``/``value`` ``[1, kv_heads, N, dim]``; returns
-    ``[1, N, heads, dim]`` as transformers' attention functions do."""
-    if cu_seq_lens_q is None or attention_mask is not None or softcap:
-        raise ValueError(f"{VARLEN_SDPA} attends packed rows only: it needs cu_seq_lens_q, no attention mask "
-                         "and no logit softcapping")
-    bounds = cu_seq_lens_q.tolist()
+def packed_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """transformers' sdpa attention, but for a packed sequence (``cu_seq_lens_q`` given) causal
+    attention within each row, one SDPA call per row: the dense block-diagonal mask transformers
+    built is not used. A sliding window shorter than the longest row, or logit softcapping, keeps
+    transformers' path (its mask has them)."""
+    bounds, window = kwargs.get("cu_seq_lens_q"), kwargs.get("sliding_window")
+    if bounds is None or kwargs.get("softcap") or (window is not None and window < kwargs["max_length_q"]):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return rows_sdpa(query, key, value, bounds.tolist(), dropout=kwargs.get("dropout", 0.0),
+                     scale=kwargs.get("scaling")), None
+
+
+def rows_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: list[int], *, dropout: float,
+              scale: float | None) -> torch.Tensor:
+    """Causal attention of each row ``bounds[r]:bounds[r + 1]`` of one packed sequence: ``query``
+    ``[1, heads, N, dim]``, ``key``/``value`` ``[1, kv_heads, N, dim]``; returns ``[1, N, heads, dim]``
+    as transformers' attention functions do."""
     gqa = query.shape[1] != key.shape[1]
     rows = [torch.nn.functional.scaled_dot_product_attention(
         query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], dropout_p=dropout, is_causal=True,
-        scale=scaling, enable_gqa=gqa) for start, end in zip(bounds[:-1], bounds[1:])]
-    return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
+        scale=scale, enable_gqa=gqa) for start, end in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(rows, dim=2).transpose(1, 2).contiguous()
 
 
-def _no_mask(*args, **kwargs):
-    """The mask of :func:`varlen_sdpa`: none (the rows' boundaries say it all)."""
-    return None
-
-
-AttentionInterface.register(VARLEN_SDPA, varlen_sdpa)
-AttentionMaskInterface.register(VARLEN_SDPA, _no_mask)
-
-
-def _varlen_sdpa_selected(model, longest: int):
-    """Run :func:`varlen_sdpa` in place of sdpa for one forward, where its values are sdpa's: no
-    sliding window shorter than the longest row. Other kernels are left as they are."""
-    config = _inner(model).config
-    window = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "sliding_window", None)
-    if config._attn_implementation != "sdpa" or (window is not None and window < longest):
-        return nullcontext()
-    return _attention_swapped(config, VARLEN_SDPA)
-
-
-@contextmanager
-def _attention_swapped(config, name: str):
-    before = config._attn_implementation
-    config._attn_implementation = name
-    try:
-        yield
-    finally:
-        config._attn_implementation = before
+AttentionInterface.register("sdpa", packed_sdpa)
 
 
 def _inner(model):
@@ -145,8 +124,8 @@ def attention_implementation(model) -> str | None:
 
 
 def resolve(setting: str, model) -> bool:
-    """``--padding-free``: on, off, or auto (on where the kernel attends varlen, i.e. skips the work
-    between rows: flash attention; off elsewhere, where the packed mask costs more than padding)."""
+    """``--padding-free``: on, off, or auto (on with flash attention, whose varlen kernels skip the
+    work between rows; off elsewhere: docs/performance.md says what packing gains with sdpa)."""
     if setting == "auto":
         return attention_implementation(model) in PADDING_FREE_ATTENTION
     return setting == "on"

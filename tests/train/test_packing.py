@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from aot_cli.losses import preference_loss
 from aot_cli.train import run
@@ -18,7 +18,8 @@ from aot_cli.train.batching import MicroBatch, collate
 from aot_cli.train.config import Config as TrainConfig
 from aot_cli.train.logprobs import IGNORE_INDEX as X
 from aot_cli.train.logprobs import build_labels, model_sequence_logps
-from aot_cli.train.packing import VARLEN_SDPA, pack, packed_sequence_logps, resolve, useful_fraction, varlen_sdpa
+from aot_cli.train import packing
+from aot_cli.train.packing import pack, packed_sequence_logps, resolve, useful_fraction
 from aot_cli.train.reference import OnlineReference, side_logps
 from aot_cli.train.step import global_scope_step, micro_scope_step
 
@@ -95,35 +96,50 @@ def test_rows_of_a_packed_sequence_do_not_see_each_other():
 
 
 @pytest.fixture
-def varlen_calls():
-    """The row counts :func:`varlen_sdpa` saw, one entry per attention call."""
+def varlen_calls(monkeypatch):
+    """The row counts of each per-row attention call (:func:`aot_cli.train.packing.rows_sdpa`)."""
     calls = []
+    rows_sdpa = packing.rows_sdpa
 
-    def spy(module, query, key, value, attention_mask, **kwargs):
-        calls.append(len(kwargs["cu_seq_lens_q"]) - 1)
-        return varlen_sdpa(module, query, key, value, attention_mask, **kwargs)
+    def spy(query, key, value, bounds, **kwargs):
+        calls.append(len(bounds) - 1)
+        return rows_sdpa(query, key, value, bounds, **kwargs)
 
-    AttentionInterface.register(VARLEN_SDPA, spy)
-    yield calls
-    AttentionInterface.register(VARLEN_SDPA, varlen_sdpa)
+    monkeypatch.setattr(packing, "rows_sdpa", spy)
+    return calls
 
 
-def test_sdpa_runs_varlen_for_the_packed_forward_only(varlen_calls):
+def test_sdpa_attends_row_by_row_in_packed_forwards_only(varlen_calls):
     model = _model("sdpa")
     packed_sequence_logps(model, *collate(_rows(5, seed=7), pad_id=0))
     assert varlen_calls == [5, 5]  # both layers, five rows
-    assert model.config._attn_implementation == "sdpa"
     model_sequence_logps(model, *collate(_rows(5, seed=7), pad_id=0))
     assert len(varlen_calls) == 2
 
 
 def test_sliding_window_shorter_than_a_row_takes_the_dense_mask(varlen_calls):
     model = _model("sdpa")
-    model.config.sliding_window = 4  # ignored by Llama, so the values stay those of full attention
+    for layer in model.model.layers:  # Llama has no sliding window: pass one, as Mistral's layers do
+        forward = layer.self_attn.forward
+        layer.self_attn.forward = (lambda *a, forward=forward, **k: forward(*a, sliding_window=4, **k))
     ids, mask, labels = collate(_rows(5, seed=8), pad_id=0)
     packed = packed_sequence_logps(model, ids, mask, labels)
     assert varlen_calls == []
     torch.testing.assert_close(packed, model_sequence_logps(model, ids, mask, labels), rtol=0, atol=1e-5)
+
+
+def test_packed_forward_under_gradient_checkpointing(varlen_calls):
+    """Backward replays the forward of each layer: the replay attends row by row too."""
+    model = _model("sdpa")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ids, mask, labels = collate(_rows(6, seed=9), pad_id=0)
+    model_sequence_logps(model, ids, mask, labels).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    packed_sequence_logps(model, ids, mask, labels).sum().backward()
+    assert varlen_calls == [6] * 4  # two layers, forward and replay
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=1e-5)
 
 
 def _micro_batches(padding_free: bool, micro: int = 4, pairs: int = 8) -> list[MicroBatch]:
