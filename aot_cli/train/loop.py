@@ -41,8 +41,8 @@ from aot_cli.errors import UserError
 from aot_cli.losses import reward_metrics
 from aot_cli.train.batching import Side, StepSampler, step_micro_batches
 from aot_cli.train.checkpoint import newest_good_checkpoint, save_checkpoint
-from aot_cli.train.packing import resolve as padding_free
 from aot_cli.train.metrics import MetricsLog
+from aot_cli.train.packing import resolve as padding_free
 from aot_cli.train.step import step_gradient
 
 DIVERGENCE_GROWTH = 100.0  # criterion 2 of the module docstring

@@ -47,9 +47,9 @@ from aot_cli.train.checkpoint import (check_compatible, check_good, checkpoints,
                                       newest_good_checkpoint, read_state)
 from aot_cli.train.config import Config
 from aot_cli.train.loop import LoopState, train_loop
-from aot_cli.train.packing import resolve as padding_free
 from aot_cli.train.metrics import CURVES, METRICS, MetricsLog, plot_curves, read_metrics
 from aot_cli.train.model import build_policy, save_trained
+from aot_cli.train.packing import resolve as padding_free
 from aot_cli.vocab import AOT_LOSSES
 
 
