@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from aot_cli.losses import preference_loss
 from aot_cli.train import run
-from aot_cli.train.batching import MicroBatch, collate
+from aot_cli.train.batching import KLRows, MicroBatch, collate
 from aot_cli.train.config import Config as TrainConfig
 from aot_cli.train.logprobs import IGNORE_INDEX as X
 from aot_cli.train.logprobs import build_labels, model_sequence_logps
@@ -142,26 +142,33 @@ def test_packed_forward_under_gradient_checkpointing(varlen_calls):
         torch.testing.assert_close(p.grad, g, rtol=0, atol=1e-5)
 
 
-def _micro_batches(padding_free: bool, micro: int = 4, pairs: int = 8) -> list[MicroBatch]:
-    rows_a, rows_b = _rows(pairs, seed=3), _rows(pairs, seed=4)
-    refs = torch.tensor(np.random.default_rng(5).normal(-40, 8, 2 * pairs), dtype=torch.float32)
+def _micro_batches(padding_free: bool, micro: int = 4, pairs: int = 8, kl: bool = False) -> list[MicroBatch]:
+    """Paired micro-batches with random reference log-probs (and, ``kl``, KTO's mismatched rows)."""
+    rows_a, rows_b, rows_kl = _rows(pairs, seed=3), _rows(pairs, seed=4), _rows(2 * pairs, seed=10)
+    rng = np.random.default_rng(5)
+    refs = torch.tensor(rng.normal(-40, 8, 2 * pairs), dtype=torch.float32)
+    kl_refs = torch.tensor(rng.normal(-40, 8, 2 * pairs), dtype=torch.float32)
     batches = []
     for lo in range(0, pairs, micro):
         idx = np.arange(lo, lo + micro)
         ids, mask, labels = collate([rows_a[i] for i in idx] + [rows_b[i] for i in idx], pad_id=0)
-        batches.append(MicroBatch(ids, mask, labels, idx, idx, refs[idx], refs[pairs + idx],
-                                  padding_free=padding_free))
+        batch = MicroBatch(ids, mask, labels, idx, idx, refs[idx], refs[pairs + idx], padding_free=padding_free)
+        if kl:
+            positions = np.concatenate([idx, pairs + idx])
+            batch.kl = KLRows(*collate([rows_kl[p] for p in positions], pad_id=0), positions, kl_refs[positions])
+        batches.append(batch)
     return batches
 
 
+@pytest.mark.parametrize("loss", ["aot", "kto"])
 @pytest.mark.parametrize("step", [global_scope_step, micro_scope_step])
-def test_training_step_update_equals_padded(step):
+def test_training_step_update_equals_padded(step, loss):
     def update(padding_free: bool):
         model = _model()
         before = [p.detach().clone() for p in model.parameters()]
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        loss_fn = (lambda pa, pb, ra, rb, kl=None: preference_loss("aot", pa, pb, ra, rb, beta=0.5))
-        out = step(model, _micro_batches(padding_free), loss_fn, chunk_size=5)
+        loss_fn = (lambda pa, pb, ra, rb, kl=None: preference_loss(loss, pa, pb, ra, rb, beta=0.5, kl=kl))
+        out = step(model, _micro_batches(padding_free, kl=loss == "kto"), loss_fn, chunk_size=5)
         optimizer.step()
         return [p.detach() - b for p, b in zip(model.parameters(), before)], out
 
@@ -169,6 +176,8 @@ def test_training_step_update_equals_padded(step):
     packed, out_packed = update(True)
     assert sum(d.abs().sum() for d in padded) > 0
     assert out_packed.loss.item() == pytest.approx(out_padded.loss.item(), abs=1e-5)
+    if loss == "kto":
+        assert out_packed.kl == pytest.approx(out_padded.kl, abs=1e-5)
     torch.testing.assert_close(out_packed.policy_a, out_padded.policy_a, rtol=0, atol=1e-5)
     for d_packed, d_padded in zip(packed, padded):
         torch.testing.assert_close(d_packed, d_padded, rtol=0, atol=1e-5)
@@ -197,11 +206,12 @@ def test_reference_passes_equal_padded():
 
     online = OnlineReference.__new__(OnlineReference)  # the frozen-copy case, without loading one from disk
     online.frozen, online.chunk_size = model, 1024
-    batches = [_micro_batches(padding_free)[0] for padding_free in (False, True)]
+    batches = [_micro_batches(padding_free, kl=True)[0] for padding_free in (False, True)]
     for batch in batches:
         online.fill(batch)
     torch.testing.assert_close(batches[1].ref_a, batches[0].ref_a, rtol=0, atol=1e-5)
     torch.testing.assert_close(batches[1].ref_b, batches[0].ref_b, rtol=0, atol=1e-5)
+    torch.testing.assert_close(batches[1].kl.ref, batches[0].kl.ref, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(("setting", "attn", "expected"), [
