@@ -68,11 +68,6 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Te
     return Packed(input_ids[attended][None], position_ids[None], packed_labels, cu_seqlens)
 
 
-def useful_fraction(attention_mask: torch.Tensor) -> float:
-    """Tokens over the positions a padded forward of these rows computes (1.0 once packed)."""
-    return float(attention_mask.sum()) / attention_mask.numel()
-
-
 def packed_sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, *,
                           chunk_size: int | None = 1024) -> torch.Tensor:
     """Float32 ``[R]`` completion log-probs of padded rows, computed in one packed forward: the

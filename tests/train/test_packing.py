@@ -19,7 +19,7 @@ from aot_cli.train.config import Config as TrainConfig
 from aot_cli.train.logprobs import IGNORE_INDEX as X
 from aot_cli.train.logprobs import build_labels, model_sequence_logps
 from aot_cli.train import packing
-from aot_cli.train.packing import pack, packed_sequence_logps, resolve, useful_fraction
+from aot_cli.train.packing import pack, packed_sequence_logps, resolve
 from aot_cli.train.reference import OnlineReference, side_logps
 from aot_cli.train.step import global_scope_step, micro_scope_step
 
@@ -60,10 +60,6 @@ def test_pack_left_padding_gives_the_same_sequence():
     expected = pack(*right)
     for field in ("input_ids", "position_ids", "labels"):
         assert torch.equal(getattr(left, field), getattr(expected, field))
-
-
-def test_useful_fraction_counts_tokens_over_padded_positions():
-    assert useful_fraction(torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])) == 5 / 8
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
