@@ -23,6 +23,10 @@ SORTS = ("hard", "soft")
 DOMINANCE = ("first", "second")                    # first- or second-order stochastic dominance
 SORT_SCOPES = ("global", "micro")
 REFERENCE_MODES = ("precompute", "online")
+# --padding-free: pack each micro-batch's rows into one sequence; auto = on with these attention kernels
+# (varlen: no work between rows), off with the others (a dense block-diagonal mask costs more than padding).
+PADDING_FREE = ("auto", "on", "off")
+PADDING_FREE_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 # --- optimization -------------------------------------------------------------------------------
 OPTIMIZERS = ("adamw", "sgd", "paged_adamw_8bit")

@@ -259,7 +259,8 @@ class MicroBatch:
     """Chosen/positive rows then rejected/negative rows, right-padded to the longest row.
 
     ``ref_a``/``ref_b`` are the reference log-probs of the two halves when precomputed; ``kl`` the
-    mismatched rows of KTO. Unpaired micro-batches may hold more rows of one side than of the other.
+    mismatched rows of KTO; ``padding_free``: forwards pack the rows (``--padding-free``). Unpaired
+    micro-batches may hold more rows of one side than of the other.
     """
 
     input_ids: torch.Tensor
@@ -270,6 +271,7 @@ class MicroBatch:
     ref_a: torch.Tensor | None = None
     ref_b: torch.Tensor | None = None
     kl: KLRows | None = None
+    padding_free: bool = False
 
     @property
     def n_a(self) -> int:
@@ -316,15 +318,17 @@ def make_micro_batch(side_a: Side, side_b: Side, idx_a: np.ndarray, idx_b: np.nd
 def step_micro_batches(sides: tuple[Side, Side], sampler: StepSampler, k: int, *, micro_batch: int, pad_id: int,
                        rank: int = 0, world_size: int = 1, ref: tuple[torch.Tensor, torch.Tensor] | None = None,
                        kl: bool = False, kl_ref: dict[int, torch.Tensor] | None = None,
-                       max_length: int | None = None) -> list[MicroBatch]:
+                       max_length: int | None = None, padding_free: bool = False) -> list[MicroBatch]:
     """This rank's micro-batches of step ``k``, with the precomputed reference log-probs (``ref``:
     side A, side B) and, for KTO (``kl``), the mismatched rows of their samples and, when
-    precomputed, those rows' reference log-probs (``kl_ref``: epoch -> :class:`KLSide` values)."""
+    precomputed, those rows' reference log-probs (``kl_ref``: epoch -> :class:`KLSide` values);
+    ``padding_free`` marks them for packed forwards (:mod:`aot_cli.train.packing`)."""
     idx_a, idx_b = sampler.step(k)
     splits = split_micro_batches(idx_a, idx_b, sides[0].lengths, sides[1].lengths, micro_batch=micro_batch,
                                  world_size=world_size, rank=rank, paired=sampler.paired)
     ref_a, ref_b = ref if ref is not None else (None, None)
-    batches = [make_micro_batch(*sides, a, b, pad_id, ref_a, ref_b) for a, b in splits]
+    batches = [replace(make_micro_batch(*sides, a, b, pad_id, ref_a, ref_b), padding_free=padding_free)
+               for a, b in splits]
     if not kl:
         return batches
     prompt_side, prompt_index, completion_side, completion_index = kl_sources(idx_a, idx_b)

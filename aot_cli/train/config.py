@@ -21,7 +21,7 @@ from aot_cli.artifacts.store import MANIFEST
 from aot_cli.config import StepConfig, opt
 from aot_cli.errors import UserError
 from aot_cli.vocab import (AOT_LOSSES, DEFAULT_BETA, DOMINANCE, DTYPE_CHOICES, LOSSES, LR_SCHEDULERS, OPTIMIZERS,
-                           PAIRED_ONLY_LOSSES, REFERENCE_MODES, SORT_SCOPES, SORTS, SURROGATES, TRACKERS)
+                           PADDING_FREE, PAIRED_ONLY_LOSSES, REFERENCE_MODES, SORT_SCOPES, SORTS, SURROGATES, TRACKERS)
 
 MAX_LENGTH, MAX_PROMPT_LENGTH = 1024, 512
 CHECKPOINT_STATE = "state.json"
@@ -110,6 +110,10 @@ class Config(StepConfig):
     max_steps: int | None = opt(None, "--max-steps", help="Optimizer steps (overrides --epochs).", ge=1,
                                    panel=OPTIMIZATION)
     epochs: float = opt(1.0, "--epochs", help="Passes over the training data.", gt=0, panel=OPTIMIZATION)
+    padding_free: str = opt("auto", "--padding-free", help="Pack each micro-batch's rows into one sequence "
+                            "(no padding computed; same values). auto = on with flash attention (varlen kernels), "
+                            "off otherwise; with sdpa, on pays for long rows of spread lengths (docs/train.md).",
+                            choices=PADDING_FREE, panel=OPTIMIZATION)
     logps_chunk_size: int = opt(1024, "--logps-chunk-size", help="Tokens per chunk of the output head (memory); "
                                 "0 = the model's own full-logits head.", ge=0, panel=OPTIMIZATION)
     # output

@@ -42,6 +42,10 @@ def plain_sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     """Reference implementation from full logits ``[B, T, V]``: float32 ``[B]`` sums of
     ``log_softmax(logits)[b, t, labels[b, t]]`` over positions where ``labels != IGNORE_INDEX``."""
     mask = labels != IGNORE_INDEX
+    if logits.shape[0] == 1 < labels.shape[0]:  # one packed sequence, labels per row: gather, never broadcast
+        rows, cols = mask.nonzero(as_tuple=True)
+        token_logps = torch.log_softmax(logits[0, cols].float(), dim=-1).gather(-1, labels[rows, cols, None])
+        return torch.zeros(labels.shape[0], device=logits.device).index_add(0, rows, token_logps.squeeze(-1))
     logps = torch.log_softmax(logits.float(), dim=-1)
     token_logps = logps.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return torch.where(mask, token_logps, 0.0).sum(-1)
@@ -63,18 +67,23 @@ def sequence_logps(
     float32. Gradients reach ``hidden_states``, and ``lm_head_weight``/``lm_head_bias`` when they
     require grad (full fine-tuning, tied or untied embeddings); with LoRA the head is frozen and
     its gradient is skipped.
+
+    One packed sequence (hidden states ``[1, T, H]``) with labels ``[R, T]`` gives ``[R]`` sums,
+    row ``r`` counting the positions its labels name (:mod:`aot_cli.train.packing`).
     """
-    if hidden_states.dim() != 3 or labels.shape != hidden_states.shape[:2]:
+    if (hidden_states.dim() != 3 or labels.shape[1] != hidden_states.shape[1]
+            or hidden_states.shape[0] not in (1, labels.shape[0])):
         raise ValueError(
-            f"expected hidden_states [B, T, H] and labels [B, T]; got {tuple(hidden_states.shape)} "
-            f"and {tuple(labels.shape)}"
+            f"expected hidden_states [B, T, H] and labels [B, T] (or [1, T, H] and [R, T]); got "
+            f"{tuple(hidden_states.shape)} and {tuple(labels.shape)}"
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
     mask = labels != IGNORE_INDEX
-    rows = mask.nonzero()[:, 0]
+    rows, cols = mask.nonzero(as_tuple=True)
     token_logps = _ChunkedTokenLogps.apply(
-        hidden_states[mask], lm_head_weight, lm_head_bias, labels[mask], chunk_size
+        hidden_states[rows if hidden_states.shape[0] > 1 else 0, cols], lm_head_weight, lm_head_bias,
+        labels[rows, cols], chunk_size
     )
     out = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden_states.device)
     return out.index_add(0, rows, token_logps)
@@ -87,8 +96,12 @@ def model_sequence_logps(
     labels: torch.Tensor,
     *,
     chunk_size: int | None = 1024,
+    **forward_kwargs,
 ) -> torch.Tensor:
     """Float32 ``[B]`` completion log-probs of a Hugging Face causal LM (also peft- or DDP-wrapped).
+
+    ``forward_kwargs`` go to the model's forward (``position_ids`` of a packed sequence, whose
+    ``attention_mask`` is None and labels ``[R, T]``: :mod:`aot_cli.train.packing`).
 
     The model's own ``forward`` runs (so DDP and peft see a normal call), with a forward pre-hook on
     the output embedding that records the head's input, the final hidden states, and hands the head
@@ -113,7 +126,7 @@ def model_sequence_logps(
         inner = inner.module
     head = inner.get_output_embeddings()
     if not chunk_size or not _plain_linear_head(head) or _postprocesses_logits(inner.config):
-        return _plain_model_logps(model, input_ids, attention_mask, labels)
+        return _plain_model_logps(model, input_ids, attention_mask, labels, forward_kwargs)
 
     captured: list[torch.Tensor] = []
     head_autocast: list[torch.dtype | None] = []
@@ -126,7 +139,8 @@ def model_sequence_logps(
 
     handle = head.register_forward_pre_hook(keep_last_position)
     try:
-        last_logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        last_logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                            **forward_kwargs).logits
     finally:
         handle.remove()
     if len(captured) != 1:
@@ -140,12 +154,12 @@ def model_sequence_logps(
             expected = torch.nn.functional.linear(hidden[:, -1:, :], head.weight, head.bias).float()
         if not torch.allclose(last_logits.detach().float(), expected, rtol=1e-3, atol=1e-3):
             # The model changes logits after its head in a way we do not know: stay correct.
-            return _plain_model_logps(model, input_ids, attention_mask, labels)
+            return _plain_model_logps(model, input_ids, attention_mask, labels, forward_kwargs)
         return sequence_logps(hidden, head.weight, labels, lm_head_bias=head.bias, chunk_size=chunk_size)
 
 
-def _plain_model_logps(model, input_ids, attention_mask, labels) -> torch.Tensor:
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+def _plain_model_logps(model, input_ids, attention_mask, labels, forward_kwargs) -> torch.Tensor:
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **forward_kwargs).logits
     return plain_sequence_logps(logits, labels)
 
 

@@ -42,6 +42,7 @@ from aot_cli.losses import reward_metrics
 from aot_cli.train.batching import Side, StepSampler, step_micro_batches
 from aot_cli.train.checkpoint import newest_good_checkpoint, save_checkpoint
 from aot_cli.train.metrics import MetricsLog
+from aot_cli.train.packing import resolve as padding_free
 from aot_cli.train.step import step_gradient
 
 DIVERGENCE_GROWTH = 100.0  # criterion 2 of the module docstring
@@ -104,7 +105,8 @@ def micro_batches(state: LoopState, k: int) -> list:
     acc, cfg = state.accelerator, state.config
     batches = step_micro_batches(state.sides, state.sampler, k, micro_batch=cfg.batch_size, pad_id=state.pad_id,
                                  rank=acc.process_index, world_size=acc.num_processes, ref=state.ref,
-                                 kl=cfg.loss == "kto", kl_ref=state.kl_ref, max_length=cfg.max_length)
+                                 kl=cfg.loss == "kto", kl_ref=state.kl_ref, max_length=cfg.max_length,
+                                 padding_free=padding_free(cfg.padding_free, state.model))
     batches = [batch.to(acc.device) for batch in batches]
     if state.online_ref is not None:
         for batch in batches:

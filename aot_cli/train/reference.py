@@ -35,6 +35,7 @@ from aot_cli.console import warn
 from aot_cli.train.batching import KLSide, MicroBatch, Side, StepSampler, collate
 from aot_cli.train.logprobs import model_sequence_logps
 from aot_cli.train.model import master_weights_in_fp32, reference_recipe
+from aot_cli.train.packing import packed_sequence_logps
 
 
 def model_fingerprint(model: str) -> str:
@@ -119,9 +120,12 @@ def reference_model(policy, config, *, at_start: bool) -> Iterator[torch.nn.Modu
 
 @torch.no_grad()
 def side_logps(model, side: Side | KLSide, *, pad_id: int, batch_rows: int, chunk_size: int | None,
-               device, rank: int = 0, world_size: int = 1, on_batch=None) -> dict[int, float]:
+               device, rank: int = 0, world_size: int = 1, on_batch=None,
+               padding_free: bool = False) -> dict[int, float]:
     """``{side index: summed completion log-prob}`` for this rank's share of one side, in batches of
-    similar length (rank r takes batches r, r + world_size, ...)."""
+    similar length (rank r takes batches r, r + world_size, ...); ``padding_free``: packed forwards,
+    the policy's path (:mod:`aot_cli.train.packing`)."""
+    logps_fn = packed_sequence_logps if padding_free else model_sequence_logps
     order = np.argsort(side.lengths, kind="stable")
     batches = [order[i:i + batch_rows] for i in range(0, len(order), batch_rows)]
     out: dict[int, float] = {}
@@ -131,8 +135,7 @@ def side_logps(model, side: Side | KLSide, *, pad_id: int, batch_rows: int, chun
     for k in range(-(-len(batches) // world_size)):
         batch = mine[k] if k < len(mine) else batches[0]
         ids, mask, labels = collate([side.get(i) for i in batch], pad_id)
-        logps = model_sequence_logps(model, ids.to(device), mask.to(device), labels.to(device),
-                                     chunk_size=chunk_size)
+        logps = logps_fn(model, ids.to(device), mask.to(device), labels.to(device), chunk_size=chunk_size)
         if k >= len(mine):
             continue
         out.update(zip(batch.tolist(), logps.float().cpu().tolist()))
@@ -142,7 +145,7 @@ def side_logps(model, side: Side | KLSide, *, pad_id: int, batch_rows: int, chun
 
 
 def precompute(model, sides: Sequence[Side | KLSide], *, pad_id: int, batch_rows: int, chunk_size: int | None,
-               accelerator=None, on_batch=None) -> list[torch.Tensor]:
+               accelerator=None, on_batch=None, padding_free: bool = False) -> list[torch.Tensor]:
     """Reference log-probs of every row of each side (the two sides of the data, or an epoch's KTO
     mismatched rows); ranks split the work and share results."""
     rank = 0 if accelerator is None else accelerator.process_index
@@ -151,7 +154,7 @@ def precompute(model, sides: Sequence[Side | KLSide], *, pad_id: int, batch_rows
     results = []
     for side in sides:
         local = side_logps(model, side, pad_id=pad_id, batch_rows=batch_rows, chunk_size=chunk_size,
-                           device=device, rank=rank, world_size=world, on_batch=on_batch)
+                           device=device, rank=rank, world_size=world, on_batch=on_batch, padding_free=padding_free)
         if world > 1:
             merged: dict[int, float] = {}
             for part in gather_object([local]):
@@ -179,12 +182,13 @@ class OnlineReference:
 
     @torch.no_grad()
     def fill(self, batch: MicroBatch) -> None:
-        """Set the batch's reference log-probs (``ref_a``, ``ref_b``, and its KTO mismatched rows')."""
+        """Set the batch's reference log-probs (``ref_a``, ``ref_b``, and its KTO mismatched rows'), packed
+        when the batch is (the policy's path)."""
+        logps_fn = packed_sequence_logps if batch.padding_free else model_sequence_logps
         with (nullcontext(self.frozen) if self.frozen is not None
               else reference_model(self.policy, self.config, at_start=False)) as model:
-            logps = model_sequence_logps(model, batch.input_ids, batch.attention_mask, batch.labels,
-                                         chunk_size=self.chunk_size)
+            logps = logps_fn(model, batch.input_ids, batch.attention_mask, batch.labels, chunk_size=self.chunk_size)
             batch.ref_a, batch.ref_b = logps[:batch.n_a], logps[batch.n_a:]
             if batch.kl is not None:
-                batch.kl.ref = model_sequence_logps(model, batch.kl.input_ids, batch.kl.attention_mask,
-                                                    batch.kl.labels, chunk_size=self.chunk_size)
+                batch.kl.ref = logps_fn(model, batch.kl.input_ids, batch.kl.attention_mask, batch.kl.labels,
+                                        chunk_size=self.chunk_size)

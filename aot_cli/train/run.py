@@ -51,6 +51,7 @@ from aot_cli.train.config import Config
 from aot_cli.train.loop import LoopState, train_loop
 from aot_cli.train.metrics import CURVES, METRICS, MetricsLog, plot_curves, read_metrics
 from aot_cli.train.model import build_policy, save_trained
+from aot_cli.train.packing import resolve as padding_free
 from aot_cli.vocab import AOT_LOSSES
 
 
@@ -207,7 +208,8 @@ def reference_logps(config, policy, sides, *, key: str, names: tuple[str, ...], 
         task = bar.add_task(what, total=total, visible=accelerator.is_local_main_process)
         values = reference.precompute(model, sides, pad_id=pad_id, batch_rows=2 * config.batch_size,
                                       chunk_size=config.logps_chunk_size, accelerator=accelerator,
-                                      on_batch=lambda n: bar.advance(task, n))
+                                      on_batch=lambda n: bar.advance(task, n),
+                                      padding_free=padding_free(config.padding_free, model))
     if accelerator.is_main_process:
         reference.save_cached(key, dict(zip(names, values)))
     accelerator.wait_for_everyone()
@@ -403,7 +405,10 @@ def run_training(setup: Setup, out: Path) -> dict:
         key = reference.cache_key(config, data_fingerprint=f"{setup.data_fp}:train",
                                   tokenizer_fingerprint=tokenizer_fingerprint(setup.tokenizer),
                                   settings={"max_length": config.max_length,
-                                            "max_prompt_length": config.max_prompt_length})
+                                            "max_prompt_length": config.max_prompt_length,
+                                            # packed values match padded ones to rounding; keys made padded stay valid
+                                            **({"padding_free": True} if padding_free(config.padding_free, unwrapped)
+                                               else {})})
         ref = reference_logps(config, unwrapped, setup.sides, key=key, names=("a", "b"), pad_id=pad_id,
                               at_start=setup.resume_from is None, accelerator=accelerator)
         if config.loss == "kto":
