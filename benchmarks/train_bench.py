@@ -11,7 +11,14 @@ own, read with ``os.wait4``):
 2. ``trl-nogc``: the same with gradient checkpointing off (faster, more memory);
 3. ``micro``: ``aot train --full --sort-scope micro`` (TRL's sort set: one micro-batch);
 4. ``global``: ``aot train --full --sort-scope global`` with the same micro-batch and enough
-   accumulation for a sort set of ``--sort-set`` (64).
+   accumulation for a sort set of ``--sort-set`` (64);
+5. ``bare`` (run_bare.py): the limit, a plain loop doing one forward and backward of the policy
+   over the micro run's non-padding tokens (a sum of log-probs) and the same optimizer step; every
+   run's samples/s is also given as a fraction of it.
+
+6. ``global-graphs``: ``global`` with ``--graph-memory`` (this script's ``--graph-memory`` GiB,
+   default 16) and a sort set of ``--graphs-sort-set`` (default 16, so that the graphs of a whole
+   step fit in the memory of a small machine): its pass-1 graphs are kept, not replayed.
 
 Same model, micro-batch, max_length, learning rate, beta, dtype and number of samples per run
 (each dataset is exactly one epoch of the run, so every run sees the same rows and tokens). Timed:
@@ -43,7 +50,9 @@ from aot_cli.console import info
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_STEPS = {"smoke": 2, "tiny": 8, "small": 6}
-TARGETS = {"speed_vs_trl": 2.5, "memory_vs_trl": 0.5, "global_time_vs_micro": 1.4}
+TARGETS = {"speed_vs_trl": 2.5, "memory_vs_trl": 0.45, "global_time_vs_micro": 1.4,
+           "global_graphs_time_vs_micro": 1.05, "micro_vs_bare": 0.85}
+AT_LEAST = ("speed_vs_trl", "micro_vs_bare")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,9 +64,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sort-set", type=int, default=64, help="Samples per optimizer step of the global-scope "
                         "run (a multiple of the micro-batch).")
     parser.add_argument("--warmup", type=int, default=1, help="Leading optimizer steps left out of the timing.")
-    parser.add_argument("--runs", default="trl,trl-nogc,micro,global", help="Comma-separated subset of trl "
-                        "(TRL's defaults: gradient checkpointing on), trl-nogc (checkpointing off), micro, "
-                        "micro-gc (with --gradient-checkpointing), global.")
+    parser.add_argument("--runs", default="trl,trl-nogc,micro,global,global-graphs,bare",
+                        help="Comma-separated subset of trl (TRL's defaults: gradient checkpointing on), "
+                        "trl-nogc (checkpointing off), micro, micro-gc (with --gradient-checkpointing), "
+                        "global, global-graphs (global with --graph-memory), bare (the limit: one plain "
+                        "forward + backward over the non-padding tokens and the optimizer step).")
+    parser.add_argument("--graph-memory", type=float, default=16.0, help="GiB of --graph-memory of the "
+                        "global-graphs run.")
+    parser.add_argument("--graphs-sort-set", type=int, default=16, help="Samples per optimizer step of the "
+                        "global-graphs run (a multiple of the micro-batch).")
+    parser.add_argument("--graphs-steps", type=int, default=3, help="Optimizer steps of the global-graphs run.")
     parser.add_argument("--threads", type=int, help="Intra-op threads of every run (OMP_NUM_THREADS; default: "
                         "torch's, one per core). 1 is steadier on a machine that other jobs share.")
     parser.add_argument("--profile", action="store_true", help="Also write OUT/profile-RUN.txt, torch.profiler's "
@@ -68,10 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     args = parser.parse_args(argv)
     args.steps = args.steps or DEFAULT_STEPS[args.config]
-    if args.warmup < 1 or args.warmup >= min(args.steps, args.global_steps):
-        parser.error("--warmup must be >= 1 and below --steps and --global-steps (a timed step must remain)")
-    if args.sort_set % CONFIGS[args.config].batch:
-        parser.error(f"--sort-set {args.sort_set} is not a multiple of the micro-batch {CONFIGS[args.config].batch}")
+    if args.warmup < 1 or args.warmup >= min(args.steps, args.global_steps, args.graphs_steps):
+        parser.error("--warmup must be >= 1 and below --steps, --global-steps and --graphs-steps (a timed step "
+                     "must remain)")
+    for flag, value in (("--sort-set", args.sort_set), ("--graphs-sort-set", args.graphs_sort_set)):
+        if value % CONFIGS[args.config].batch:
+            parser.error(f"{flag} {value} is not a multiple of the micro-batch {CONFIGS[args.config].batch}")
     args.runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     return args
 
@@ -219,16 +237,30 @@ def run_trl(args, cfg: BenchConfig, model: Path, data: Path, out: Path, name: st
 
 
 def run_aot(args, cfg: BenchConfig, model: Path, data: Path, out: Path, name: str) -> dict:
-    """``name``: micro, micro-gc (with --gradient-checkpointing, as TRL's default) or global."""
-    scope = "global" if name == "global" else "micro"
-    accum = 1 if scope == "micro" else args.sort_set // cfg.batch
-    steps = args.steps if scope == "micro" else args.global_steps
+    """``name``: micro, micro-gc (with --gradient-checkpointing, as TRL's default), global or
+    global-graphs (global keeping its pass-1 graphs in ``--graph-memory`` GiB)."""
+    scope = "global" if name.startswith("global") else "micro"
+    accum = 1 if scope == "micro" else (args.graphs_sort_set if name == "global-graphs" else args.sort_set) // cfg.batch
+    steps = args.steps if scope == "micro" else args.graphs_steps if name == "global-graphs" else args.global_steps
+    extra = ["--full", *(["--gradient-checkpointing"] if name == "micro-gc" else []),
+             *(["--graph-memory", str(args.graph_memory)] if name == "global-graphs" else [])]
     cmd, train_args, result = aot_command(
         out, f"aot-{name}", cfg, model, data, scope=scope, accum=accum, steps=steps, dtype="fp32", seed=args.seed,
-        beta=args.beta, lr=args.lr, extra=["--full", *(["--gradient-checkpointing"] if name == "micro-gc" else [])])
+        beta=args.beta, lr=args.lr, extra=extra)
     proc = run_child(f"aot-{name}", cmd, out, args)
     marks = json.loads(result.read_text())
     return {"settings": {"aot_train_args": train_args}, **proc, **summarize(marks, cfg.batch * accum, args.warmup)}
+
+
+def run_bare(args, cfg: BenchConfig, model: Path, data: Path, out: Path) -> dict:
+    """The limit (run_bare.py) on the micro run's data, micro-batch and number of steps."""
+    result = out / "bare.json"
+    spec = {"model": str(model), "data": str(data), "result": str(result), "batch": cfg.batch, "steps": args.steps,
+            "max_length": cfg.max_length, "lr": args.lr, "seed": args.seed}
+    (out / "bare-spec.json").write_text(json.dumps(spec, indent=1))
+    proc = run_child("bare", [sys.executable, str(HERE / "run_bare.py"), str(out / "bare-spec.json")], out, args)
+    marks = json.loads(result.read_text())
+    return {"settings": spec, **proc, **summarize(marks, cfg.batch, args.warmup)}
 
 
 def machine() -> dict:
@@ -264,6 +296,13 @@ def ratios(runs: dict) -> dict:
     if micro and glob:
         found["global_time_vs_micro"] = glob["s_per_sample"] / micro["s_per_sample"]
         found["global_time_vs_micro_cpu"] = glob["cpu_s_per_sample"] / micro["cpu_s_per_sample"]
+    if micro and runs.get("global-graphs"):
+        found["global_graphs_time_vs_micro"] = runs["global-graphs"]["s_per_sample"] / micro["s_per_sample"]
+        found["global_graphs_time_vs_micro_cpu"] = (runs["global-graphs"]["cpu_s_per_sample"]
+                                                    / micro["cpu_s_per_sample"])
+    if micro and runs.get("bare"):
+        found["micro_vs_bare"] = micro["samples_per_s"] / runs["bare"]["samples_per_s"]
+        found["micro_vs_bare_cpu"] = runs["bare"]["cpu_s_per_sample"] / micro["cpu_s_per_sample"]
     return found
 
 
@@ -273,41 +312,43 @@ def print_table(cfg: BenchConfig, runs: dict, found: dict) -> None:
 
     from aot_cli.console import out_console
 
-    # Piped into a file or CI log, rich assumes 80 columns; the table needs about 110.
-    console = out_console if out_console.is_terminal else Console(file=sys.stdout, width=120)
+    # Piped into a file or CI log, rich assumes 80 columns; the table needs about 130.
+    console = out_console if out_console.is_terminal else Console(file=sys.stdout, width=140)
     table = Table(title=f"aot train vs TRL DPOTrainer(loss_type='aot'), config {cfg.name}, micro-batch {cfg.batch}")
     for column in ("run", "sort set", "timed steps", "samples/s", "median samples/s", "CPU s/sample", "peak RSS",
-                   "speed/TRL", "RSS/TRL"):
+                   "speed/TRL", "RSS/TRL", "speed/bare"):
         table.add_column(column, justify="left" if column == "run" else "right")
-    trl = runs.get("trl")
+    trl, bare = runs.get("trl"), runs.get("bare")
     for name, run in runs.items():
         table.add_row(
-            name, str(run["samples_per_step"] if name == "global" else cfg.batch), str(run["timed_steps"]),
+            name, str(run["samples_per_step"]), str(run["timed_steps"]),
             f"{run['samples_per_s']:.3f}", f"{run['median_samples_per_s']:.3f}", f"{run['cpu_s_per_sample']:.3g}",
             f"{run['peak_rss_bytes'] / 2**30:.2f} GiB",
             f"{run['samples_per_s'] / trl['samples_per_s']:.2f}x" if trl else "-",
             f"{run['peak_rss_bytes'] / trl['peak_rss_bytes']:.2f}x" if trl else "-",
+            f"{run['samples_per_s'] / bare['samples_per_s']:.2f}x" if bare else "-",
         )
     console.print(table)
     for key, target in TARGETS.items():
         if key in found:
-            ok = found[key] >= target if key == "speed_vs_trl" else found[key] <= target
-            sign = ">=" if key == "speed_vs_trl" else "<="
+            ok = found[key] >= target if key in AT_LEAST else found[key] <= target
+            sign = ">=" if key in AT_LEAST else "<="
             console.print(f"{key}: {found[key]:.2f} (target {sign} {target}) {'met' if ok else 'NOT met'}")
 
 
 def markdown(cfg: BenchConfig, runs: dict, found: dict) -> str:
     """The table as Markdown (OUT/results.md), for docs/performance.md."""
-    trl = runs.get("trl")
+    trl, bare = runs.get("trl"), runs.get("bare")
     lines = ["| run | sort set | timed steps | samples/s | median samples/s | CPU s/sample | peak RSS | "
-             "speed vs trl | RSS vs trl |", "|---|---|---|---|---|---|---|---|---|"]
+             "speed vs trl | RSS vs trl | speed vs bare |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, run in runs.items():
         lines.append(
-            f"| {name} | {run['samples_per_step'] if name == 'global' else cfg.batch} | {run['timed_steps']} | "
+            f"| {name} | {run['samples_per_step']} | {run['timed_steps']} | "
             f"{run['samples_per_s']:.3f} | {run['median_samples_per_s']:.3f} | {run['cpu_s_per_sample']:.3g} | "
             f"{run['peak_rss_bytes'] / 2**30:.2f} GiB | "
             + (f"{run['samples_per_s'] / trl['samples_per_s']:.2f}x | "
-               f"{run['peak_rss_bytes'] / trl['peak_rss_bytes']:.2f}x |" if trl else "- | - |"))
+               f"{run['peak_rss_bytes'] / trl['peak_rss_bytes']:.2f}x | " if trl else "- | - | ")
+            + (f"{run['samples_per_s'] / bare['samples_per_s']:.2f}x |" if bare else "- |"))
     lines.append("")
     lines += [f"- {key}: {value:.2f}" for key, value in found.items()]
     return "\n".join(lines) + "\n"
@@ -330,7 +371,9 @@ def main(argv: list[str] | None = None) -> dict:
         build_model(model, cfg, seed=args.seed)
     data_micro = out / "data-micro"
     data_global = out / "data-global"
-    for path, rows in ((data_micro, args.steps * cfg.batch), (data_global, args.global_steps * args.sort_set)):
+    data_graphs = out / "data-graphs"
+    for path, rows in ((data_micro, args.steps * cfg.batch), (data_global, args.global_steps * args.sort_set),
+                       (data_graphs, args.graphs_steps * args.graphs_sort_set)):
         shutil.rmtree(path, ignore_errors=True)
         build_dataset(path, model, cfg, rows, seed=args.seed)
 
@@ -341,8 +384,11 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("micro", "micro-gc"):
         if name in args.runs:
             runs[name] = run_aot(args, cfg, model, data_micro, out, name)
-    if "global" in args.runs:
-        runs["global"] = run_aot(args, cfg, model, data_global, out, "global")
+    for name, data in (("global", data_global), ("global-graphs", data_graphs)):
+        if name in args.runs:
+            runs[name] = run_aot(args, cfg, model, data, out, name)
+    if "bare" in args.runs:
+        runs["bare"] = run_bare(args, cfg, model, data_micro, out)
     found = ratios(runs)
     report = {
         "config": asdict(cfg),

@@ -116,6 +116,9 @@ class Config(StepConfig):
                             choices=PADDING_FREE, panel=OPTIMIZATION)
     logps_chunk_size: int = opt(1024, "--logps-chunk-size", help="Tokens per chunk of the output head (memory); "
                                 "0 = the model's own full-logits head.", ge=0, panel=OPTIMIZATION)
+    graph_memory: float = opt(0.0, "--graph-memory", help="GiB of activations --sort-scope global may keep from "
+                              "its first pass, so those micro-batches skip the second forward (0 = replay all but "
+                              "the last).", ge=0, metavar="GIB", panel=OPTIMIZATION)
     # output
     output: Path = opt(None, "-o", "--output", help="Run directory to write.", required=True, metavar="DIR",
                        panel=OUTPUT)

@@ -9,7 +9,8 @@ Why chunking: with a 128k vocabulary the float32 logits of a micro-batch are the
 preference training (16k tokens x 128k x 4 bytes = 8 GB, twice that with their gradient).
 :func:`sequence_logps` keeps only the positions that count (prompt and padding are skipped, which
 also saves their head FLOPs) and computes ``logits = h @ W^T`` for ``chunk_size`` tokens at a time,
-in forward *and* backward, so at most one ``[chunk_size, vocab]`` float32 block exists at once.
+in forward *and* backward, so at most one ``[chunk_size, vocab]`` float32 block exists at once; a chunk
+holds at most :data:`LOGITS_PER_CHUNK` logits whatever ``chunk_size`` asks.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import torch
 from torch.distributed.tensor import DTensor
 
 IGNORE_INDEX = -100
+# At most this many logits per chunk (32 MiB in float32): a memory budget, so a large vocabulary gets short chunks
+# (256 tokens at 32k, 64 at 128k) and a small one long ones; smaller blocks also stay in cache (docs/performance.md).
+LOGITS_PER_CHUNK = 2**23
 
 
 def build_labels(
@@ -79,6 +83,7 @@ def sequence_logps(
         )
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
+    chunk_size = min(chunk_size, max(1, LOGITS_PER_CHUNK // lm_head_weight.shape[0]))
     mask = labels != IGNORE_INDEX
     rows, cols = mask.nonzero(as_tuple=True)
     token_logps = _ChunkedTokenLogps.apply(

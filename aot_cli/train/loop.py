@@ -43,7 +43,7 @@ from aot_cli.train.batching import Side, StepSampler, step_micro_batches
 from aot_cli.train.checkpoint import newest_good_checkpoint, save_checkpoint
 from aot_cli.train.metrics import MetricsLog
 from aot_cli.train.packing import resolve as padding_free
-from aot_cli.train.step import step_gradient
+from aot_cli.train.step import GraphBudget, step_gradient
 
 DIVERGENCE_GROWTH = 100.0  # criterion 2 of the module docstring
 
@@ -69,6 +69,7 @@ class LoopState:
     online_ref: Any = None  # reference.OnlineReference with --ref online
     checkpoint_state: dict = field(default_factory=dict)
     weight_norm_start: float | None = None  # the trainable weights' norm before step 1 (None: measure it now)
+    graphs: GraphBudget = field(default_factory=GraphBudget)  # --graph-memory (global scope), learned over the run
 
 
 class _StopRequest:
@@ -176,6 +177,7 @@ def train_loop(state: LoopState, metrics: MetricsLog | None) -> None:
     """Run steps ``start_step .. total_steps - 1`` (`metrics` is None on every rank but the main one)."""
     acc, cfg = state.accelerator, state.config
     params = [p for p in state.model.parameters() if p.requires_grad]
+    state.graphs.limit = int(cfg.graph_memory * 2**30)
     state.model.train()
     if state.weight_norm_start is None:
         state.weight_norm_start = weight_norm(params)
@@ -186,7 +188,7 @@ def train_loop(state: LoopState, metrics: MetricsLog | None) -> None:
         for k in range(state.start_step, state.total_steps):
             t0 = time.time()
             out = step_gradient(cfg.sort_scope, state.model, micro_batches(state, k), state.loss_fn,
-                                chunk_size=cfg.logps_chunk_size, accelerator=acc)
+                                chunk_size=cfg.logps_chunk_size, accelerator=acc, graphs=state.graphs)
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             grad_norm = float(acc.clip_grad_norm_(params, max_norm))
             loss = out.loss.item()

@@ -12,9 +12,11 @@ continues it), under an exclusive lock; the adapter or model, the curves and ``m
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import math
 import os
+import platform
 import resource
 import shlex
 import shutil
@@ -172,7 +174,28 @@ def make_optimizer(config: Config, params: list):
         # at the first step of every process.
         warnings.filterwarnings("ignore", message="Paged optimizers are not supported on CPU", category=UserWarning)
         return bnb.optim.PagedAdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # One fused kernel over all tensors (CPU since torch 2.4, and CUDA) instead of a loop of small ops per
+    # tensor: the same update to float rounding, 6% of a CPU step less (docs/performance.md).
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+
+
+# glibc's mmap threshold: freed blocks above it go back to the system at once; 8 MiB keeps small tensors on
+# the fast heap while activations and logit blocks stop piling up as heap slack (docs/performance.md).
+M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES = -3, 8 * 2**20
+
+
+def return_large_blocks() -> bool:
+    """Ask glibc to serve and free blocks over 8 MiB with mmap, so the peak RSS of training is what
+    its tensors need rather than that plus the heap's slack; True when set (glibc only, else a no-op).
+    ``MALLOC_MMAP_THRESHOLD_`` in the environment wins: the user chose."""
+    if platform.system() != "Linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # musl or another libc without the glibc name
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def make_scheduler(config: Config, optimizer, total_steps: int):
@@ -277,6 +300,7 @@ class Setup:
 def run(config: Config) -> dict:
     """Train per `config`; returns the run manifest's summary."""
     config.preflight()
+    return_large_blocks()
     setup = validate_and_load(with_absolute_paths(config))
     lock = output_lock(Path(config.output)) if setup.accelerator.is_main_process else nullcontext()
     with lock:

@@ -34,6 +34,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from aot_cli.losses import kto_reference_point
@@ -157,27 +158,98 @@ def _output(accelerator, loss, rows: torch.Tensor, micro_batches: list[MicroBatc
     return StepOutput(loss, rows[side_a], rows[~side_a], refs[side_a], refs[~side_a], n_tokens, kl)
 
 
+class GraphMeter:
+    """Bytes of activations that autograd graphs save, measured while a forward runs.
+
+    A ``saved_tensors_hooks`` pair sees every tensor a graph keeps for its backward; storages are
+    counted once and the model's own weights (saved by every linear layer) not at all, so the sum is
+    what the graph adds to memory. Works the same on CPU and GPU (no allocator statistics needed).
+    """
+
+    def __init__(self, model):
+        self.weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.seen: set[int] = set()
+        self.bytes = 0
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self.weights and key not in self.seen:
+            self.seen.add(key)
+            self.bytes += storage.nbytes()
+        return tensor
+
+    def measure(self):
+        """Context in which every saved tensor is counted (reset ``bytes`` and ``seen`` between graphs)."""
+        self.seen, self.bytes = set(), 0
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+
+@dataclass
+class GraphBudget:
+    """How many bytes of pass-1 graphs ``global_scope_step`` may keep at once (``--graph-memory``),
+    and what it has learned of a graph's size: bytes per padded position, the largest seen (the
+    graph grows with positions; taking the largest keeps the estimate on the safe side). One object
+    lives for the whole run, so from step 2 on every decision uses an estimate."""
+
+    limit: int = 0
+    per_position: float | None = None
+
+    def estimate(self, batch: MicroBatch) -> float | None:
+        return None if self.per_position is None else self.per_position * batch.input_ids.numel()
+
+    def learn(self, batch: MicroBatch, size: int) -> None:
+        self.per_position = max(self.per_position or 0.0, size / batch.input_ids.numel())
+
+
 def global_scope_step(model, micro_batches: list[MicroBatch], loss_fn: LossFn, *, chunk_size: int | None = 1024,
-                      accelerator=None) -> StepOutput:
+                      accelerator=None, graphs: GraphBudget | None = None) -> StepOutput:
     """Gradient of the loss over the whole global batch (all micro-batches of all ranks).
 
     The last micro-batch keeps its pass-1 graph and is backpropagated first, so it needs no second
-    forward: with one micro-batch per rank the step costs what a plain step costs. DDP reduces
-    gradients once, on the backward of the step's last forward; every other forward runs under
-    ``no_sync``.
+    forward: with one micro-batch per rank the step costs what a plain step costs. With a
+    :class:`GraphBudget`, earlier micro-batches also keep their pass-1 graphs while the kept graphs
+    fit in its limit (beyond the last micro-batch's, which every step holds): those are
+    backpropagated from pass 1 too, and only the others run a no-grad forward and are replayed.
+    Until the budget knows a graph's size, the first micro-batch runs with grad and is measured; a
+    graph that turns out over the limit is dropped at once and replayed like the others.
+
+    DDP reduces gradients once, on the backward of the step's last forward; every other forward
+    runs under ``no_sync``. Under several processes at least one micro-batch is replayed, so that
+    the synchronized forward is the last one and no other backward follows it.
     """
     world = 1 if accelerator is None else accelerator.num_processes
     rank = 0 if accelerator is None else accelerator.process_index
+    graphs = graphs or GraphBudget()
     kl_parts = kl_logps(model, micro_batches, chunk_size)
-    *replayed, kept = micro_batches
-    rngs, parts = [], []
-    with torch.no_grad():
-        for batch in replayed:
-            rngs.append(_RngReplay())
+    *earlier, last = micro_batches
+    meter = GraphMeter(model) if graphs.limit > 0 else None
+    rngs: dict[int, _RngReplay] = {}  # replayed micro-batch -> RNG state before its pass-1 forward
+    kept: dict[int, torch.Tensor] = {}  # micro-batch -> its log-probs with their pass-1 graph
+    parts, used = [], 0
+    for j, batch in enumerate(earlier):
+        estimate = graphs.estimate(batch)
+        room = graphs.limit - used - (estimate or 0)  # the last micro-batch's graph is beyond the budget
+        must_replay = world > 1 and j == len(earlier) - 1 and not rngs
+        if meter is not None and room >= 0 and not must_replay:
+            rng = _RngReplay()
+            with _sync_context(accelerator, model, last=False), meter.measure():
+                logps = torch.cat(policy_logps(model, batch, chunk_size))
+            graphs.learn(batch, meter.bytes)
+            if used + meter.bytes <= graphs.limit:
+                kept[j] = logps
+                used += meter.bytes
+            else:
+                rngs[j] = rng
+            parts.append(logps.detach())
+            del logps  # a dropped graph is freed before the next forward
+            continue
+        rngs[j] = _RngReplay()
+        with torch.no_grad():
             parts.append(torch.cat(policy_logps(model, batch, chunk_size)))
-    with _sync_context(accelerator, model, last=not replayed):
-        kept_rows = torch.cat(policy_logps(model, kept, chunk_size))
-    parts.append(kept_rows.detach())
+    with _sync_context(accelerator, model, last=not earlier):
+        kept[len(earlier)] = last_rows = torch.cat(policy_logps(model, last, chunk_size))
+    parts.append(last_rows.detach())
     local = torch.cat(parts)
     side_a = _gather(accelerator, _side_a_mask(micro_batches, local.device)).bool()
     refs = _gather(accelerator, _references(micro_batches))
@@ -191,17 +263,17 @@ def global_scope_step(model, micro_batches: list[MicroBatch], loss_fn: LossFn, *
         z0 = kto_reference_point(*kl).item()
     loss = loss_fn(*args)
     (grad,) = torch.autograd.grad(loss, rows)
-    n_local = len(local)
     # DDP averages gradients over ranks; each rank holds its share of a sum, so undo the mean.
-    grad = grad[rank * n_local:(rank + 1) * n_local] * world
-    _backward(accelerator, (grad[n_local - kept.n_rows:] * kept_rows).sum())
-    offset = 0
-    for j, batch in enumerate(replayed):
+    grad = grad[rank * len(local):(rank + 1) * len(local)] * world
+    offsets = np.cumsum([0] + [batch.n_rows for batch in micro_batches]).tolist()
+    # Kept graphs first (each backward frees its graph), then the replays; the last forward is the synchronized one.
+    for j in sorted(kept, reverse=True):
+        _backward(accelerator, (grad[offsets[j]:offsets[j + 1]] * kept.pop(j)).sum())
+    for j in sorted(rngs):
         rngs[j].replay()
-        with _sync_context(accelerator, model, last=j == len(replayed) - 1):
-            logps = torch.cat(policy_logps(model, batch, chunk_size))
-            _backward(accelerator, (grad[offset:offset + batch.n_rows] * logps).sum())
-        offset += batch.n_rows
+        with _sync_context(accelerator, model, last=j == max(rngs)):
+            logps = torch.cat(policy_logps(model, micro_batches[j], chunk_size))
+            _backward(accelerator, (grad[offsets[j]:offsets[j + 1]] * logps).sum())
     n_tokens = sum(batch.n_tokens for batch in micro_batches)
     rows = rows.detach()
     return StepOutput(loss.detach(), rows[side_a], rows[~side_a], refs[side_a], refs[~side_a], n_tokens, z0)
@@ -228,7 +300,9 @@ def micro_scope_step(model, micro_batches: list[MicroBatch], loss_fn: LossFn, *,
     return _output(accelerator, loss, torch.cat(parts), micro_batches, sum(z0s) / len(z0s) if z0s else None)
 
 
-def step_gradient(scope: str, model, micro_batches: list[MicroBatch], loss_fn: LossFn, **kwargs) -> StepOutput:
-    """Dispatch on ``--sort-scope``."""
-    step = global_scope_step if scope == "global" else micro_scope_step
-    return step(model, micro_batches, loss_fn, **kwargs)
+def step_gradient(scope: str, model, micro_batches: list[MicroBatch], loss_fn: LossFn, *,
+                  graphs: GraphBudget | None = None, **kwargs) -> StepOutput:
+    """Dispatch on ``--sort-scope`` (``graphs``, the :class:`GraphBudget`, is the global scope's)."""
+    if scope == "global":
+        return global_scope_step(model, micro_batches, loss_fn, graphs=graphs, **kwargs)
+    return micro_scope_step(model, micro_batches, loss_fn, **kwargs)

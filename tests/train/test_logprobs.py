@@ -230,3 +230,22 @@ def test_autocast_forward_keeps_the_chunked_path():
     assert torch.allclose(got.detach(), want, atol=2e-2)
     got.sum().backward()
     assert model.lm_head.weight.grad.dtype == torch.float32 and model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_logit_budget_caps_the_chunk_and_keeps_the_values(monkeypatch):
+    """A budget of 3 x V logits per chunk: chunks of 3 tokens even when 100 are asked, and the same
+    values and gradients as one 100-token chunk (9 valid positions: chunks of 3, 3, 3)."""
+    hidden, weight, _, labels = _case()
+    leaves = [t.clone().requires_grad_() for t in (hidden, weight)]
+    whole = sequence_logps(*leaves, labels, chunk_size=100)
+    whole_grads = torch.autograd.grad(whole.sum(), leaves)
+    sizes = []
+    original = logprobs._chunk_logits
+    monkeypatch.setattr(logprobs, "_chunk_logits", lambda h, w, b: sizes.append(len(h)) or original(h, w, b))
+    monkeypatch.setattr(logprobs, "LOGITS_PER_CHUNK", 3 * V + 2)
+    capped = sequence_logps(*leaves, labels, chunk_size=100)
+    capped_grads = torch.autograd.grad(capped.sum(), leaves)
+    assert sizes == [3, 3, 3] * 2  # forward, then backward
+    assert torch.allclose(capped, whole, atol=1e-6)
+    for got, want in zip(capped_grads, whole_grads):
+        assert torch.allclose(got, want, atol=1e-6)

@@ -14,7 +14,7 @@ import torch
 from aot_cli.losses import kto_loss, kto_reference_point, preference_loss
 from aot_cli.train.batching import KLRows, MicroBatch, collate, split_micro_batches
 from aot_cli.train.logprobs import model_sequence_logps
-from aot_cli.train.step import global_scope_step, micro_scope_step, policy_logps
+from aot_cli.train.step import GraphBudget, GraphMeter, global_scope_step, micro_scope_step, policy_logps
 
 G = 16
 
@@ -298,3 +298,67 @@ def test_kto_micro_scope_takes_z0_per_micro_batch():
     micro_update, _, _ = _unpaired_update(micro_scope_step, 2, "kto")
     global_update, _, _ = _unpaired_update(global_scope_step, 2, "kto")
     assert _rel(micro_update, global_update) > 1e-3
+
+
+def _budget_update(limit: int, micro: int = 2, steps: int = 2, dropout: float = 0.0):
+    """SGD deltas of `steps` global-scope steps with a GraphBudget of `limit` bytes, the budget, and
+    and (no-grad, with-grad) forwards run (the budget learns a graph's size in step 1, uses it from step 2 on)."""
+    model = _model(dropout)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    graphs, calls = GraphBudget(limit), []
+    model.register_forward_hook(lambda *args: calls.append(torch.is_grad_enabled()))
+    torch.manual_seed(7)
+    for _ in range(steps):
+        global_scope_step(model, _micro_batches(micro), _loss_fn("aot"), chunk_size=7, graphs=graphs)
+        optimizer.step()
+        optimizer.zero_grad()
+    delta = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    return delta, graphs, (calls.count(False), calls.count(True))
+
+
+def test_kept_graphs_give_the_replayed_update_and_the_single_batch_one():
+    """Keeping every pass-1 graph (a budget that holds the step) skips all replays and gives the same
+    two updates as replaying every micro-batch but the last, and as one micro-batch of 16."""
+    replayed, _, replay_forwards = _budget_update(0)
+    kept, graphs, kept_forwards = _budget_update(2**40)
+    # pass 1 runs no forward without grad, so nothing is replayed: the replay run's grad forwards are
+    # its replays (as many as its no-grad ones) and the last micro-batches
+    assert replay_forwards[0] > 0 and kept_forwards == (0, replay_forwards[1])
+    assert graphs.per_position > 0
+    assert _rel(kept, replayed) < 1e-5
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    for _ in range(2):
+        micro_scope_step(model, _micro_batches(G), _loss_fn("aot"), chunk_size=7)
+        optimizer.step()
+        optimizer.zero_grad()
+    single = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert _rel(kept, single) < 1e-4
+
+
+def test_graph_budget_keeps_what_fits_and_replays_the_rest():
+    """A budget of about three graphs keeps some micro-batches and replays the others, with the same
+    update; with dropout too (kept and replayed micro-batches see the masks of their pass-1 forward)."""
+    _, learned, _ = _budget_update(2**40, steps=1)
+    three = int(3.5 * learned.per_position * 2 * 12)  # 2 rows of at most 12 positions each
+    replayed, _, replay_forwards = _budget_update(0)
+    partial, graphs, forwards = _budget_update(three)
+    assert 0 < forwards[0] < replay_forwards[0]
+    assert _rel(partial, replayed) < 1e-5
+    # pass 1 draws every micro-batch's masks in order and replays restore them: one step is the same update
+    dropped, _, _ = _budget_update(0, steps=1, dropout=0.3)
+    kept, _, _ = _budget_update(three, steps=1, dropout=0.3)
+    without_dropout, _, _ = _budget_update(three, steps=1)
+    assert _rel(kept, dropped) < 1e-5 and _rel(kept, without_dropout) > 1e-3
+
+
+def test_graph_meter_counts_saved_activations_not_weights():
+    """A linear layer saves its input (counted) and its weight (not counted): 4 x 8 float32 = 128 bytes."""
+    layer = torch.nn.Linear(8, 3)
+    meter = GraphMeter(layer)
+    x = torch.randn(4, 8, requires_grad=True)
+    with meter.measure():
+        layer(x).sum()
+    assert meter.bytes == 4 * 8 * 4
