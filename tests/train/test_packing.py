@@ -21,7 +21,7 @@ from aot_cli.train.logprobs import build_labels, model_sequence_logps
 from aot_cli.train import packing
 from aot_cli.train.packing import pack, packed_sequence_logps, resolve
 from aot_cli.train.reference import OnlineReference, side_logps
-from aot_cli.train.step import global_scope_step, micro_scope_step
+from aot_cli.train.step import GraphBudget, global_scope_step, micro_scope_step
 
 
 def _model(attn: str = "sdpa"):
@@ -172,6 +172,16 @@ def test_training_step_update_equals_padded(step, loss):
     packed, out_packed = update(True)
     assert sum(d.abs().sum() for d in padded) > 0
     assert out_packed.loss.item() == pytest.approx(out_padded.loss.item(), abs=1e-5)
+    if step is global_scope_step:  # kept first-pass graphs (--graph-memory) of packed forwards: the same update
+        graphs = GraphBudget()
+        graphs.limit = 2**40
+        model = _model()
+        before = [p.detach().clone() for p in model.parameters()]
+        loss_fn = (lambda pa, pb, ra, rb, kl=None: preference_loss(loss, pa, pb, ra, rb, beta=0.5, kl=kl))
+        step(model, _micro_batches(True, kl=loss == "kto"), loss_fn, chunk_size=5, graphs=graphs)
+        torch.optim.AdamW(model.parameters(), lr=1e-2).step()
+        for p, b, d_padded in zip(model.parameters(), before, padded):
+            torch.testing.assert_close(p.detach() - b, d_padded, rtol=0, atol=1e-5)
     if loss == "kto":
         assert out_packed.kl == pytest.approx(out_padded.kl, abs=1e-5)
     torch.testing.assert_close(out_packed.policy_a, out_padded.policy_a, rtol=0, atol=1e-5)
