@@ -30,12 +30,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import alpaca_eval
 import openai
 import yaml
 from alpaca_eval import constants as alpaca_constants
+from alpaca_eval import metrics as alpaca_metrics
+from alpaca_eval.annotators import PairwiseAnnotator
 
 from aot_cli.artifacts.store import fingerprint
+from aot_cli.console import warn
 from aot_cli.errors import UserError
 from aot_cli.eval.judge import OPENAI_BASE_URL, JudgeSettings
 
@@ -43,7 +45,7 @@ from aot_cli.eval.judge import OPENAI_BASE_URL, JudgeSettings
 logging.getLogger().setLevel(logging.WARNING)
 
 PLACEHOLDER_KEY = "EMPTY"
-METRIC_KEYS = ("win_rate", "standard_error", "n_wins", "n_draws", "n_wins_base", "n_total", "avg_length",
+METRIC_KEYS = ("win_rate", "standard_error", "n_wins", "n_draws", "n_wins_base", "n_total",
                "length_controlled_winrate")
 
 
@@ -150,10 +152,15 @@ def check(config: Any) -> None:
 
 def judge(config: Any, outputs: list[dict], rows: list[dict], out: Path,
           full_set: bool) -> tuple[dict, list[dict], str | None]:
-    """Judge through alpaca-eval; returns (metrics, annotations, None). The length-controlled win rate
-    is asked for only on the full standard set, where its instruction difficulties apply. Caches live
-    in OUT/alpaca_eval, one file per judge (annotator, model, server), so a rerun with another judge
-    asks again instead of reusing the other judge's verdicts."""
+    """Judge through alpaca-eval's annotator; returns (metrics, annotations, None).
+
+    The annotation and the metric are called one after the other rather than through
+    ``alpaca_eval.evaluate``, which fails with a pandas TypeError when the judge gave no usable
+    answer: here that is one clear error, and instructions without a preference (alpaca-eval drops
+    them) are counted in n_no_preference, as the built-in judge does. The length-controlled win rate
+    is asked for only on the full standard set, where its instruction difficulties apply. Caches
+    live in OUT/alpaca_eval, one file per judge (annotator, model, server), so judging again with
+    another judge asks again instead of reusing the other judge's verdicts."""
     references = [{"instruction": r["instruction"], "output": r["reference"], "generator": r["reference_generator"],
                    "dataset": r["dataset"]} for r in rows]
     record = judge_record(config)
@@ -161,28 +168,13 @@ def judge(config: Any, outputs: list[dict], rows: list[dict], out: Path,
     work.mkdir(exist_ok=True)
     key = fingerprint([record["annotator"], record["model"], record["base_url"]])[:12]
     cache = work / f"annotations_cache_{key}.json"
-    metric = "get_length_controlled_winrate" if full_set else "get_winrate"
     root = logging.getLogger()
     with tempfile.TemporaryDirectory(prefix="aot-judge-") as tmp:
-        _, annotators = read_annotators(config.judge)
-        annotators_config = config.judge
-        if config.judge_base_url is not None or config.judge_model is not None:
-            client_path = None
-            if config.judge_base_url is not None:
-                client_path = Path(tmp) / "client_configs.yaml"
-                client_path.write_text(yaml.safe_dump(client_config(config.judge_base_url)), encoding="utf-8")
-            folder = Path(tmp) / "annotator" / Path(config_file(config.judge)).parent.name
-            folder.mkdir(parents=True)
-            (folder / "configs.yaml").write_text(
-                yaml.safe_dump(routed(annotators, config.judge_model, client_path)), encoding="utf-8")
-            annotators_config = str(folder / "configs.yaml")
         root.addFilter(_no_price_noise)
         try:
-            leaderboard, annotations = alpaca_eval.evaluate(
-                model_outputs=outputs, reference_outputs=references, annotators_config=annotators_config,
-                name=outputs[0]["generator"], output_path=str(work), precomputed_leaderboard=None,
-                is_return_instead_of_print=True, caching_path=str(cache), fn_metric=metric,
-                sort_by="length_controlled_winrate" if full_set else "win_rate")
+            annotator = PairwiseAnnotator(annotators_config=_annotators_config(config, Path(tmp)),
+                                          caching_path=str(cache))
+            annotations = list(annotator.annotate_head2head(outputs_1=references, outputs_2=outputs))
         except openai.OpenAIError as exc:  # judge unreachable, key refused, quota: after the retries
             message = str(exc).splitlines()[0] if str(exc) else ""
             where = f" at {config.judge_base_url}" if config.judge_base_url else ""
@@ -190,11 +182,43 @@ def judge(config: Any, outputs: list[dict], rows: list[dict], out: Path,
                             f"{message}".strip()) from None
         finally:
             root.removeFilter(_no_price_noise)
-    row = leaderboard.loc[outputs[0]["generator"]].to_dict()
+    judged = [a for a in annotations if _is_preference(a.get("preference"))]
+    missing = len(outputs) - len(judged)
+    if not judged:
+        raise UserError(f"alpaca-eval's judge {config.judge} gave no preference for any of the {len(outputs)} "
+                        f"instructions (its parser found no usable answer): does "
+                        f"{config.judge_base_url or 'the server'} return the log-probs of the tokens m and M "
+                        f"(logprobs, top_logprobs) for model {record['model']}?")
+    if missing:
+        warn(f"no preference from alpaca-eval's judge for {missing} of {len(outputs)} instructions: left out "
+             "of the win rate, counted in n_no_preference")
+    metric = "get_length_controlled_winrate" if full_set else "get_winrate"
+    row = getattr(alpaca_metrics, metric)(judged)
     metrics = {}
-    for key in METRIC_KEYS:
-        value = row.get(key)
-        missing = value is None or (isinstance(value, float) and math.isnan(value))
-        metrics[key] = None if missing else (int(value) if key.startswith("n_") else float(value))
-    records = annotations.to_dict(orient="records") if hasattr(annotations, "to_dict") else list(annotations)
-    return metrics, records, None
+    for name in METRIC_KEYS:
+        value = row.get(name)
+        absent = value is None or (isinstance(value, float) and math.isnan(value))
+        metrics[name] = None if absent else (int(value) if name.startswith("n_") else float(value))
+    metrics["avg_length"] = sum(len(a["output_2"]) for a in judged) / len(judged)
+    metrics["n_no_preference"] = missing
+    return metrics, annotations, None
+
+
+def _is_preference(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _annotators_config(config: Any, tmp: Path) -> str:
+    """The annotator to hand alpaca-eval: its own name or file, or a routed copy written into `tmp`."""
+    if config.judge_base_url is None and config.judge_model is None:
+        return config.judge
+    client_path = None
+    if config.judge_base_url is not None:
+        client_path = tmp / "client_configs.yaml"
+        client_path.write_text(yaml.safe_dump(client_config(config.judge_base_url)), encoding="utf-8")
+    path, annotators = read_annotators(config.judge)
+    folder = tmp / "annotator" / path.parent.name   # alpaca-eval names the annotator after this folder
+    folder.mkdir(parents=True)
+    (folder / "configs.yaml").write_text(yaml.safe_dump(routed(annotators, config.judge_model, client_path)),
+                                         encoding="utf-8")
+    return str(folder / "configs.yaml")

@@ -32,6 +32,9 @@ class AnnotatorJudge(JudgeServer):
         if self.raw is not None:
             return self.raw
         prompt = body["messages"][-1]["content"]
+        instruction = prompt.split('"instruction": """', 1)[1]
+        if instruction.split()[0] in self.shapes:
+            return self.shapes[instruction.split()[0]]
         first = prompt.split('"model_identifier": "m"', 1)[1].split('"model_identifier": "M"', 1)[0]
         ref_label = "m" if "REF:" in first else "M"
         model_label = "M" if ref_label == "m" else "m"
@@ -56,6 +59,13 @@ def annotator():
 
 def _templates(annotator) -> Path:
     return Path(annotator.alpaca_constants.EVALUATORS_CONFIG_DIR)
+
+
+NO_LOGPROBS = json.dumps({
+    "id": "cmpl-2", "object": "chat.completion", "created": 0, "model": "judge-x",
+    "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "M"},
+                 "logprobs": None}],
+    "usage": {"prompt_tokens": 100, "completion_tokens": 1, "total_tokens": 101}}).encode()
 
 
 def _closed_port() -> int:
@@ -199,3 +209,30 @@ def test_judge_record_without_routing_and_a_user_config(annotator, tmp_path):
     (mine / "prompt.txt").write_text("<|im_start|>user\n{instruction}<|im_end|>")
     _, annotators = annotator.read_annotators(str(mine / "configs.yaml"))
     assert annotators["mine"]["prompt_template"] == str(mine / "prompt.txt")
+
+
+def test_a_judge_without_logprobs_is_counted_or_one_clear_error(aot, annotator, tiny_model_dir, tmp_path,
+                                                                monkeypatch):
+    """A server that sends no log-probs gives alpaca-eval's parser nothing: for one instruction it is
+    left out of the win rate and counted; for all of them, one error line (not a pandas traceback)
+    and the answers stay."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_CLIENT_CONFIG_PATH", raising=False)
+    out, _ = _answered(tiny_model_dir, tmp_path, monkeypatch)
+    args = ("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", out, "--judge-model", "judge-x",
+            "--judge-base-url")
+    with AnnotatorJudge(raw=NO_LOGPROBS) as server:
+        result = aot(*args, server.url)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result
+    assert "gave no preference for any of the 4 instructions" in errors[0]
+    assert f"does {server.url} return the log-probs of the tokens m and M" in errors[0]
+    assert "outputs are kept" in errors[0] and not (out / "manifest.json").exists()
+
+    with AnnotatorJudge(shapes={"FAVOR": NO_LOGPROBS}) as server:
+        result = aot(*args, server.url)
+    assert result.exit_code == 0, result
+    assert "no preference from alpaca-eval's judge for 1 of 4 instructions" in " ".join(result.stderr.split())
+    scores = json.loads((out / "results.json").read_text())["scores"]["alpacaeval"]
+    assert scores["n_total"] == 3 and scores["n_no_preference"] == 1
+    assert scores["win_rate"] == pytest.approx(20.0) and scores["n_wins"] == 0
