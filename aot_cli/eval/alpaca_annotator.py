@@ -25,6 +25,7 @@ import hashlib
 import importlib.metadata
 import logging
 import math
+import numbers
 import os
 import tempfile
 from pathlib import Path
@@ -205,13 +206,15 @@ def judge(config: Any, outputs: list[dict], rows: list[dict], out: Path,
 
 
 def _is_preference(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    """A number (numpy's too) that is not NaN: alpaca-eval marks an answer it could not parse NaN."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def _annotators_config(config: Any, tmp: Path) -> str:
-    """The annotator to hand alpaca-eval: its own name or file, or a routed copy written into `tmp`."""
+    """The annotator's configs.yaml to hand alpaca-eval (an absolute path, which it takes as given):
+    its own, or a routed copy written into `tmp`."""
     if config.judge_base_url is None and config.judge_model is None:
-        return config.judge
+        return os.path.abspath(config_file(config.judge))
     client_path = None
     if config.judge_base_url is not None:
         client_path = tmp / "client_configs.yaml"

@@ -236,3 +236,31 @@ def test_a_judge_without_logprobs_is_counted_or_one_clear_error(aot, annotator, 
     scores = json.loads((out / "results.json").read_text())["scores"]["alpacaeval"]
     assert scores["n_total"] == 3 and scores["n_no_preference"] == 1
     assert scores["win_rate"] == pytest.approx(20.0) and scores["n_wins"] == 0
+
+
+def test_an_annotator_of_ones_own_without_routing(aot, annotator, tiny_model_dir, tmp_path, monkeypatch):
+    """--judge FOLDER (a configs.yaml of one's own, its prompt template beside it) is handed to
+    alpaca-eval as it is, client settings included: the run asks the server that config names."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_CLIENT_CONFIG_PATH", raising=False)
+    out, _ = _answered(tiny_model_dir, tmp_path, monkeypatch)
+    mine = tmp_path / "judges" / "my_judge"
+    mine.mkdir(parents=True)
+    (mine / "prompt.txt").write_bytes((_templates(annotator) / PROMPT).read_bytes())
+    with AnnotatorJudge() as server:
+        (tmp_path / "clients.yaml").write_text(f"default:\n  - base_url: {server.url}\n    api_key: EMPTY\n")
+        (mine / "configs.yaml").write_text(
+            "my_judge:\n  prompt_template: my_judge/prompt.txt\n  fn_completions: openai_completions\n"
+            "  completions_kwargs: {model_name: judge-y, max_tokens: 1, temperature: 1, logprobs: true, "
+            f"top_logprobs: 5, requires_chatml: true, client_config_path: {tmp_path / 'clients.yaml'}}}\n"
+            "  fn_completion_parser: logprob_parser\n"
+            "  completion_parser_kwargs: {numerator_token: m, denominator_tokens: [m, M], is_binarize: false}\n"
+            "  completion_key: completions_all\n  batch_size: 1\n")
+        result = aot("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", out, "--judge", mine)
+    assert result.exit_code == 0, result
+    assert len(server.requests) == 4 and server.requests[0]["body"]["model"] == "judge-y"
+    res = json.loads((out / "results.json").read_text())
+    assert res["scores"]["alpacaeval"]["win_rate"] == pytest.approx(37.5)
+    judge = res["settings"]["judge"]
+    assert (judge["annotator"], judge["prompt"], judge["model"], judge["base_url"]) == (
+        str(mine), "my_judge/prompt.txt", "judge-y", None)
