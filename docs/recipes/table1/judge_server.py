@@ -5,7 +5,8 @@ It answers ``POST /v1/chat/completions`` the way AlpacaEval's judges expect (one
 reads), to alpaca-eval's own annotator prompt or the built-in judge's, without any model: it
 prefers the longer of the two answers, ``P(m) = sigmoid((len(m) - len(M)) / 20)`` in characters,
 so win rates differ between models that answer differently and the smoke table has real,
-reproducible numbers in its AlpacaEval columns. A length-only judge says nothing about quality: it is there to exercise the chain.
+reproducible numbers in its AlpacaEval columns. A length-only judge says nothing about quality: it
+is there to exercise the chain.
 
 ``python judge_server.py --url-file FILE``: binds a free port, writes its base URL
 (``http://127.0.0.1:PORT/v1``) to FILE once it listens, and serves until it is terminated or the
