@@ -10,6 +10,10 @@ A dominance eval contributes its implicit-reward numbers: reward accuracy, viola
 area, and the almost-dominance tests (violation ratio and p-value, first and second order; an eval
 made before the tests existed shows them as —). Their p-values depend on the eval's eps0 and
 resamples (``settings.statistics``): compare evals made with the same ones.
+
+AlpacaEval win rates are a judge's opinion: numbers from alpaca-eval's annotator and from the
+built-in stand-in (another prompt), or from two judge models, are not on one scale. compare refuses
+to show them side by side, naming each eval's judge, unless ``--mix-judges`` says to (then it warns).
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ class Config(StepConfig):
                            metavar="EVAL")
     output: Path | None = opt(None, "-o", "--output", help="Also write the table as markdown to this file.",
                                  metavar="FILE.md")
+    mix_judges: bool = opt(False, "--mix-judges", help="Show AlpacaEval numbers made by different judges "
+                           "(implementation, annotator/prompt or judge model) side by side; they are not on one "
+                           "scale.")
     label: list[str] = opt([], "--label", help="Row names in row order (comma-separated or repeated), one per "
                            "model, e.g. --label base,aot,dpo (default: the model each eval names).", metavar="NAME")
 
@@ -124,6 +131,35 @@ def dominance_settings_note(results: list[tuple[str, dict]]) -> str | None:
             + "; ".join(f"{path}: {what}" for path, what in seen.items()))
 
 
+def judge_name(res: dict) -> str:
+    """An AlpacaEval eval's judge in words: implementation, annotator or prompt, judge model. Two evals
+    whose names differ were judged differently (the server's address does not count: one model served
+    at two addresses is one judge)."""
+    judge = res.get("settings", {}).get("judge")
+    if not isinstance(judge, dict):
+        return "an unrecorded judge"
+    implementation = judge.get("implementation", "an unrecorded implementation")
+    if implementation == "alpaca_eval":
+        how = f"annotator {judge.get('annotator')}"
+    else:
+        how = f"{judge.get('protocol')} protocol, prompt {judge.get('prompt', 'aot built-in')}"
+    model = judge.get("model")
+    return f"{implementation} ({how}; judge model {model or 'the annotator default'})"
+
+
+def check_judges(results: list[tuple[str, dict]], mix: bool) -> None:
+    """A UserError (a warning with `mix`) when AlpacaEval evals were judged by different judges."""
+    judges = {path: judge_name(res) for path, res in results if res["suite"] == "alpacaeval"}
+    if len(set(judges.values())) <= 1:
+        return
+    listed = "; ".join(f"{path}: {name}" for path, name in judges.items())
+    if not mix:
+        raise UserError(f"the AlpacaEval evals were judged by different judges, so their win rates do not "
+                        f"compare ({listed}); judge them again with one judge, or pass --mix-judges to show "
+                        "them side by side anyway")
+    warn(f"AlpacaEval numbers from different judges side by side (--mix-judges): {listed}")
+
+
 def relabel(rows: list[str], cells: dict, labels: list[str]) -> tuple[list[str], dict]:
     """Rows and cells renamed by `labels` (in row order); a UserError unless there is one per row."""
     if len(labels) != len(rows):
@@ -156,6 +192,7 @@ def run(config: Config) -> dict:
     if not paths:
         raise UserError("aot compare needs at least one eval directory: aot compare EVAL [EVAL...]")
     results = [(p, EvalArtifact.load(p).results) for p in paths]
+    check_judges(results, config.mix_judges)
     rows, columns, cells = build_table(results)
     labels = config.labels()
     if labels:

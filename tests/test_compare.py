@@ -135,3 +135,44 @@ def test_bad_labels(aot, tmp_path):
     assert result.exit_code == 2 and "empty name" in result.stderr
     out = tmp_path / "never.md"
     assert aot("compare", one, two, "--label", "x,x", "-o", out).exit_code == 2 and not out.exists()
+
+
+ALPACA_EVAL_JUDGE = {"implementation": "alpaca_eval", "alpaca_eval_version": "0.6.6",
+                     "annotator": "weighted_alpaca_eval_gpt4_turbo",
+                     "prompt": "alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt", "prompt_sha256": "ab",
+                     "model": "qwen-72b", "base_url": "http://127.0.0.1:8000/v1"}
+BUILTIN_JUDGE = {"implementation": "aot built-in", "protocol": "weighted_alpaca_eval_gpt4_turbo",
+                 "prompt": "aot built-in (aot_cli/eval/judge.py)", "prompt_sha256": "cd", "model": "qwen-72b",
+                 "base_url": "http://127.0.0.1:8000/v1", "seed": 0}
+
+
+def _alpaca(path, model, win_rate, judge):
+    scores = {"alpacaeval": {"win_rate": win_rate, "length_controlled_winrate": None}}
+    return _eval_dir(path, "alpacaeval", model, scores, settings={"judge": judge})
+
+
+def test_alpacaeval_numbers_of_different_judges_are_not_mixed_unless_asked(aot, tmp_path):
+    """The same judge model behind alpaca-eval's annotator and behind the built-in prompt gives two
+    scales: one error line naming both evals and their judges; --mix-judges shows them with a warning.
+    The same judge at another address is the same judge."""
+    base = _alpaca(tmp_path / "base", "base", 20.0, ALPACA_EVAL_JUDGE)
+    tuned = _alpaca(tmp_path / "tuned", "tuned", 30.0, BUILTIN_JUDGE)
+    result = aot("compare", base, tuned)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result
+    assert errors[0] == (
+        f"error: the AlpacaEval evals were judged by different judges, so their win rates do not compare "
+        f"({base}: alpaca_eval (annotator weighted_alpaca_eval_gpt4_turbo; judge model qwen-72b); {tuned}: "
+        "aot built-in (weighted_alpaca_eval_gpt4_turbo protocol, prompt aot built-in (aot_cli/eval/judge.py); "
+        "judge model qwen-72b)); judge them again with one judge, or pass --mix-judges to show them side by "
+        "side anyway")
+    result = aot("compare", base, tuned, "--mix-judges", "-o", tmp_path / "t.md")
+    assert result.exit_code == 0, result
+    assert "AlpacaEval numbers from different judges side by side (--mix-judges)" in " ".join(result.stderr.split())
+    assert (tmp_path / "t.md").read_text().splitlines()[3] == "| tuned | — | 30.00 (+10.00) |"
+
+    moved = _alpaca(tmp_path / "moved", "moved", 25.0, {**ALPACA_EVAL_JUDGE, "base_url": "http://gpu-box:8000/v1"})
+    other_model = _alpaca(tmp_path / "small", "small", 25.0, {**ALPACA_EVAL_JUDGE, "model": "qwen-7b"})
+    assert aot("compare", base, moved).exit_code == 0
+    result = aot("compare", base, other_model)
+    assert result.exit_code == 2 and "judge model qwen-7b" in result.stderr and "--mix-judges" in result.stderr

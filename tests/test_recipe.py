@@ -34,9 +34,12 @@ def smoke(out: Path, cache: Path) -> subprocess.CompletedProcess:
 
 def length_judge_win_rate(alpaca_dir: Path) -> float:
     """The win rate the stand-in judge must give, from the answers and references themselves:
-    100 x mean sigmoid((len(answer) - len(reference)) / 20)."""
+    100 x mean sigmoid((len(answer) - len(reference)) / 20). Annotations of alpaca-eval's annotator
+    (the alpaca extra) hold output_1 = reference, output_2 = answer; the built-in judge's output and
+    reference."""
     rows = json.loads((alpaca_dir / "annotations.json").read_text())
-    prefs = [1 / (1 + math.exp(-(len(r["output"]) - len(r["reference"])) / 20)) for r in rows]
+    pairs = [(r["output_2"], r["output_1"]) if "output_2" in r else (r["output"], r["reference"]) for r in rows]
+    prefs = [1 / (1 + math.exp(-(len(answer) - len(reference)) / 20)) for answer, reference in pairs]
     return 100 * sum(prefs) / len(prefs)
 
 

@@ -7,19 +7,22 @@ alpaca_eval #454). ``--instructions FILE`` replaces it (a JSON/JSONL list of {"i
 optional "dataset", optional "output" = reference answer}); ``--reference FILE`` gives a custom
 baseline ({"instruction", "output"} rows, matched by instruction).
 
-Judge: with ``--judge-base-url`` or ``--judge-model``, or without the ``alpaca`` extra, the built-in
-client of :mod:`aot_cli.eval.judge` (the weighted GPT-4 Turbo protocol against any OpenAI-compatible
-server). With the extra installed and neither option, alpaca-eval's own annotators (``--judge``
-names one or is its YAML), which also give the length-controlled win rate on the full set.
-Judge caches live in OUT, never in site-packages.
+Judge: with the ``alpaca`` extra installed, alpaca-eval's own annotator (``--judge`` names one or is
+its YAML; its prompt, its log-prob parsing, and the length-controlled win rate on the full set),
+asked through ``--judge-base-url``/``--judge-model`` when given (any OpenAI-compatible server, see
+:mod:`aot_cli.eval.alpaca_annotator`). Without the extra, the built-in client of
+:mod:`aot_cli.eval.judge` (the same weighted protocol with a prompt of our own) stands in. results.json
+says which one made the numbers (settings.judge.implementation, its prompt and model), and
+``aot compare`` refuses to put numbers of different judges side by side. Judge caches live in OUT,
+never in site-packages.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -33,7 +36,8 @@ from aot_cli.console import info, progress, warn
 from aot_cli.errors import UserError
 from aot_cli.eval.config import DEFAULT_JUDGE, AlpacaConfig
 from aot_cli.eval.generate import MODEL_OUTPUTS, Throughput, generate_outputs, read_outputs
-from aot_cli.eval.judge import DEFAULT_JUDGE_MODEL, OPENAI_BASE_URL, JudgeClient, JudgeSettings, api_key
+from aot_cli.eval.judge import (DEFAULT_JUDGE_MODEL, OPENAI_BASE_URL, SYSTEM_PROMPT, USER_TEMPLATE, JudgeClient,
+                                JudgeSettings, api_key)
 from aot_cli.eval.report import announce, write_eval
 from aot_cli.eval.source import resolve_model
 from aot_cli.jsonl import describe_error, parse_lines, read_text
@@ -104,10 +108,10 @@ def _alpaca_eval_installed() -> bool:
     return importlib.util.find_spec("alpaca_eval") is not None
 
 
-def use_builtin_judge(config: Any) -> bool:
-    """The built-in judge serves an explicit endpoint or judge model (alpaca-eval's annotators fix
-    their own), and stands in when the alpaca extra is not installed."""
-    return config.judge_base_url is not None or config.judge_model is not None or not _alpaca_eval_installed()
+def use_builtin_judge() -> bool:
+    """The built-in judge stands in when the alpaca extra is not installed; with it, alpaca-eval's
+    annotator is the judge, whatever server it is sent to."""
+    return not _alpaca_eval_installed()
 
 
 def judge_builtin(config: Any, outputs: list[dict], rows: list[dict], out: Path,
@@ -135,56 +139,23 @@ def judge_builtin(config: Any, outputs: list[dict], rows: list[dict], out: Path,
              f"({reasons}): left out of the win rate, counted in n_no_preference (details in annotations.json)")
     metrics = win_rate_metrics([a["preference"] for a in judged], [len(a["output"]) for a in judged])
     metrics["n_no_preference"] = sum(problems.values())
-    return metrics, annotations, "needs alpaca-eval's length-control model (the alpaca extra, without --judge-base-url)"
-
-
-def judge_alpaca_eval(config: Any, outputs: list[dict], rows: list[dict], out: Path,
-                      full_set: bool) -> tuple[dict, list[dict], str | None]:
-    """Judge through alpaca-eval's annotators (the ``alpaca`` extra); caches in OUT. The length-controlled
-    win rate is asked for only on the full standard set, where its instruction difficulties apply."""
-    import alpaca_eval  # the optional `alpaca` extra (use_builtin_judge checked that it is installed)
-
-    try:
-        from openai import OpenAIError as api_errors
-    except ImportError:
-        api_errors = ()
-    references = [{"instruction": r["instruction"], "output": r["reference"], "generator": r["reference_generator"],
-                   "dataset": r["dataset"]} for r in rows]
-    try:
-        leaderboard, annotations = alpaca_eval.evaluate(
-            model_outputs=outputs, reference_outputs=references, annotators_config=config.judge,
-            name=outputs[0]["generator"], output_path=str(out / "alpaca_eval"), precomputed_leaderboard=None,
-            is_return_instead_of_print=True, caching_path=str(out / "alpaca_eval_annotations_cache.json"),
-            fn_metric="get_length_controlled_winrate" if full_set else "get_winrate")
-    except api_errors as exc:  # judge unreachable, key refused, quota: after alpaca-eval's own retries
-        message = str(exc).splitlines()[0] if str(exc) else ""
-        raise UserError(f"alpaca-eval's judge {config.judge} failed: {type(exc).__name__} {message}".strip()) from None
-    row = leaderboard.loc[outputs[0]["generator"]].to_dict()
-    metrics = {}
-    for key in ("win_rate", "standard_error", "n_wins", "n_draws", "n_wins_base", "n_total", "avg_length",
-                "length_controlled_winrate"):
-        value = row.get(key)
-        missing = value is None or (isinstance(value, float) and math.isnan(value))
-        metrics[key] = None if missing else (int(value) if key.startswith("n_") else float(value))
-    records = annotations.to_dict(orient="records") if hasattr(annotations, "to_dict") else list(annotations)
-    return metrics, records, None
+    return metrics, annotations, "needs alpaca-eval's length-control model (the alpaca extra)"
 
 
 def check_builtin_judge(config: Any) -> None:
     """The built-in judge speaks one protocol and needs a key for OpenAI itself."""
     if config.judge != DEFAULT_JUDGE:
         raise UserError(f"--judge {config.judge}: only {DEFAULT_JUDGE} is built in; other annotators need the "
-                        "alpaca extra (pip install 'aot-cli[alpaca]') and neither --judge-base-url nor --judge-model")
+                        "alpaca extra (pip install 'aot-cli[alpaca]')")
     api_key(judge_settings(config))
 
 
-def check_alpaca_eval_judge(config: Any) -> None:
-    """alpaca-eval's OpenAI annotators (their names say gpt) need a key or alpaca-eval's client config."""
-    if "gpt" in str(config.judge).lower() and not (os.environ.get("OPENAI_API_KEY")
-                                                   or os.environ.get("OPENAI_CLIENT_CONFIG_PATH")):
-        raise UserError(f"--judge {config.judge} (an OpenAI annotator of alpaca-eval) needs OPENAI_API_KEY "
-                        "(or OPENAI_CLIENT_CONFIG_PATH) in the environment, or point --judge-base-url at an "
-                        "OpenAI-compatible server, e.g. a local vLLM")
+def builtin_judge_record(config: Any) -> dict:
+    """What results.json says about the built-in judge: its protocol, that the prompt is ours (with
+    its sha256, so a change of wording shows), the judge model and server."""
+    prompt = hashlib.sha256((SYSTEM_PROMPT + "\n" + USER_TEMPLATE).encode()).hexdigest()
+    return {"implementation": "aot built-in", "protocol": DEFAULT_JUDGE,
+            "prompt": "aot built-in (aot_cli/eval/judge.py)", "prompt_sha256": prompt, **vars(judge_settings(config))}
 
 
 def judge_settings(config: Any) -> JudgeSettings:
@@ -223,16 +194,19 @@ def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, di
     rows = standard_set() if config.instructions is None else read_rows(config.instructions, "--instructions")
     rows = attach_references(rows[: config.limit] if config.limit else rows, config.reference)
     full_set = standard and len(rows) == STANDARD_SIZE
-    builtin = use_builtin_judge(config)
+    builtin = use_builtin_judge()
     if builtin:   # fail before generating, not after
         check_builtin_judge(config)
+        judge, judge_record = judge_builtin, builtin_judge_record(config)
     else:
-        check_alpaca_eval_judge(config)
+        from aot_cli.eval import alpaca_annotator   # the optional `alpaca` extra: imports alpaca_eval
+
+        alpaca_annotator.check(config)
+        judge, judge_record = alpaca_annotator.judge, alpaca_annotator.judge_record(config)
 
     path = out / MODEL_OUTPUTS
     outputs, throughput = _outputs(config, source, device, rows, path)
     try:
-        judge = judge_builtin if builtin else judge_alpaca_eval
         metrics, annotations, lc_reason = judge(config, outputs, rows, out, full_set)
     except UserError as exc:
         raise UserError(f"{exc}; the generated outputs are kept in {path}: rerun the same command to judge "
@@ -245,8 +219,6 @@ def evaluate(config: Any, source: Any, device: str, out: Path) -> tuple[dict, di
         if not full_set:
             lc_reason = f"only defined on the full {STANDARD_SIZE}-instruction AlpacaEval set with its reference"
         notes["length_controlled_winrate"] = f"null: {lc_reason or 'alpaca-eval did not compute it'}"
-    judge_record = ({"protocol": DEFAULT_JUDGE, "implementation": "aot built-in", **vars(judge_settings(config))}
-                    if builtin else {"annotator": config.judge, "implementation": "alpaca_eval"})
     settings = {"judge": judge_record, "instructions": str(config.instructions) if config.instructions else
                 f"{STANDARD_REPO}/{STANDARD_FILE}", "reference": str(config.reference) if config.reference else None,
                 "n_instructions": len(rows), "max_new_tokens": config.max_new_tokens,
@@ -277,5 +249,5 @@ def run(config: AlpacaConfig) -> dict:
                 out.rmdir()
             raise
         results = write_eval(out, config, "alpacaeval", source, scores, settings, notes)
-    announce(results, out, (MODEL_OUTPUTS, "annotations.json", "judge_cache.jsonl"))
+    announce(results, out, (MODEL_OUTPUTS, "annotations.json", "judge_cache.jsonl", "alpaca_eval/"))
     return results

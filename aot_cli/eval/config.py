@@ -131,14 +131,14 @@ class AlpacaConfig(EvalOptions):
     reference: Path | None = opt(None, "--reference", help="Baseline answers {instruction, output} "
                                     "(default: the set's GPT-4 Turbo outputs, or the instructions' 'output').",
                                     metavar="FILE")
-    judge: str = opt(DEFAULT_JUDGE, "--judge", help="alpaca-eval annotator name or YAML file (with the alpaca "
-                     "extra, when neither --judge-base-url nor --judge-model is given).", metavar="NAME",
+    judge: str = opt(DEFAULT_JUDGE, "--judge", help="alpaca-eval annotator name or its configs.yaml (with the "
+                     "alpaca extra; without it only the built-in stand-in for the default).", metavar="NAME",
                      panel=JUDGE)
-    judge_base_url: str | None = opt(None, "--judge-base-url", help="OpenAI-compatible endpoint for the judge, "
-                                        "e.g. http://127.0.0.1:8000/v1 (key: $OPENAI_API_KEY).", metavar="URL",
-                                        panel=JUDGE)
-    judge_model: str | None = opt(None, "--judge-model", help="Judge model name (default: gpt-4-1106-preview).",
-                                     metavar="NAME", panel=JUDGE)
+    judge_base_url: str | None = opt(None, "--judge-base-url", help="OpenAI-compatible endpoint the annotator asks, "
+                                        "e.g. a vLLM at http://127.0.0.1:8000/v1 (key: $OPENAI_API_KEY, never "
+                                        "written).", metavar="URL", panel=JUDGE)
+    judge_model: str | None = opt(None, "--judge-model", help="Judge model name at that endpoint (default: the "
+                                     "annotator's own, gpt-4-1106-preview).", metavar="NAME", panel=JUDGE)
     max_new_tokens: int = opt(2048, "--max-new-tokens", help="Longest generated answer, in tokens.", ge=1,
                               panel=GENERATION)
     temperature: float = opt(0.7, "--temperature", help="Sampling temperature (0 = greedy).", ge=0,

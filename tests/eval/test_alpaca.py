@@ -1,16 +1,17 @@
 """AlpacaEval: generation with the chat template (resumable), the built-in judge against a fake
-OpenAI-compatible server on 127.0.0.1 (retries, cache, key handling), win-rate arithmetic."""
+OpenAI-compatible server on 127.0.0.1 (retries, cache, key handling), win-rate arithmetic. The
+built-in judge is the stand-in without the alpaca extra, so these tests run as if it were not
+installed; alpaca-eval's own annotator is tested in test_alpaca_eval_annotator.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import socket
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
 from aot_cli.errors import UserError
 
@@ -22,6 +23,11 @@ from judge_server import JudgeServer
 
 DATA = str(Path(__file__).parents[1] / "fixtures" / "alpaca_tiny.json")
 GEN = ("--max-new-tokens", 8, "--batch-size", 2, "--seed", 1)
+
+
+@pytest.fixture(autouse=True)
+def without_the_alpaca_extra(monkeypatch):
+    monkeypatch.setattr("aot_cli.eval.alpaca._alpaca_eval_installed", lambda: False)
 
 
 def test_win_rate_metrics_hand_numbers():
@@ -115,6 +121,10 @@ def test_alpacaeval_end_to_end(aot, tiny_model_dir, tmp_path, monkeypatch):
     assert scores["length_controlled_winrate"] is None and "805" in res["notes"]["length_controlled_winrate"]
     settings = res["settings"]
     assert settings["judge"]["model"] == "judge-x" and settings["judge"]["base_url"] == server.url
+    assert settings["judge"]["implementation"] == "aot built-in"
+    assert settings["judge"]["prompt"] == "aot built-in (aot_cli/eval/judge.py)"
+    assert settings["judge"]["prompt_sha256"] == hashlib.sha256(
+        (judge.SYSTEM_PROMPT + "\n" + judge.USER_TEMPLATE).encode()).hexdigest()
     assert settings["max_new_tokens"] == 8 and settings["temperature"] == 0.7 and settings["seed"] == 1
     annotations = json.loads((out / "annotations.json").read_text())
     assert sorted(a["preference"] for a in annotations) == pytest.approx([0.2, 0.2, 0.2, 0.9])
@@ -133,7 +143,6 @@ def test_alpacaeval_end_to_end(aot, tiny_model_dir, tmp_path, monkeypatch):
 
 def test_alpacaeval_bad_inputs(aot, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.setattr("aot_cli.eval.alpaca._alpaca_eval_installed", lambda: False)
     result = aot("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", tmp_path / "a")
     assert result.exit_code == 2 and "OPENAI_API_KEY" in result.stderr
     assert not (tmp_path / "a" / "model_outputs.json").exists()
@@ -155,75 +164,6 @@ def test_alpacaeval_bad_inputs(aot, tiny_model_dir, tmp_path, monkeypatch):
     result = aot("eval", "alpaca", tiny_model_dir, "--instructions", bad, "-o", tmp_path / "d",
                  "--judge-base-url", "http://127.0.0.1:9/v1")
     assert result.exit_code == 2 and "row 2" in result.stderr
-
-
-def test_judge_choice_and_key_with_the_alpaca_extra(aot, tiny_model_dir, tmp_path, monkeypatch):
-    """With alpaca-eval installed: --judge-model (like --judge-base-url) selects the built-in judge,
-    which alpaca-eval's annotators cannot be pointed at; an OpenAI annotator without a key fails
-    before any generation."""
-    from types import SimpleNamespace
-
-    from aot_cli.eval import alpaca
-
-    monkeypatch.setattr(alpaca, "_alpaca_eval_installed", lambda: True)
-    options = dict(judge_base_url=None, judge_model=None)
-    assert not alpaca.use_builtin_judge(SimpleNamespace(**options))
-    assert alpaca.use_builtin_judge(SimpleNamespace(**{**options, "judge_model": "gpt-4o"}))
-    assert alpaca.use_builtin_judge(SimpleNamespace(**{**options, "judge_base_url": "http://127.0.0.1:9/v1"}))
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_CLIENT_CONFIG_PATH", raising=False)
-    result = aot("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", tmp_path / "a")
-    assert result.exit_code == 2 and "OPENAI_API_KEY" in result.stderr
-    assert not (tmp_path / "a" / "model_outputs.json").exists()
-
-
-def test_alpaca_eval_annotators_when_installed(aot, lora_run_dir, tmp_path, monkeypatch):
-    """With the alpaca extra (faked here: it is not installed in CI) and no --judge-base-url, judging
-    goes through alpaca_eval.evaluate with our outputs and references, caching in OUT. The model is a
-    LoRA run: generation runs base + adapter."""
-    import importlib.machinery
-    import sys
-    import types
-
-    import pandas as pd
-
-    calls = {}
-
-    class OpenAIError(Exception):
-        pass
-
-    def evaluate(**kwargs):
-        if not calls:
-            calls["failed"] = True
-            raise OpenAIError("Connection error.")
-        calls.update(kwargs)
-        board = pd.DataFrame({"win_rate": [12.5], "standard_error": [3.0], "n_wins": [1], "n_draws": [0],
-                              "n_wins_base": [3], "n_total": [4], "avg_length": [42],
-                              "length_controlled_winrate": [float("nan")]}, index=[kwargs["name"]])
-        return board, pd.DataFrame([{"instruction": "x", "preference": 1.0}])
-
-    fake = types.ModuleType("alpaca_eval")
-    fake.__spec__ = importlib.machinery.ModuleSpec("alpaca_eval", None)
-    fake.evaluate = evaluate
-    monkeypatch.setitem(sys.modules, "alpaca_eval", fake)
-    monkeypatch.setitem(sys.modules, "openai", types.SimpleNamespace(OpenAIError=OpenAIError))
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    out = tmp_path / "ae"
-    args = ("eval", "alpaca", lora_run_dir, "--instructions", DATA, "-o", out,
-            "--judge", "alpaca_eval_gpt4", *GEN)
-    result = aot(*args)   # the judge fails (alpaca-eval gave up): one line, the answers are kept
-    assert result.exit_code == 2 and "alpaca-eval's judge alpaca_eval_gpt4 failed: OpenAIError" in result.stderr
-    assert "outputs are kept" in result.stderr and (out / "model_outputs.json").is_file()
-    result = aot(*args)
-    assert result.exit_code == 0, result
-    assert calls["annotators_config"] == "alpaca_eval_gpt4" and calls["fn_metric"] == "get_winrate"
-    assert [r["output"] for r in calls["reference_outputs"]][0].startswith("REF:")
-    assert len(calls["model_outputs"]) == 4 and str(out) in calls["caching_path"]
-    assert {o["generator"] for o in calls["model_outputs"]} == {lora_run_dir.name}
-    res = json.loads((out / "results.json").read_text())
-    assert res["scores"]["alpacaeval"]["win_rate"] == 12.5 and res["scores"]["alpacaeval"]["n_total"] == 4
-    assert res["scores"]["alpacaeval"]["length_controlled_winrate"] is None
-    assert res["settings"]["judge"] == {"annotator": "alpaca_eval_gpt4", "implementation": "alpaca_eval"}
 
 
 # --- every answer shape, every transient failure, a damaged cache --------------------------------
@@ -365,14 +305,11 @@ def test_a_damaged_cache_is_skipped_and_asked_again(tmp_path, capsys):
         assert len(judge.JudgeClient(settings, cache).cache) == 3
 
 
-def test_odd_judge_answers_are_counted_and_the_run_finishes(aot, tmp_path, monkeypatch):
+def test_odd_judge_answers_are_counted_and_the_run_finishes(aot, tiny_model_dir, tmp_path, monkeypatch):
     """Through `aot eval`: refusals and garbage from the judge are counted as no preference with a
     warning, the win rate uses the others; when no answer gives a preference, one error line and the
     generated outputs stay. Instructions and outputs hold U+2028 (read as JSON lines, not cut)."""
-    model = tmp_path / "fake-model"  # resolved, never loaded: every answer is already in model_outputs.json
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    save_file({"w": torch.zeros(1)}, model / "model.safetensors")   # whole, so the model passes the damage check
+    model = tiny_model_dir  # never loaded: every answer is already in model_outputs.json
     monkeypatch.setattr("aot_cli.eval.alpaca.load_for_generation",
                         lambda *a, **k: pytest.fail("generation should be skipped"))
     rows = [{"instruction": text, "output": f"REF: {i}"} for i, text in enumerate(

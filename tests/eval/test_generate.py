@@ -123,8 +123,10 @@ def test_throughput_without_generation_has_no_rate():
         "seconds": 1.5, "tokens_per_s": 20.0}
 
 
-def test_alpaca_reports_generated_tokens_per_second(aot, tiny_model_dir, tmp_path):
+def test_alpaca_reports_generated_tokens_per_second(aot, tiny_model_dir, tmp_path, monkeypatch):
     from judge_server import JudgeServer
+
+    monkeypatch.setattr("aot_cli.eval.alpaca._alpaca_eval_installed", lambda: False)  # the built-in judge's server
 
     out = tmp_path / "ae"
     args = ("eval", "alpaca", tiny_model_dir, "--instructions", DATA, "-o", out, "--max-new-tokens", 8,

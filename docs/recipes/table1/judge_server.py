@@ -1,10 +1,12 @@
 """A stand-in AlpacaEval judge for `make smoke`: an OpenAI-compatible server on 127.0.0.1.
 
-It answers ``POST /v1/chat/completions`` the way `aot eval alpaca`'s built-in judge expects (one
-token, ``m`` or ``M``, with top log-probs) without any model: it prefers the longer of the two
-answers, ``P(m) = sigmoid((len(m) - len(M)) / 20)`` in characters, so win rates differ between
-models that answer differently and the smoke table has real, reproducible numbers in its AlpacaEval
-columns. A length-only judge says nothing about quality: it is there to exercise the chain.
+It answers ``POST /v1/chat/completions`` the way AlpacaEval's judges expect (one token, ``m`` or
+``M``, with top log-probs, and the ``usage`` every OpenAI-compatible server sends, which alpaca-eval
+reads), to alpaca-eval's own annotator prompt or the built-in judge's, without any model: it
+prefers the longer of the two answers, ``P(m) = sigmoid((len(m) - len(M)) / 20)`` in characters,
+so win rates differ between models that answer differently and the smoke table has real,
+reproducible numbers in its AlpacaEval columns. A length-only judge says nothing about quality: it
+is there to exercise the chain.
 
 ``python judge_server.py --url-file FILE``: binds a free port, writes its base URL
 (``http://127.0.0.1:PORT/v1``) to FILE once it listens, and serves until it is terminated or the
@@ -23,14 +25,17 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-# The two answers in the judge prompt of aot_cli/eval/judge.py (USER_TEMPLATE).
-ANSWERS = re.compile(r"## Model m\n(?P<m>.*)\n\n## Model M\n(?P<M>.*)\n\nWhich model", re.DOTALL)
+# The two answers in the judge prompt of aot_cli/eval/judge.py (USER_TEMPLATE), and in that of
+# alpaca-eval's weighted_alpaca_eval_gpt4_turbo annotator (alpaca_eval_clf.txt).
+ANSWERS = (re.compile(r"## Model m\n(?P<m>.*)\n\n## Model M\n(?P<M>.*)\n\nWhich model", re.DOTALL),
+           re.compile(r'"model_identifier": "m",\s*"output": """(?P<m>.*)"""\s*\},\s*\{\s*'
+                      r'"model_identifier": "M",\s*"output": """(?P<M>.*)"""', re.DOTALL))
 SCALE_CHARS = 20.0
 
 
 def preference_m(prompt: str) -> float:
     """P(answer m is better): the longer answer wins, softly; 0.5 when the prompt has no two answers."""
-    found = ANSWERS.search(prompt)
+    found = next((m for m in (pattern.search(prompt) for pattern in ANSWERS) if m), None)
     if not found:
         return 0.5
     return 1.0 / (1.0 + math.exp(-(len(found["m"]) - len(found["M"])) / SCALE_CHARS))
@@ -42,7 +47,9 @@ def completion(body: dict) -> dict:
     probs = {"m": p_m, "M": 1.0 - p_m}
     best = max(probs, key=probs.get)
     top = [{"token": token, "logprob": math.log(p)} for token, p in probs.items()]
-    return {"object": "chat.completion", "model": body.get("model", "length-judge"),
+    return {"id": "length-judge", "object": "chat.completion", "created": 0,
+            "model": body.get("model", "length-judge"),
+            "usage": {"prompt_tokens": 0, "completion_tokens": 1, "total_tokens": 1},
             "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": best},
                          "logprobs": {"content": [{"token": best, "logprob": math.log(probs[best]),
                                                    "top_logprobs": top}]}}]}
