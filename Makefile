@@ -37,6 +37,8 @@ BENCH_OUT ?= bench-out
 bench: install
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/train_bench.py --config $(BENCH_CONFIG) --out $(BENCH_OUT)/$(BENCH_CONFIG)
+	$(BIN)/python benchmarks/packing_bench.py --config $(BENCH_CONFIG) --out $(BENCH_OUT)/packing-$(BENCH_CONFIG)
+	$(BIN)/python benchmarks/generation_bench.py --out $(BENCH_OUT)/generation
 
 # The demo: the whole chain on data and a model made on the spot (no downloads). aot_cli/tiny_data.py
 # writes a preference set with a rule to learn (the chosen answer is in the mood the prompt asks
