@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="Leading optimizer steps left out of the timing.")
     parser.add_argument("--runs", default="trl,trl-nogc,micro,global,global-graphs,bare",
                         help="Comma-separated subset of trl (TRL's defaults: gradient checkpointing on), "
-                        "trl-nogc (checkpointing off), micro, micro-gc (with --gradient-checkpointing), "
+                        "trl-nogc (checkpointing off), micro, micro-gc (with --gradient-checkpointing), micro-packed "
+                        "(with --padding-free on), "
                         "global, global-graphs (global with --graph-memory), bare (the limit: one plain "
                         "forward + backward over the non-padding tokens and the optimizer step).")
     parser.add_argument("--graph-memory", type=float, default=16.0, help="GiB of --graph-memory of the "
@@ -237,12 +238,13 @@ def run_trl(args, cfg: BenchConfig, model: Path, data: Path, out: Path, name: st
 
 
 def run_aot(args, cfg: BenchConfig, model: Path, data: Path, out: Path, name: str) -> dict:
-    """``name``: micro, micro-gc (with --gradient-checkpointing, as TRL's default), global or
-    global-graphs (global keeping its pass-1 graphs in ``--graph-memory`` GiB)."""
+    """``name``: micro, micro-gc (with --gradient-checkpointing, as TRL's default), micro-packed (with
+    --padding-free on), global or global-graphs (global keeping its pass-1 graphs in ``--graph-memory`` GiB)."""
     scope = "global" if name.startswith("global") else "micro"
     accum = 1 if scope == "micro" else (args.graphs_sort_set if name == "global-graphs" else args.sort_set) // cfg.batch
     steps = args.steps if scope == "micro" else args.graphs_steps if name == "global-graphs" else args.global_steps
     extra = ["--full", *(["--gradient-checkpointing"] if name == "micro-gc" else []),
+             *(["--padding-free", "on"] if name == "micro-packed" else []),
              *(["--graph-memory", str(args.graph_memory)] if name == "global-graphs" else [])]
     cmd, train_args, result = aot_command(
         out, f"aot-{name}", cfg, model, data, scope=scope, accum=accum, steps=steps, dtype="fp32", seed=args.seed,
@@ -381,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("trl", "trl-nogc"):
         if name in args.runs:
             runs[name] = run_trl(args, cfg, model, data_micro, out, name)
-    for name in ("micro", "micro-gc"):
+    for name in ("micro", "micro-gc", "micro-packed"):
         if name in args.runs:
             runs[name] = run_aot(args, cfg, model, data_micro, out, name)
     for name, data in (("global", data_global), ("global-graphs", data_graphs)):

@@ -111,8 +111,8 @@ class Config(StepConfig):
                                    panel=OPTIMIZATION)
     epochs: float = opt(1.0, "--epochs", help="Passes over the training data.", gt=0, panel=OPTIMIZATION)
     padding_free: str = opt("auto", "--padding-free", help="Pack each micro-batch's rows into one sequence "
-                            "(no padding computed; same values). auto = on with flash attention (varlen kernels), "
-                            "off otherwise; with sdpa, on pays for long rows of spread lengths (docs/train.md).",
+                            "(no padding computed; same values). auto = on with flash attention (varlen kernels) "
+                            "and with sdpa on the CPU, off otherwise (docs/train.md).",
                             choices=PADDING_FREE, panel=OPTIMIZATION)
     logps_chunk_size: int = opt(1024, "--logps-chunk-size", help="Tokens per chunk of the output head (memory); "
                                 "0 = the model's own full-logits head.", ge=0, panel=OPTIMIZATION)

@@ -119,8 +119,12 @@ def attention_implementation(model) -> str | None:
 
 
 def resolve(setting: str, model) -> bool:
-    """``--padding-free``: on, off, or auto (on with flash attention, whose varlen kernels skip the
-    work between rows; off elsewhere: docs/performance.md says what packing gains with sdpa)."""
+    """``--padding-free``: on, off, or auto: on with flash attention (its varlen kernels skip the work
+    between rows) and with sdpa on the CPU (one call per row; measured faster and leaner than padding:
+    docs/performance.md); off elsewhere (sdpa on a GPU, one kernel launch per row and layer, is not
+    measured; eager and flex attention take a dense mask that costs more than the padding)."""
     if setting == "auto":
-        return attention_implementation(model) in PADDING_FREE_ATTENTION
+        kernel = attention_implementation(model)
+        on_cpu = next(_inner(model).parameters()).device.type == "cpu"
+        return kernel in PADDING_FREE_ATTENTION or (kernel == "sdpa" and on_cpu)
     return setting == "on"

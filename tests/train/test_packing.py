@@ -220,11 +220,15 @@ def test_reference_passes_equal_padded():
     torch.testing.assert_close(batches[1].kl.ref, batches[0].kl.ref, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize(("setting", "attn", "expected"), [
-    ("auto", "sdpa", False), ("auto", "eager", False), ("auto", "flash_attention_2", True),
-    ("on", "sdpa", True), ("off", "flash_attention_2", False)])
-def test_resolve_auto_is_on_with_flash_attention_only(setting, attn, expected):
-    model = SimpleNamespace(config=SimpleNamespace(_attn_implementation=attn))
+@pytest.mark.parametrize(("setting", "attn", "device", "expected"), [
+    ("auto", "sdpa", "cpu", True), ("auto", "sdpa", "meta", False), ("auto", "eager", "cpu", False),
+    ("auto", "flash_attention_2", "meta", True), ("on", "eager", "cpu", True),
+    ("off", "flash_attention_2", "cpu", False)])
+def test_resolve_auto_is_on_with_flash_attention_and_with_sdpa_on_the_cpu(setting, attn, device, expected):
+    """auto packs where it was measured to pay: flash attention, and sdpa on the CPU ("meta" stands for
+    a device that is not the CPU)."""
+    model = torch.nn.Linear(1, 1, device=device)
+    model.config = SimpleNamespace(_attn_implementation=attn)
     assert resolve(setting, model) is expected
 
 
