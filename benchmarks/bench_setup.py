@@ -52,6 +52,21 @@ def _words(n: int, seed: int) -> list[str]:
     return sorted(words)
 
 
+def bench_model(out: Path, cfg: BenchConfig, seed: int = 0) -> Path:
+    """``OUT/model-NAME``, built once and reused by every later run into OUT (the same random init),
+    with the libraries' progress bars off (a benchmark's log shows its own lines only)."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    model = out / f"model-{cfg.name}"
+    if not (model / "config.json").is_file():
+        model.mkdir(parents=True, exist_ok=True)
+        build_model(model, cfg, seed=seed)
+    return model
+
+
 def build_model(out_dir: Path, cfg: BenchConfig, seed: int = 0) -> Path:
     """A random-init LlamaForCausalLM of `cfg`'s shape (fp32, untied head, safetensors) and a BPE
     tokenizer with the ChatML template. The model's vocabulary is ``cfg.vocab`` even when the BPE

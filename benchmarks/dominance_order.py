@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from in_process import aot, offline
+from in_process import aot, begin
 
 ADJECTIVES = ["quiet", "bright", "small", "heavy", "warm", "old", "green", "sharp", "soft", "round",
               "tall", "empty", "golden", "narrow", "calm", "wild", "clever", "dusty", "frozen", "gentle"]
@@ -192,15 +192,10 @@ def print_table(rows: list[dict], differences: dict, beta: float) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    offline(args.out)
-    import torch
-
+    start, cpu_start = begin(args.out, args.threads)
     from aot_cli.artifacts.store import library_versions
     from aot_cli.console import info
 
-    torch.set_num_threads(args.threads)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    args.out.mkdir(parents=True, exist_ok=True)
     inputs = build_inputs(args)
     runs = []
     for loss in args.losses:

@@ -9,6 +9,7 @@ broken command never turns into a table of stale numbers.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -18,6 +19,17 @@ def offline(out: Path) -> None:
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def begin(out: Path, threads: int) -> tuple[float, float]:
+    """Set up an experiment writing under OUT: offline, `threads` torch threads, OUT made; returns the
+    wall and CPU clocks at the start (for the report's timings)."""
+    offline(out)
+    import torch  # after offline(): the hub libraries read those variables when first imported
+
+    torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    return time.perf_counter(), time.process_time()
 
 
 def aot(*args) -> str:

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from bench_setup import CONFIGS, build_dataset, build_model
+from bench_setup import CONFIGS, bench_model, build_dataset
 from train_bench import aot_command, machine, run_child, summarize
 
 from aot_cli.console import info
@@ -110,19 +110,11 @@ def markdown(runs: dict, fractions: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import datasets
-    import transformers
-
     args = parse_args(argv)
     cfg = CONFIGS[args.config]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    model = out / f"model-{cfg.name}"
-    if not (model / "config.json").is_file():
-        model.mkdir(exist_ok=True)
-        build_model(model, cfg, seed=args.seed)
+    model = bench_model(out, cfg, seed=args.seed)
     data = out / "data"
     shutil.rmtree(data, ignore_errors=True)
     build_dataset(data, model, cfg, args.steps * cfg.batch, seed=args.seed)

@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from in_process import aot, offline
+from in_process import aot, begin
 
 ADJECTIVES = ["quiet", "bright", "small", "heavy", "warm", "old", "green", "sharp", "soft", "round",
               "tall", "empty", "golden", "narrow", "calm", "wild", "clever", "dusty", "frozen", "gentle"]
@@ -278,15 +278,10 @@ def plot(rows: list[dict], path: Path, *, beta: float, steps: int, noise: float)
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    offline(args.out)
-    import torch
-
+    start, cpu_start = begin(args.out, args.threads)
     from aot_cli.artifacts.store import library_versions
     from aot_cli.console import info
 
-    torch.set_num_threads(args.threads)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    args.out.mkdir(parents=True, exist_ok=True)
     inputs = build_inputs(args)
     configs = [c for c in CONFIGS if c[0] in args.configs]
     runs = []

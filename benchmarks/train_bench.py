@@ -44,7 +44,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench_setup import CONFIGS, BenchConfig, build_dataset, build_model
+from bench_setup import CONFIGS, BenchConfig, bench_model, build_dataset
 
 from aot_cli.console import info
 
@@ -357,20 +357,12 @@ def markdown(cfg: BenchConfig, runs: dict, found: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import datasets
-    import transformers
-
     args = parse_args(argv)
     cfg = CONFIGS[args.config]
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    model = out / f"model-{cfg.name}"
     info(f"building the {cfg.name} model and data in {out}")
-    if not (model / "config.json").is_file():
-        model.mkdir(exist_ok=True)
-        build_model(model, cfg, seed=args.seed)
+    model = bench_model(out, cfg, seed=args.seed)
     data_micro = out / "data-micro"
     data_global = out / "data-global"
     data_graphs = out / "data-graphs"
