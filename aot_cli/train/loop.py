@@ -42,7 +42,6 @@ from aot_cli.losses import reward_metrics
 from aot_cli.train.batching import Side, StepSampler, step_micro_batches
 from aot_cli.train.checkpoint import newest_good_checkpoint, save_checkpoint
 from aot_cli.train.metrics import MetricsLog
-from aot_cli.train.packing import resolve as padding_free
 from aot_cli.train.step import GraphBudget, step_gradient
 
 DIVERGENCE_GROWTH = 100.0  # criterion 2 of the module docstring
@@ -67,6 +66,7 @@ class LoopState:
     ref: tuple[torch.Tensor, torch.Tensor] | None = None  # precomputed reference (side A, side B)
     kl_ref: dict[int, torch.Tensor] | None = None  # KTO: precomputed reference of each epoch's mismatched rows
     online_ref: Any = None  # reference.OnlineReference with --ref online
+    padding_free: bool = False  # --padding-free as resolved for this model (aot_cli.train.packing.resolve)
     checkpoint_state: dict = field(default_factory=dict)
     weight_norm_start: float | None = None  # the trainable weights' norm before step 1 (None: measure it now)
     graphs: GraphBudget = field(default_factory=GraphBudget)  # --graph-memory (global scope), learned over the run
@@ -107,7 +107,7 @@ def micro_batches(state: LoopState, k: int) -> list:
     batches = step_micro_batches(state.sides, state.sampler, k, micro_batch=cfg.batch_size, pad_id=state.pad_id,
                                  rank=acc.process_index, world_size=acc.num_processes, ref=state.ref,
                                  kl=cfg.loss == "kto", kl_ref=state.kl_ref, max_length=cfg.max_length,
-                                 padding_free=padding_free(cfg.padding_free, state.model))
+                                 padding_free=state.padding_free)
     batches = [batch.to(acc.device) for batch in batches]
     if state.online_ref is not None:
         for batch in batches:

@@ -219,7 +219,7 @@ def prepare_output(config: Config, accelerator) -> Path:
 
 
 def reference_logps(config, policy, sides, *, key: str, names: tuple[str, ...], pad_id: int, at_start: bool,
-                    accelerator, what: str = "Reference log-probs") -> list:
+                    accelerator, packed: bool, what: str = "Reference log-probs") -> list:
     """Precomputed reference log-probs of `sides` (saved under `names`), from the cache when the key matches."""
     cached = reference.load_cached(key, names)
     if cached is not None:
@@ -232,14 +232,15 @@ def reference_logps(config, policy, sides, *, key: str, names: tuple[str, ...], 
         values = reference.precompute(model, sides, pad_id=pad_id, batch_rows=2 * config.batch_size,
                                       chunk_size=config.logps_chunk_size, accelerator=accelerator,
                                       on_batch=lambda n: bar.advance(task, n),
-                                      padding_free=padding_free(config.padding_free, model))
+                                      padding_free=packed)
     if accelerator.is_main_process:
         reference.save_cached(key, dict(zip(names, values)))
     accelerator.wait_for_everyone()
     return values
 
 
-def kl_reference_logps(setup: Setup, policy, *, key: str, pad_id: int, start_step: int) -> dict[int, torch.Tensor]:
+def kl_reference_logps(setup: Setup, policy, *, key: str, pad_id: int, start_step: int,
+                       packed: bool) -> dict[int, torch.Tensor]:
     """KTO: the reference log-probs of the mismatched rows of every epoch from `start_step` to the end
     (epoch -> :class:`KLSide` values), each epoch cached on its own."""
     config, sampler = setup.config, setup.sampler
@@ -250,7 +251,7 @@ def kl_reference_logps(setup: Setup, policy, *, key: str, pad_id: int, start_ste
         (tables[epoch],) = reference_logps(
             config, policy, [side], key=reference.kl_cache_key(key, sampler, max_length=config.max_length, epoch=epoch),
             names=("kl",), pad_id=pad_id, at_start=setup.resume_from is None, accelerator=setup.accelerator,
-            what=f"Reference log-probs of KTO's mismatched rows, epoch {epoch + 1}")
+            packed=packed, what=f"Reference log-probs of KTO's mismatched rows, epoch {epoch + 1}")
     return tables
 
 
@@ -425,18 +426,19 @@ def run_training(setup: Setup, out: Path) -> dict:
     pad_id = setup.tokenizer.pad_token_id
     ref, kl_ref, online_ref, key = None, None, None, None
     start_step = read_state(setup.resume_from)["step"] if setup.resume_from is not None else 0
+    packed = padding_free(config.padding_free, unwrapped)  # decided once: the reference and every step follow it
     if config.ref == "precompute":
         key = reference.cache_key(config, data_fingerprint=f"{setup.data_fp}:train",
                                   tokenizer_fingerprint=tokenizer_fingerprint(setup.tokenizer),
                                   settings={"max_length": config.max_length,
                                             "max_prompt_length": config.max_prompt_length,
                                             # packed values match padded ones to rounding; keys made padded stay valid
-                                            **({"padding_free": True} if padding_free(config.padding_free, unwrapped)
-                                               else {})})
+                                            **({"padding_free": True} if packed else {})})
         ref = reference_logps(config, unwrapped, setup.sides, key=key, names=("a", "b"), pad_id=pad_id,
-                              at_start=setup.resume_from is None, accelerator=accelerator)
+                              at_start=setup.resume_from is None, accelerator=accelerator, packed=packed)
         if config.loss == "kto":
-            kl_ref = kl_reference_logps(setup, unwrapped, key=key, pad_id=pad_id, start_step=start_step)
+            kl_ref = kl_reference_logps(setup, unwrapped, key=key, pad_id=pad_id, start_step=start_step,
+                                        packed=packed)
     else:
         online_ref = reference.OnlineReference(unwrapped, config, config.logps_chunk_size)
     if sharded(accelerator):
@@ -464,7 +466,7 @@ def run_training(setup: Setup, out: Path) -> dict:
                       scheduler=scheduler, loss_fn=setup.loss_fn, sides=setup.sides, sampler=setup.sampler,
                       pad_id=pad_id, out=out, total_steps=setup.total_steps, start_step=start_step, ref=ref,
                       kl_ref=kl_ref, online_ref=online_ref, checkpoint_state=setup.fixed,
-                      weight_norm_start=weight_norm_start)
+                      weight_norm_start=weight_norm_start, padding_free=packed)
     metrics = None
     if accelerator.is_main_process:
         metrics = MetricsLog(out, resume_step=start_step, tracker=config.report_to, config=to_dict(config))
