@@ -246,7 +246,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def temporary_name(target: Path, what: str = "tmp") -> Path:
-    """A unique sibling name for `target` carrying this process's pid: ``.NAME.tmp-PID-XXXXXXXX``."""
+    """A unique sibling name for `target` carrying this process's pid: ``.NAME.tmp-PID-<8 random hex digits>``."""
     return target.with_name(f".{target.name}.{what}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 

@@ -182,3 +182,12 @@ def test_statistics_options_are_range_checked(aot, lora_run_dir, tmp_path):
         result = aot("eval", "dominance", lora_run_dir, "-o", tmp_path / "x", flag, value)
         assert result.exit_code == 2 and expected in result.stderr, result.stderr
         assert not (tmp_path / "x").exists()
+
+
+def test_the_figure_names_the_data_as_the_user_would(tmp_path, monkeypatch):
+    """The run's manifest holds the dataset's absolute path; the title shows it relative when it can."""
+    from aot_cli.eval.dominance import _as_given
+
+    monkeypatch.chdir(tmp_path)
+    assert _as_given(tmp_path / "runs" / "data") == "runs/data"
+    assert _as_given(tmp_path.parent / "elsewhere") == str(tmp_path.parent / "elsewhere")
