@@ -15,7 +15,7 @@ $(BIN)/python:
 # A GPU user who already has torch in the venv keeps it (pip sees the requirement satisfied).
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e ".[dev,qlora,alpaca]"
+	$(BIN)/pip install --quiet -e ".[dev,qlora,alpaca,deepspeed]"
 	touch $@
 
 install: $(VENV)/.installed

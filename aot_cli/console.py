@@ -252,14 +252,17 @@ class _DropMessages(logging.Filter):
 # bitsandbytes (imported by peft) tries to fetch an optional CPU 4-bit kernel package at import and
 # logs a warning when it is absent, on every command; 4-bit training is for CUDA, where it is unused.
 _BNB_KERNEL_NOISE = _DropMessages("Failed to load CPU gemm_4bit_forward")
+# DeepSpeed logs to stdout: that it picked the CPU (it did not find a GPU: the user knows) and that aot's own
+# optimizers are "untested" under ZeRO (aot's tests run them: tests/train/test_train_deepspeed.py).
+_DEEPSPEED_NOISE = _DropMessages("Setting accelerator to CPU", "**** You are using ZeRO with an untested optimizer")
 
 
 def quiet_libraries() -> None:
     """Hide library noise that tells the user nothing, and keep library progress plain off a terminal:
-    per-file "Loading weights" bars, known deprecation warnings raised inside peft/transformers,
-    bitsandbytes' optional-kernel warning; tqdm bars routed as in the module docstring. Set through
-    the environment, logging and warning filters, so nothing heavy is imported; safe to call again
-    once transformers is loaded."""
+    per-file "Loading weights" bars, known deprecation warnings raised inside peft/transformers/torch,
+    bitsandbytes' optional-kernel warning, DeepSpeed's notes on the CPU; tqdm bars routed as in the
+    module docstring. Set through the environment, logging and warning filters, so nothing heavy is
+    imported; safe to call again once transformers is loaded."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     hf_logging = sys.modules.get("transformers.utils.logging")
@@ -269,4 +272,9 @@ def quiet_libraries() -> None:
     bnb_logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
     if _BNB_KERNEL_NOISE not in bnb_logger.filters:
         bnb_logger.addFilter(_BNB_KERNEL_NOISE)
+    deepspeed_logger = logging.getLogger("DeepSpeed")
+    if _DEEPSPEED_NOISE not in deepspeed_logger.filters:
+        deepspeed_logger.addFilter(_DEEPSPEED_NOISE)
+    # raised inside DeepSpeed's collectives, by torch
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
     tqdm.std.tqdm.display, tqdm.std.tqdm.close, tqdm.std.tqdm.clear = _tqdm_display, _tqdm_close, _tqdm_clear

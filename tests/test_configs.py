@@ -33,5 +33,5 @@ def test_configs_lists_every_shipped_config(aot):
         config = yaml.safe_load(path.read_text())
         assert config["distributed_type"] == kind
         assert config.get("deepspeed_config", {}).get("zero_stage") == stage
-        if stage:  # DeepSpeed's default clipping (1.0) would rescale aot's gradient: off, aot clips itself
+        if stage:  # aot replaces it with --max-grad-norm; DeepSpeed's own default (1.0) must not show here
             assert config["deepspeed_config"]["gradient_clipping"] == 0.0

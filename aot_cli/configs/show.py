@@ -19,8 +19,8 @@ ACCELERATE_DIR = Path(__file__).resolve().parent / "accelerate"
 WHAT = {
     "ddp": "DDP: a whole model per process, gradients averaged (GPUs and CPUs)",
     "fsdp": "FSDP2, full shard, sharded state dict: weights, gradients and optimizer state split (GPUs and CPUs)",
-    "zero2": "DeepSpeed ZeRO-2 (not yet run by aot train: see docs/distributed.md)",
-    "zero3": "DeepSpeed ZeRO-3 (not yet run by aot train: see docs/distributed.md)",
+    "zero2": "DeepSpeed ZeRO-2: gradients and optimizer state partitioned (needs the deepspeed extra)",
+    "zero3": "DeepSpeed ZeRO-3: weights, gradients and optimizer state partitioned (needs the deepspeed extra)",
 }
 
 

@@ -24,6 +24,9 @@ Faults (docs/reliability.md):
 Under FSDP (docs/distributed.md) the weights and the optimizer state are gathered whole on the main
 process before they are written (the optimizer state then keyed by parameter name), and on resume every
 process reads them and keeps its shard: the same files and checks, for any number of FSDP processes.
+Under DeepSpeed the whole trainable weights are written the same way, while the optimizer state is
+DeepSpeed's own, one partition per process in ``deepspeed/`` (instead of ``optimizer.pt``; recorded and
+checked like the other files): a resume needs the same number of processes and ZeRO stage.
 
 Hashing costs one read of each file per save (about a minute per 100 GB; nothing for LoRA) and one
 per checkpoint examined on resume.
@@ -49,6 +52,7 @@ from safetensors.torch import load_file, save_file
 
 from aot_cli.artifacts.store import remove_stale_temporaries_in, sha256_file, temporary_name
 from aot_cli.errors import UserError
+from aot_cli.train import zero
 
 STATE = "state.json"
 TRAINABLE, OPTIMIZER, SCHEDULER = "trainable.safetensors", "optimizer.pt", "scheduler.pt"
@@ -84,7 +88,9 @@ def checkpoint_problem(path: Path) -> str | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return f"{STATE} is not valid JSON"
     files = state.get("files") if isinstance(state, dict) else None
-    if not isinstance(files, dict) or not {TRAINABLE, OPTIMIZER, SCHEDULER} <= set(files):
+    optimizer_listed = isinstance(files, dict) and any(name == OPTIMIZER or name.startswith(f"{zero.ENGINE_STATE}/")
+                                                       for name in files)
+    if not optimizer_listed or not {TRAINABLE, SCHEDULER} <= set(files):
         return f"{STATE} lists no files (not written by this version of aot, or edited)"
     for name, expected in files.items():
         file = path / name
@@ -191,17 +197,22 @@ def save_checkpoint(out: Path, step: int, *, model, optimizer, scheduler, state:
     tmp = _temporary_for(target, accelerator)
     try:
         torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+        optim = None  # DeepSpeed: each process writes its partition of the optimizer state
         if sharded(accelerator):
             weights, optim = gathered_state(model, optimizer)
+        elif zero.under_deepspeed(accelerator):
+            weights = zero.trainable_weights(accelerator, model)
+            zero.save_engine_state(model, tmp)
         elif accelerator.is_main_process:
             weights, optim = trainable_state(accelerator.unwrap_model(model)), optimizer.state_dict()
         if accelerator.is_main_process:
             save_file(weights, str(tmp / TRAINABLE))
-            torch.save(optim, tmp / OPTIMIZER)
+            if optim is not None:
+                torch.save(optim, tmp / OPTIMIZER)
             torch.save(scheduler.state_dict(), tmp / SCHEDULER)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            files = {f.name: _file_record(f) for f in sorted(tmp.iterdir())}
+            files = {f.relative_to(tmp).as_posix(): _file_record(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
             (tmp / STATE).write_text(json.dumps({**state, "step": step, "files": files}, indent=2) + "\n")
             _fsync(tmp / STATE)
             if target.exists():
@@ -259,7 +270,8 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, accelerator) -> 
     state = read_state(path)
     try:
         weights = load_file(str(path / TRAINABLE))
-        optimizer_state = torch.load(path / OPTIMIZER, map_location="cpu", weights_only=False)
+        optimizer_state = (torch.load(path / OPTIMIZER, map_location="cpu", weights_only=False)
+                           if (path / OPTIMIZER).is_file() else None)
         scheduler_state = torch.load(path / SCHEDULER, weights_only=False)
         rng_file = path / f"rng-{accelerator.process_index}.pt"
         rng = torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
@@ -272,8 +284,14 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, accelerator) -> 
     if missing:
         raise UserError(f"--resume {path}: the checkpoint lacks {len(missing)} trainable tensor(s) of this model "
                         f"(e.g. {missing[0]}); was it made with other --lora/--full settings?")
+    if zero.under_deepspeed(accelerator) != (optimizer_state is None):
+        made = "without" if optimizer_state is not None else "under"
+        raise UserError(f"--resume {path}: checkpoint step {step_of(path)} was made {made} DeepSpeed; resume it "
+                        "with the launch config it was made with")
     try:
-        if sharded(accelerator):  # every process holds the whole state: each keeps its shard
+        if zero.under_deepspeed(accelerator):  # DeepSpeed reads its own files: weights and optimizer partitions
+            zero.load_engine_state(model, path)
+        elif sharded(accelerator):  # every process holds the whole state: each keeps its shard
             full = StateDictOptions(full_state_dict=True, strict=False)
             set_model_state_dict(model, weights, options=full)
             set_optimizer_state_dict(model, optimizer, optimizer_state, options=full)

@@ -171,8 +171,11 @@ def _plain_model_logps(model, input_ids, attention_mask, labels, forward_kwargs)
 def _plain_linear_head(head) -> bool:
     # isinstance: FSDP2 subclasses the head's class. A weight that is not the whole [out, in] matrix is a
     # ZeRO-3 shard (a DTensor shows its whole shape; model_sequence_logps checks it after the forward).
+    # Any ZeRO-3 parameter (ds_id), even one kept whole: DeepSpeed's backward hooks expect the head's
+    # output in the graph, and releasing the head without it stops the backward.
     return (isinstance(head, torch.nn.Linear) and head.weight.is_floating_point()
-            and tuple(head.weight.shape) == (head.out_features, head.in_features))
+            and tuple(head.weight.shape) == (head.out_features, head.in_features)
+            and not hasattr(head.weight, "ds_id"))
 
 
 def _postprocesses_logits(config) -> bool:

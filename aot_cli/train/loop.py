@@ -39,6 +39,7 @@ import torch
 from aot_cli.console import info, progress
 from aot_cli.errors import UserError
 from aot_cli.losses import reward_metrics
+from aot_cli.train import zero
 from aot_cli.train.batching import Side, StepSampler, step_micro_batches
 from aot_cli.train.checkpoint import newest_good_checkpoint, save_checkpoint
 from aot_cli.train.metrics import MetricsLog
@@ -173,14 +174,38 @@ def _stop_diverged(state: LoopState, k: int, norm: float) -> None:
                     f"checkpointing it; {_kept(state)}; lower --lr (it is {state.config.lr:g}) and train again")
 
 
+def apply_update(state: LoopState, k: int, loss: float, params: list) -> float:
+    """Clip the step's gradient at ``--max-grad-norm`` and apply it; returns its norm before clipping.
+    A non-finite loss or gradient stops the run before the update. Under DeepSpeed its engine clips,
+    checks and steps in one call (:mod:`aot_cli.train.zero`): a non-finite gradient is then found by
+    DeepSpeed, which skips the update."""
+    acc, cfg = state.accelerator, state.config
+    if zero.under_deepspeed(acc):
+        if not math.isfinite(loss):
+            _stop_non_finite(state, k, loss, math.nan)
+        grad_norm = zero.apply_update(acc)
+        if not math.isfinite(grad_norm):
+            _stop_non_finite(state, k, loss, grad_norm)
+        return grad_norm
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = float(acc.clip_grad_norm_(params, max_norm))
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        state.optimizer.zero_grad(set_to_none=True)
+        _stop_non_finite(state, k, loss, grad_norm)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def train_loop(state: LoopState, metrics: MetricsLog | None) -> None:
     """Run steps ``start_step .. total_steps - 1`` (`metrics` is None on every rank but the main one)."""
     acc, cfg = state.accelerator, state.config
     params = [p for p in state.model.parameters() if p.requires_grad]
     state.graphs.limit = int(cfg.graph_memory * 2**30)
     state.model.train()
+    deepspeed = zero.under_deepspeed(acc)
     if state.weight_norm_start is None:
-        state.weight_norm_start = weight_norm(params)
+        state.weight_norm_start = zero.weight_norm(acc, params) if deepspeed else weight_norm(params)
     started = time.time()
     with _StopRequest() as stop, progress() as bar:
         task = bar.add_task("Training", total=state.total_steps, completed=state.start_step, stats="", unit="step",
@@ -189,20 +214,14 @@ def train_loop(state: LoopState, metrics: MetricsLog | None) -> None:
             t0 = time.time()
             out = step_gradient(cfg.sort_scope, state.model, micro_batches(state, k), state.loss_fn,
                                 chunk_size=cfg.logps_chunk_size, accelerator=acc, graphs=state.graphs)
-            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            grad_norm = float(acc.clip_grad_norm_(params, max_norm))
             loss = out.loss.item()
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                state.optimizer.zero_grad(set_to_none=True)
-                _stop_non_finite(state, k, loss, grad_norm)
             lr = state.scheduler.get_last_lr()[0]
-            state.optimizer.step()
+            grad_norm = apply_update(state, k, loss, params)
             state.scheduler.step()
-            state.optimizer.zero_grad(set_to_none=True)
             record = _record(state, k, out, grad_norm, lr, time.time() - t0, started)
             if acc.is_main_process:
                 metrics.write(record)
-            norm = weight_norm(params)
+            norm = zero.weight_norm(acc, params) if deepspeed else weight_norm(params)
             if diverged(norm, state.weight_norm_start):
                 _stop_diverged(state, k, norm)
             bar.update(task, completed=k + 1, stats=(

@@ -45,7 +45,7 @@ from aot_cli.data.tokenize import (TokenizeSettings, load_tokenizer, tokenize_sp
                                    truncation_counts)
 from aot_cli.errors import UserError
 from aot_cli.losses import preference_loss
-from aot_cli.train import reference
+from aot_cli.train import reference, zero
 from aot_cli.train.batching import KLSide, StepSampler, make_sides
 from aot_cli.train.checkpoint import (check_compatible, check_good, checkpoints, load_checkpoint,
                                       newest_good_checkpoint, read_state, sharded)
@@ -295,7 +295,11 @@ class Setup:
                 "max_prompt_length": c.max_prompt_length,
                 "chat_template": str(c.chat_template) if c.chat_template else None,
                 # an FSDP checkpoint's optimizer state is keyed by parameter name, another's by position
-                "fsdp": sharded(self.accelerator)}
+                "fsdp": sharded(self.accelerator),
+                # DeepSpeed's optimizer state is one partition per process
+                **({"deepspeed": {"zero_stage": zero.stage(self.accelerator),
+                                  "processes": self.accelerator.num_processes}}
+                   if zero.under_deepspeed(self.accelerator) else {})}
 
 
 def run(config: Config) -> dict:
@@ -339,21 +343,22 @@ def make_accelerator() -> Accelerator:
     """The accelerator for how the processes were launched (docs/distributed.md).
 
     On GPUs accelerate reads the launch config itself. Several processes without CUDA (torchrun or
-    ``accelerate launch`` on CPU) need two corrections, both measured with accelerate 1.15: its cpu
-    mode is what gives them a gloo process group (else each process believes it is alone and trains
-    the same rows), and that mode never selects FSDP (an FSDP config silently gives DDP). So under an
-    FSDP config the state is switched to FSDP with the plugin read from the launch config, before
-    anything is prepared; the process-wide state and the accelerator's copy of it both, since a later
-    ``AcceleratorState()`` copies the former again.
-
-    DeepSpeed is refused: accelerate's DeepSpeed engine steps the optimizer inside ``backward``, and
-    the global-sort step runs a backward per micro-batch after the step's sort (:mod:`aot_cli.train.step`).
+    ``accelerate launch`` on CPU) need corrections, all measured with accelerate 1.15: its cpu mode is
+    what gives them a gloo process group (else each process believes it is alone and trains the same
+    rows), and that mode never selects FSDP (an FSDP config silently gives DDP). So under an FSDP
+    config the state is switched to FSDP with the plugin read from the launch config, before anything
+    is prepared; the process-wide state and the accelerator's copy of it both, since a later
+    ``AcceleratorState()`` copies the former again. Under a DeepSpeed config the cpu mode would turn
+    DeepSpeed off: the gloo process group is made first instead (:mod:`aot_cli.train.zero`).
     """
-    if launched_with("DEEPSPEED"):
-        raise UserError("aot train does not run under DeepSpeed yet: DeepSpeed steps the optimizer inside each "
-                        "backward, and the global-sort step runs several backward passes per step; launch with "
-                        "the fsdp config instead (aot configs fsdp; docs/distributed.md)")
     several_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if launched_with("DEEPSPEED"):
+        zero.check_installed()
+        if not torch.cuda.is_available():
+            zero.use_gloo_collectives()
+            if several_cpu:
+                PartialState(backend="gloo")
+        return Accelerator()
     if not several_cpu:
         return Accelerator()
     if not launched_with("FSDP"):
@@ -371,6 +376,8 @@ def validate_and_load(config: Config) -> Setup:
     started = time.time()
     quiet_libraries()
     accelerator = make_accelerator()
+    if zero.under_deepspeed(accelerator):
+        zero.check_settings(accelerator, config)
     resume_from = resume_point(config, main=accelerator.is_main_process)
     check_machine(config, main=accelerator.is_main_process)
     loss_fn = make_loss_fn(config)
@@ -399,11 +406,15 @@ def validate_and_load(config: Config) -> Setup:
 def prepare_model(accelerator, config: Config, model) -> tuple[Any, torch.optim.Optimizer]:
     """The prepared model and its optimizer. FSDP2 replaces the parameters by their shards and accelerate
     points the optimizer at them, so both are prepared together; the loop and the checkpoints keep the
-    plain torch optimizer inside accelerate's wrapper."""
-    if sharded(accelerator):
+    plain torch optimizer inside accelerate's wrapper. DeepSpeed wraps the optimizer in its ZeRO
+    optimizer, which updates through the plain one's parameter groups: the learning-rate schedule
+    keeps driving the plain one."""
+    if sharded(accelerator) or zero.under_deepspeed(accelerator):
+        if zero.under_deepspeed(accelerator):
+            zero.configure(accelerator, config)
         optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
         model, wrapped = accelerator.prepare(model, optimizer)
-        return model, wrapped.optimizer
+        return model, optimizer if zero.under_deepspeed(accelerator) else wrapped.optimizer
     model = accelerator.prepare(model)
     return model, make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
 
@@ -475,8 +486,9 @@ def run_training(setup: Setup, out: Path) -> dict:
     finally:
         if metrics is not None:
             metrics.close()
-    # FSDP: every process sends its shards, the main process writes the whole weights.
-    state_dict = accelerator.get_state_dict(policy) if sharded(accelerator) else None
+    # FSDP and ZeRO-3: every process sends its shards, the main process writes the whole weights.
+    state_dict = accelerator.get_state_dict(policy) if sharded(accelerator) else zero.whole_state_dict(accelerator,
+                                                                                                     policy)
     summary = {}
     if accelerator.is_main_process:
         summary = finish(setup, out, unwrapped, n_trainable=n_trainable, reference_key=key, state_dict=state_dict)

@@ -40,6 +40,7 @@ import torch
 from aot_cli.losses import kto_reference_point
 from aot_cli.train.batching import MicroBatch
 from aot_cli.train.logprobs import model_sequence_logps
+from aot_cli.train import zero
 from aot_cli.train.packing import packed_sequence_logps
 
 # (policy A, policy B, reference A, reference B) log-prob vectors -> loss; KTO's loss function takes a fifth
@@ -132,9 +133,12 @@ def _gather(accelerator, tensor: torch.Tensor) -> torch.Tensor:
     return tensor if accelerator is None or accelerator.num_processes == 1 else accelerator.gather(tensor)
 
 
-def _backward(accelerator, loss: torch.Tensor) -> None:
+def _backward(accelerator, loss: torch.Tensor, *, last: bool) -> None:
+    """One backward of the step (`last`: the step's final one, DeepSpeed's accumulation boundary)."""
     if accelerator is None:
         loss.backward()
+    elif zero.under_deepspeed(accelerator):
+        zero.backward(accelerator, loss, boundary=last)
     else:
         accelerator.backward(loss)
 
@@ -268,12 +272,13 @@ def global_scope_step(model, micro_batches: list[MicroBatch], loss_fn: LossFn, *
     offsets = np.cumsum([0] + [batch.n_rows for batch in micro_batches]).tolist()
     # Kept graphs first (each backward frees its graph), then the replays; the last forward is the synchronized one.
     for j in sorted(kept, reverse=True):
-        _backward(accelerator, (grad[offsets[j]:offsets[j + 1]] * kept.pop(j)).sum())
+        logps = kept.pop(j)
+        _backward(accelerator, (grad[offsets[j]:offsets[j + 1]] * logps).sum(), last=not kept and not rngs)
     for j in sorted(rngs):
         rngs[j].replay()
         with _sync_context(accelerator, model, last=j == max(rngs)):
             logps = torch.cat(policy_logps(model, micro_batches[j], chunk_size))
-            _backward(accelerator, (grad[offsets[j]:offsets[j + 1]] * logps).sum())
+            _backward(accelerator, (grad[offsets[j]:offsets[j + 1]] * logps).sum(), last=j == max(rngs))
     n_tokens = sum(batch.n_tokens for batch in micro_batches)
     rows = rows.detach()
     return StepOutput(loss.detach(), rows[side_a], rows[~side_a], refs[side_a], refs[~side_a], n_tokens, z0)
@@ -293,7 +298,7 @@ def micro_scope_step(model, micro_batches: list[MicroBatch], loss_fn: LossFn, *,
             a, b = policy_logps(model, batch, chunk_size)
             args = [a, b, batch.ref_a.float(), batch.ref_b.float()] + ([] if kl is None else [kl])
             loss = loss_fn(*args)
-            _backward(accelerator, loss / len(micro_batches))
+            _backward(accelerator, loss / len(micro_batches), last=j == len(micro_batches) - 1)
         losses.append(loss.detach())
         parts.append(torch.cat([a, b]).detach())
     loss = _gather(accelerator, torch.stack(losses)).mean()

@@ -72,13 +72,13 @@ def imbalanced_data(tmp_path_factory) -> Path:
                          unpair(preference_rows(32, 7), 8), paired=False)
 
 
-@pytest.fixture
-def mixed_length_data(tmp_path) -> Path:
+@pytest.fixture(scope="session")
+def mixed_length_data(tmp_path_factory) -> Path:
     """64 training pairs where every other rejected answer is long: micro-batches mix lengths."""
     train = preference_rows(64, 0)
     for row in train[::2]:
         row["rejected"] += " stone cloud paper river" * 6
-    return write_dataset(tmp_path / "mixed", train, preference_rows(8, 1), paired=True)
+    return write_dataset(tmp_path_factory.mktemp("mixed") / "data", train, preference_rows(8, 1), paired=True)
 
 
 @pytest.fixture
@@ -122,3 +122,36 @@ def _held_out_log_ratios(run_dir: Path, data: Path):
             ref = [model_sequence_logps(reference, *batch) for batch in batches]
     chosen, rejected = (p - r for p, r in zip(policy, ref))
     return chosen, rejected
+
+
+def cli_flags(args: dict) -> list[str]:
+    """`aot train` flags for Config fields (``lora=True`` / ``False`` -> ``--lora`` / ``--full``)."""
+    flags = []
+    for key, value in args.items():
+        if isinstance(value, bool):
+            flags.append("--lora" if value else "--full")
+        else:
+            flags += ["--" + key.replace("_", "-"), str(value)]
+    return flags
+
+
+@pytest.fixture(scope="session")
+def accelerate_train():
+    """Run `aot train` as a user launches it on several processes: ``accelerate launch --config_file`` with
+    one of the shipped configs (2 CPU processes over gloo); returns the finished process (exit 0 asserted)."""
+    import os
+    import subprocess
+    import sys
+
+    from aot_cli.configs.show import accelerate_config
+
+    def launch(config: str, model: Path, data: Path, out: Path, **args) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config(config)),
+                   "-m", "aot_cli", "train", "--model", str(model), "--data", str(data), "-o", str(out),
+                   *cli_flags(args)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        return result
+
+    return launch

@@ -10,45 +10,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from aot_cli.configs.show import accelerate_config
-from aot_cli.errors import UserError
 from aot_cli.merge import run as merge_run
 from aot_cli.merge.config import Config as MergeConfig
 from aot_cli.train import run
 from aot_cli.train.config import Config as TrainConfig
 
-FSDP_CONFIG = accelerate_config("fsdp")
 ARGS = dict(optim="sgd", lr=0.05, warmup_ratio=0.0, max_steps=2, grad_accum=2, max_length=64, max_prompt_length=32)
-
-
-def _flags(args: dict) -> list[str]:
-    flags = []
-    for key, value in args.items():
-        if isinstance(value, bool):
-            flags.append("--lora" if value else "--full")
-        else:
-            flags += ["--" + key.replace("_", "-"), str(value)]
-    return flags
-
-
-def fsdp_train(model: Path, data: Path, out: Path, **args) -> subprocess.CompletedProcess:
-    """`aot train` on 2 CPU processes under the shipped FSDP2 config."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
-               "-m", "aot_cli", "train", "--model", str(model), "--data", str(data), "-o", str(out), *_flags(args)]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
 
 
 def _delta(weights: dict, base: dict) -> torch.Tensor:
@@ -56,12 +28,13 @@ def _delta(weights: dict, base: dict) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_fsdp_full_update_equals_one_process_and_exports(tiny_model_dir, mixed_length_data, tmp_path):
+def test_fsdp_full_update_equals_one_process_and_exports(tiny_model_dir, mixed_length_data, tmp_path,
+                                                          accelerate_train):
     one = tmp_path / "one"
     run.run(TrainConfig(model=str(tiny_model_dir), data=mixed_length_data, output=one, batch_size=8, lora=False,
                         **ARGS))
     two = tmp_path / "two"
-    result = fsdp_train(tiny_model_dir, mixed_length_data, two, batch_size=4, lora=False, **ARGS)
+    result = accelerate_train("fsdp", tiny_model_dir, mixed_length_data, two, batch_size=4, lora=False, **ARGS)
     assert "sort set 16 (global scope)" in result.stderr
 
     base = load_file(str(tiny_model_dir / "model.safetensors"))
@@ -80,26 +53,17 @@ def test_fsdp_full_update_equals_one_process_and_exports(tiny_model_dir, mixed_l
 
 
 @pytest.mark.slow
-def test_fsdp_checkpoint_resumes_like_an_uninterrupted_run(tiny_model_dir, paired_data, tmp_path):
+def test_fsdp_checkpoint_resumes_like_an_uninterrupted_run(tiny_model_dir, paired_data, tmp_path, accelerate_train):
     args = dict(ARGS, optim="adamw", lr=1e-3, max_steps=2, batch_size=4, save_steps=1)
     straight = tmp_path / "straight"
-    fsdp_train(tiny_model_dir, paired_data, straight, **args)
+    accelerate_train("fsdp", tiny_model_dir, paired_data, straight, **args)
     checkpoint = straight / "checkpoints" / "step-1"
     assert sorted(p.name for p in checkpoint.iterdir()) == ["optimizer.pt", "rng-0.pt", "rng-1.pt", "scheduler.pt",
                                                             "state.json", "trainable.safetensors"]
     resumed = tmp_path / "resumed"
-    result = fsdp_train(tiny_model_dir, paired_data, resumed, resume=str(checkpoint), **args)
+    result = accelerate_train("fsdp", tiny_model_dir, paired_data, resumed, resume=str(checkpoint), **args)
     assert "resuming from" in result.stderr
     a = load_file(str(straight / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(resumed / "adapter" / "adapter_model.safetensors"))
     assert sorted(a) == sorted(b) and any(k.endswith("lora_B.weight") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_deepspeed_launch_is_refused_before_anything_is_written(tiny_model_dir, paired_data, tmp_path, monkeypatch):
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` with a zero config sets
-    out = tmp_path / "run"
-    with pytest.raises(UserError, match=r"^aot train does not run under DeepSpeed yet: .* launch with the fsdp "
-                                        r"config instead \(aot configs fsdp; docs/distributed.md\)$"):
-        run.run(TrainConfig(model=str(tiny_model_dir), data=paired_data, output=out, **ARGS))
-    assert not out.exists()
