@@ -149,6 +149,14 @@ def weight_norm(params: list) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
+def trainable_norm(accelerator, params: list) -> float:
+    """The norm the divergence guard watches: :func:`weight_norm`, or under ZeRO-3 the same from each
+    process's partitions of the weights (:func:`aot_cli.train.zero.partitioned_weight_norm`)."""
+    if zero.stage(accelerator) == 3:
+        return zero.partitioned_weight_norm(accelerator, params)
+    return weight_norm(params)
+
+
 def diverged(norm: float, start: float) -> bool:
     """Criterion 2 of the module docstring (a start of all-zero weights gives no scale: only non-finite counts)."""
     return not math.isfinite(norm) or (start > 0 and norm > DIVERGENCE_GROWTH * start)
@@ -203,9 +211,8 @@ def train_loop(state: LoopState, metrics: MetricsLog | None) -> None:
     params = [p for p in state.model.parameters() if p.requires_grad]
     state.graphs.limit = int(cfg.graph_memory * 2**30)
     state.model.train()
-    deepspeed = zero.under_deepspeed(acc)
     if state.weight_norm_start is None:
-        state.weight_norm_start = zero.weight_norm(acc, params) if deepspeed else weight_norm(params)
+        state.weight_norm_start = trainable_norm(acc, params)
     started = time.time()
     with _StopRequest() as stop, progress() as bar:
         task = bar.add_task("Training", total=state.total_steps, completed=state.start_step, stats="", unit="step",
@@ -221,7 +228,7 @@ def train_loop(state: LoopState, metrics: MetricsLog | None) -> None:
             record = _record(state, k, out, grad_norm, lr, time.time() - t0, started)
             if acc.is_main_process:
                 metrics.write(record)
-            norm = zero.weight_norm(acc, params) if deepspeed else weight_norm(params)
+            norm = trainable_norm(acc, params)
             if diverged(norm, state.weight_norm_start):
                 _stop_diverged(state, k, norm)
             bar.update(task, completed=k + 1, stats=(

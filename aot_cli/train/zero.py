@@ -75,11 +75,11 @@ def check_settings(accelerator, config) -> None:
 def configure(accelerator, config) -> None:
     """Write aot's settings into DeepSpeed's config before the engine is built: the rows per process
     and step (as one DeepSpeed micro-batch: aot runs and marks the step's backward passes itself, so
-    DeepSpeed's own accumulation count stays 1), clipping at
-    ``--max-grad-norm`` (the launch config's own value is replaced: aot's flag decides, as on every
-    launcher). DeepSpeed's own mixed precision stays off: it would cast the model to 16 bits, while
-    aot's precision is the same under every launcher (trainable weights in fp32; a bf16 full
-    fine-tuning computes under autocast; :mod:`aot_cli.train.model`)."""
+    DeepSpeed's own accumulation count stays 1), and clipping at ``--max-grad-norm`` (the launch
+    config's own value is replaced: aot's flag decides, as on every launcher). DeepSpeed's own mixed
+    precision stays off: it would cast the model to 16 bits, while aot's precision is the same under
+    every launcher (trainable weights in fp32; a bf16 full fine-tuning computes under autocast;
+    :mod:`aot_cli.train.model`)."""
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
     ds["train_micro_batch_size_per_gpu"] = config.batch_size * config.grad_accum
     ds["gradient_accumulation_steps"] = 1
@@ -114,11 +114,9 @@ def apply_update(accelerator) -> float:
     return norm
 
 
-def weight_norm(accelerator, params: list) -> float:
-    """The L2 norm of the trainable weights; under ZeRO-3 each process holds a partition of each."""
-    if stage(accelerator) < 3:
-        norms = [torch.linalg.vector_norm(p.detach(), dtype=torch.float32) for p in params]
-        return float(torch.linalg.vector_norm(torch.stack(norms)))
+def partitioned_weight_norm(accelerator, params: list) -> float:
+    """ZeRO-3: the L2 norm of the trainable weights from each process's partition of each (summed over
+    processes; a parameter's own storage is empty outside its module's forward and backward)."""
     squares = sum(torch.linalg.vector_norm(p.ds_tensor.detach(), dtype=torch.float32) ** 2 for p in params)
     total = accelerator.reduce(squares.reshape(1).to(accelerator.device), reduction="sum")
     return float(total.sqrt())
@@ -157,7 +155,8 @@ def save_engine_state(model, folder: Path) -> None:
 
 
 def load_engine_state(model, folder: Path) -> None:
-    """The partitions written by :func:`save_engine_state`; aot's scheduler and weights load separately."""
+    """DeepSpeed's trainable weights and optimizer partitions written by :func:`save_engine_state` (aot's
+    scheduler and RNG states load separately)."""
     path, _ = model.load_checkpoint(str(folder), tag=ENGINE_STATE, load_module_strict=False,
                                     load_optimizer_states=True, load_lr_scheduler_states=False)
     if path is None:

@@ -145,12 +145,15 @@ def accelerate_train():
 
     from aot_cli.configs.show import accelerate_config
 
-    def launch(config: str, model: Path, data: Path, out: Path, **args) -> subprocess.CompletedProcess:
+    def launch(config: str, model: Path, data: Path, out: Path, cache: Path | None = None,
+               **args) -> subprocess.CompletedProcess:
+        """`cache`: an aot cache of its own (the reference log-probs computed by these processes, not read
+        from what an earlier run of the session wrote)."""
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config(config)),
                    "-m", "aot_cli", "train", "--model", str(model), "--data", str(data), "-o", str(out),
                    *cli_flags(args)]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        env = {**os.environ, "OMP_NUM_THREADS": "1", **({"AOT_CACHE_DIR": str(cache)} if cache else {})}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
         return result
 

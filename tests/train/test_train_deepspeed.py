@@ -2,10 +2,11 @@
 ``accelerate launch --config_file`` with the shipped zero2 / zero3 configs (docs/distributed.md).
 
 - Full fine-tuning: the global-sort update over both processes equals one process's update on the whole
-  batch (precomputed reference, 2 micro-batches of mixed lengths per process, so the step runs two
-  backward passes that DeepSpeed must accumulate, not step between); ``--max-grad-norm`` is set low
-  enough to clip every step, so DeepSpeed's clipping is checked against aot's; the run exports
-  (`aot merge`) to a plain model directory (ZeRO-3: weights gathered from the partitions).
+  batch (reference log-probs precomputed by the DeepSpeed processes themselves; 2 micro-batches of
+  mixed lengths per process, so the step runs two backward passes that DeepSpeed must accumulate, not
+  step between); ``--max-grad-norm`` is set low enough to clip every step, so DeepSpeed's clipping is
+  checked against aot's; the run exports (`aot merge`) to a plain model directory (ZeRO-3: weights
+  gathered from the partitions).
 - LoRA with AdamW: a checkpoint written under DeepSpeed (DeepSpeed's partitioned optimizer state beside
   aot's files) resumed by new processes gives the adapter of the uninterrupted run.
 - A non-finite gradient: DeepSpeed skips the update and the loop stops with its one line.
@@ -63,9 +64,10 @@ def one_process_run(tiny_model_dir, tmp_path_factory, mixed_length_data):
 def test_zero_full_update_equals_one_process_and_exports(config, tiny_model_dir, mixed_length_data,
                                                          one_process_run, tmp_path, accelerate_train):
     two = tmp_path / "two"
-    result = accelerate_train(config, tiny_model_dir, mixed_length_data, two, batch_size=4, lora=False,
-                              **ARGS)
+    result = accelerate_train(config, tiny_model_dir, mixed_length_data, two, cache=tmp_path / "cache", batch_size=4,
+                              lora=False, **ARGS)
     assert "sort set 16 (global scope)" in result.stderr
+    assert "cache hit" not in result.stderr  # the reference log-probs computed under DeepSpeed too
     # DeepSpeed's notes are hidden in aot's processes (accelerate's launcher process still prints its own once)
     assert result.stdout.count("Setting accelerator to CPU") <= 1 and "untested optimizer" not in result.stdout
 
