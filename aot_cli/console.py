@@ -169,6 +169,17 @@ def progress(*, transient: bool = False) -> Progress:
     )
 
 
+def as_typed(path) -> str:
+    """`path` relative to the working directory when it lies below it, else as it is: manifests record
+    local inputs as absolute paths (so later steps find them from anywhere), while what aot prints reads
+    like the command the user typed. Hub ids and relative paths come back unchanged."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    relative = os.path.relpath(text)
+    return text if relative.startswith("..") else relative
+
+
 def info(message: str) -> None:
     """A one-line status message on stderr (never wrapped off a terminal: log lines stay whole)."""
     err_console.print(message, highlight=False, soft_wrap=not err_console.is_terminal)

@@ -21,7 +21,6 @@ model in memory); a run with an init adapter, or a full run, loads its reference
 
 from __future__ import annotations
 
-import os
 import json
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import torch
 from aot_cli.artifacts.kinds import DatasetArtifact, RunArtifact, artifact_kind
 from aot_cli.artifacts.models import load_run, resolve_device
 from aot_cli.artifacts.store import atomic_dir
-from aot_cli.console import info, progress
+from aot_cli.console import as_typed, info, progress
 from aot_cli.data.dataset import load_prepared
 from aot_cli.data.tokenize import TokenizeSettings, tokenize_split
 from aot_cli.errors import UserError
@@ -197,7 +196,7 @@ def evaluate(config: DominanceConfig, run: RunArtifact, data_path: Path, device:
     shift = training_shift(logps, inference, paired=paired, beta=beta, levels=levels, settings=boot)
     n = test.num_rows if paired else (int(logps["label"].sum()), int((~logps["label"]).sum()))
     plot(inference, shift, paired=paired, levels=levels, n=n, path=out / "dominance.png",
-         labels=PlotLabels(run=config.model, data=_as_given(data_path), beta=beta, settings=boot))
+         labels=PlotLabels(run=config.model, data=as_typed(data_path), beta=beta, settings=boot))
     settings_record = {"data": str(data_path), "paired": paired, "n_test": test.num_rows, "beta": beta,
                        "quantile_levels": len(levels), "limit": config.limit, "batch_size": config.batch_size,
                        "device": device, "max_length": settings.max_length,
@@ -205,9 +204,3 @@ def evaluate(config: DominanceConfig, run: RunArtifact, data_path: Path, device:
                        "statistics": method_record(boot, paired=paired)}
     return scores, settings_record, small_sample_note(n)
 
-
-def _as_given(path: Path) -> str:
-    """`path` relative to the working directory when it lies below it (the run's manifest records the
-    dataset's absolute path; the figure's title reads like the command the user typed)."""
-    relative = os.path.relpath(path)
-    return str(path) if relative.startswith("..") else relative

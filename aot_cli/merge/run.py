@@ -35,7 +35,7 @@ from aot_cli.artifacts.kinds import RunArtifact
 from aot_cli.artifacts.models import LoadedRun, load_run, load_run_dequantized, torch_dtype
 from aot_cli.artifacts.store import atomic_dir, describe_input, write_manifest
 from aot_cli.config import to_dict
-from aot_cli.console import info, out_console
+from aot_cli.console import as_typed, info, out_console
 from aot_cli.errors import UserError
 from aot_cli.merge.config import Config
 from aot_cli.vocab import DTYPE_NAMES, DTYPES
@@ -205,7 +205,7 @@ def run(config: Config) -> dict:
         manifest = write_manifest(tmp, kind="model", config=to_dict(config),
                                   inputs=[describe_input(run_dir.path)], summary=summary)
 
-    what = (f"merged the run's adapter into its base {run_dir.base_model}" if run_dir.lora
+    what = (f"merged the run's adapter into its base {as_typed(run_dir.base_model)}" if run_dir.lora
             else "exported the run's trained weights")
     if is_qlora(run_dir):
         what += " (4-bit, dequantized)"

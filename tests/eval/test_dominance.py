@@ -184,10 +184,12 @@ def test_statistics_options_are_range_checked(aot, lora_run_dir, tmp_path):
         assert not (tmp_path / "x").exists()
 
 
-def test_the_figure_names_the_data_as_the_user_would(tmp_path, monkeypatch):
-    """The run's manifest holds the dataset's absolute path; the title shows it relative when it can."""
-    from aot_cli.eval.dominance import _as_given
+def test_paths_are_printed_as_the_user_would_type_them(tmp_path, monkeypatch):
+    """Manifests hold local inputs' absolute paths; the figure's title (the dataset) and merge's summary
+    (the base model) show them relative when they lie below the working directory."""
+    from aot_cli.console import as_typed
 
     monkeypatch.chdir(tmp_path)
-    assert _as_given(tmp_path / "runs" / "data") == "runs/data"
-    assert _as_given(tmp_path.parent / "elsewhere") == str(tmp_path.parent / "elsewhere")
+    assert as_typed(tmp_path / "runs" / "data") == "runs/data"
+    assert as_typed(tmp_path.parent / "elsewhere") == str(tmp_path.parent / "elsewhere")
+    assert as_typed("meta-llama/Llama-3.1-8B-Instruct") == "meta-llama/Llama-3.1-8B-Instruct"  # a hub id

@@ -52,10 +52,13 @@ def test_generation_config_stops_at_the_tokenizers_eos():
     assert model.generation_config.eos_token_id == [7, 9]
 
 
-def test_merge_lora_run(aot, lora_run_dir, tiny_model_dir, tmp_path):
+def test_merge_lora_run(aot, lora_run_dir, tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "merged"
+    monkeypatch.chdir(tiny_model_dir.parent)
     result = aot("merge", lora_run_dir, "-o", out, "--max-shard-size", "200KB")   # --dtype auto: the base's fp32
     assert result.exit_code == 0, result
+    # the manifest's absolute base path, printed as typed from here
+    assert f"merged the run's adapter into its base {tiny_model_dir.name} -> {out} (fp32" in result.stdout
     assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
     shards = sorted(p.name for p in out.glob("*.safetensors"))
     assert len(shards) > 1 and (out / "model.safetensors.index.json").is_file()
