@@ -285,9 +285,11 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, accelerator) -> 
         raise UserError(f"--resume {path}: the checkpoint lacks {len(missing)} trainable tensor(s) of this model "
                         f"(e.g. {missing[0]}); was it made with other --lora/--full settings?")
     if zero.under_deepspeed(accelerator) != (optimizer_state is None):
-        made = "without" if optimizer_state is not None else "under"
-        raise UserError(f"--resume {path}: checkpoint step {step_of(path)} was made {made} DeepSpeed; resume it "
-                        "with the launch config it was made with")
+        made = state.get("deepspeed")
+        how = (f"under DeepSpeed ZeRO-{made['zero_stage']} on {made['processes']} processes" if made
+               else "without DeepSpeed")
+        raise UserError(f"--resume {path}: checkpoint step {step_of(path)} was made {how}; resume it under the "
+                        "launch it was made with")
     try:
         if zero.under_deepspeed(accelerator):  # DeepSpeed reads its own files: weights and optimizer partitions
             zero.load_engine_state(model, path)

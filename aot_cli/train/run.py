@@ -297,9 +297,8 @@ class Setup:
                 # an FSDP checkpoint's optimizer state is keyed by parameter name, another's by position
                 "fsdp": sharded(self.accelerator),
                 # DeepSpeed's optimizer state is one partition per process
-                **({"deepspeed": {"zero_stage": zero.stage(self.accelerator),
-                                  "processes": self.accelerator.num_processes}}
-                   if zero.under_deepspeed(self.accelerator) else {})}
+                "deepspeed": ({"zero_stage": zero.stage(self.accelerator), "processes": self.accelerator.num_processes}
+                              if zero.under_deepspeed(self.accelerator) else None)}
 
 
 def run(config: Config) -> dict:

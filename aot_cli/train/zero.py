@@ -31,7 +31,8 @@ from accelerate.utils import DistributedType
 from aot_cli.errors import UserError
 from aot_cli.train.model import reference_recipe
 
-ENGINE_STATE = "deepspeed"  # the checkpoint's folder of DeepSpeed's own files
+ENGINE_STATE = "deepspeed"  # the checkpoint's folder of DeepSpeed's own files (its recovery scripts included)
+ENGINE_TAG = "engine"  # DeepSpeed's name for the checkpoint inside that folder
 SHARED_MEMORY_OP = "deepspeed_shm_comm"
 
 
@@ -148,16 +149,17 @@ def whole_state_dict(accelerator, model) -> dict | None:
     return accelerator.get_state_dict(model)
 
 
-def save_engine_state(model, folder: Path) -> None:
-    """Every process writes its partition of the optimizer state (and DeepSpeed its bookkeeping) under `folder`."""
-    model.save_checkpoint(str(folder), tag=ENGINE_STATE, exclude_frozen_parameters=True,
+def save_engine_state(model, checkpoint: Path) -> None:
+    """Every process writes its partition of the optimizer state (and DeepSpeed its bookkeeping) into
+    the checkpoint's ``deepspeed/`` folder."""
+    model.save_checkpoint(str(checkpoint / ENGINE_STATE), tag=ENGINE_TAG, exclude_frozen_parameters=True,
                           save_latest=False)
 
 
-def load_engine_state(model, folder: Path) -> None:
+def load_engine_state(model, checkpoint: Path) -> None:
     """DeepSpeed's trainable weights and optimizer partitions written by :func:`save_engine_state` (aot's
     scheduler and RNG states load separately)."""
-    path, _ = model.load_checkpoint(str(folder), tag=ENGINE_STATE, load_module_strict=False,
+    path, _ = model.load_checkpoint(str(checkpoint / ENGINE_STATE), tag=ENGINE_TAG, load_module_strict=False,
                                     load_optimizer_states=True, load_lr_scheduler_states=False)
     if path is None:
-        raise UserError(f"--resume {folder}: DeepSpeed found no state of its own in {folder / ENGINE_STATE}")
+        raise UserError(f"--resume {checkpoint}: DeepSpeed found no state of its own in {checkpoint / ENGINE_STATE}")

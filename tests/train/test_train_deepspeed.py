@@ -114,6 +114,15 @@ def test_zero_checkpoint_resumes_like_an_uninterrupted_run(config, tiny_model_di
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], torch.zeros_like(a[k])) for k in a if k.endswith("lora_B.weight"))
 
+    # one process, the same global batch: DeepSpeed's partitions cannot be read without it; refused up front
+    alone = tmp_path / "alone"
+    stage = int(config[-1])
+    with pytest.raises(UserError, match=rf"the checkpoint was made with deepspeed=\{{'zero_stage': {stage}, "
+                                        r"'processes': 2\}, this run has None"):
+        run.run(TrainConfig(model=str(tiny_model_dir), data=paired_data, output=alone, resume=str(checkpoint),
+                            **dict(args, batch_size=8)))
+    assert not alone.exists()
+
 
 def _under_deepspeed(stage: int):
     plugin = SimpleNamespace(zero_stage=stage)
