@@ -264,7 +264,7 @@ class _DropMessages(logging.Filter):
 # logs a warning when it is absent, on every command; 4-bit training is for CUDA, where it is unused.
 _BNB_KERNEL_NOISE = _DropMessages("Failed to load CPU gemm_4bit_forward")
 # DeepSpeed logs to stdout: that it picked the CPU (it did not find a GPU: the user knows) and that aot's own
-# optimizers are "untested" under ZeRO (aot's tests run them: tests/train/test_train_deepspeed.py).
+# AdamW and SGD are "untested" under ZeRO (aot's tests run them: tests/train/test_train_deepspeed.py).
 _DEEPSPEED_NOISE = _DropMessages("Setting accelerator to CPU", "**** You are using ZeRO with an untested optimizer")
 
 

@@ -35,3 +35,16 @@ def test_configs_lists_every_shipped_config(aot):
         assert config.get("deepspeed_config", {}).get("zero_stage") == stage
         if stage:  # aot replaces it with --max-grad-norm; DeepSpeed's own default (1.0) must not show here
             assert config["deepspeed_config"]["gradient_clipping"] == 0.0
+
+
+def test_configs_says_when_deepspeed_is_missing(aot, monkeypatch):
+    """accelerate's launcher stops with an ImportError traceback on a zero config without DeepSpeed: the
+    listing says so first."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    result = aot("configs")
+    assert result.exit_code == 0, result
+    notes = [line for line in result.stdout.splitlines() if "DeepSpeed is not installed here" in line]
+    assert len(notes) == 2 and all(line.endswith("pip install 'aot-cli[deepspeed]'") for line in notes)

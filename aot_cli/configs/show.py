@@ -7,6 +7,7 @@ path, for ``accelerate launch --config_file "$(aot configs fsdp)" -m aot_cli tra
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,10 @@ def run(config: Config) -> dict:
     out_console.print("accelerate launch configs (accelerate launch --config_file PATH -m aot_cli train ...):",
                       highlight=False, soft_wrap=True)
     paths = {name: str(accelerate_config(name)) for name in ACCELERATE_CONFIGS}
+    deepspeed_missing = importlib.util.find_spec("deepspeed") is None
     for name, path in paths.items():
-        out_console.print(f"{name:<6} {path}\n       {WHAT[name]}", highlight=False, soft_wrap=True)
+        what = WHAT[name]
+        if name.startswith("zero") and deepspeed_missing:  # accelerate's launcher would stop with a traceback
+            what += "; DeepSpeed is not installed here: pip install 'aot-cli[deepspeed]'"
+        out_console.print(f"{name:<6} {path}\n       {what}", highlight=False, markup=False, soft_wrap=True)
     return paths

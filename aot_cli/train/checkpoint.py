@@ -101,6 +101,13 @@ def checkpoint_problem(path: Path) -> str | None:
             return f"{name} has {size} bytes, {expected.get('bytes')} were written"
         if sha256_file(file) != expected.get("sha256"):
             return f"{name} differs from what was written (SHA-256 mismatch)"
+    made = state.get("deepspeed")
+    if made:
+        partitions = [name for name in files if name.startswith(f"{zero.ENGINE_STATE}/")
+                      and name.endswith("optim_states.pt")]
+        if len(partitions) != made["processes"]:
+            return (f"it holds {len(partitions)} of its {made['processes']} processes' optimizer partitions (on "
+                    "several machines the output must be on a filesystem they all share)")
     with safe_open(str(path / TRAINABLE), framework="pt") as weights:
         for name in weights.keys():
             if not bool(torch.isfinite(weights.get_tensor(name)).all()):
@@ -252,8 +259,22 @@ def read_state(path: Path) -> dict:
     return json.loads((path / STATE).read_text())
 
 
+def _launch_words(deepspeed: dict | None) -> str:
+    return (f"under DeepSpeed ZeRO-{deepspeed['zero_stage']} on {deepspeed['processes']} processes" if deepspeed
+            else "without DeepSpeed")
+
+
 def check_compatible(saved: dict, current: dict, path: Path) -> None:
-    """A resume must keep what fixes the data order and the objective; name the first difference."""
+    """A resume must keep what fixes the data order and the objective; name the first difference.
+    DeepSpeed's optimizer partitions load only under the stage and number of processes that wrote them
+    (a checkpoint without the record was made before DeepSpeed ran: without it)."""
+    made, now = saved.get("deepspeed"), current.get("deepspeed")
+    if "deepspeed" in current and made != now:
+        how = (f'accelerate launch --config_file "$(aot configs zero{made["zero_stage"]})" --num_processes '
+               f"{made['processes']} -m aot_cli train ..." if made else "the launch it was made with")
+        raise UserError(f"--resume {path}: checkpoint step {step_of(path)} was made {_launch_words(made)}, this run "
+                        f"is {_launch_words(now)}; DeepSpeed's optimizer state resumes only as it was written: "
+                        f"resume with {how}")
     for key, value in current.items():
         if key in saved and saved[key] != value:
             raise UserError(f"--resume {path}: the checkpoint was made with {key}={saved[key]!r}, this run has "
@@ -284,12 +305,6 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, accelerator) -> 
     if missing:
         raise UserError(f"--resume {path}: the checkpoint lacks {len(missing)} trainable tensor(s) of this model "
                         f"(e.g. {missing[0]}); was it made with other --lora/--full settings?")
-    if zero.under_deepspeed(accelerator) != (optimizer_state is None):
-        made = state.get("deepspeed")
-        how = (f"under DeepSpeed ZeRO-{made['zero_stage']} on {made['processes']} processes" if made
-               else "without DeepSpeed")
-        raise UserError(f"--resume {path}: checkpoint step {step_of(path)} was made {how}; resume it under the "
-                        "launch it was made with")
     try:
         if zero.under_deepspeed(accelerator):  # DeepSpeed reads its own files: weights and optimizer partitions
             zero.load_engine_state(model, path)

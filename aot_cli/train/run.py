@@ -461,11 +461,14 @@ def run_training(setup: Setup, out: Path) -> dict:
                                      accelerator=accelerator)
         weight_norm_start = read_state(setup.resume_from)["weight_norm_start"]
         setup.say(f"resuming from {setup.resume_from} (step {start_step} of {setup.total_steps})")
-    n_trainable = sum(p.numel() for p in params)
+    n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in params)  # ZeRO-3: the whole size, not the partition
     sort_set = setup.global_batch if config.sort_scope == "global" else config.batch_size
     setup.say(f"training {'LoRA adapters' if config.lora else 'all weights'} ({n_trainable:,} parameters), "
               f"{setup.total_steps} steps, sort set {sort_set} ({config.sort_scope} scope), "
               f"loss {config.loss}")
+    if zero.stage(accelerator) == 3:
+        setup.say("ZeRO-3: log-probs come from the model's full logits (the chunked head needs the head's weight "
+                  "outside its call; --logps-chunk-size has no effect)")
     if not setup.paired:
         sampler = setup.sampler
         least, most = sampler.fewest[0], sampler.rows_per_step - sampler.fewest[1]
@@ -486,8 +489,8 @@ def run_training(setup: Setup, out: Path) -> dict:
         if metrics is not None:
             metrics.close()
     # FSDP and ZeRO-3: every process sends its shards, the main process writes the whole weights.
-    state_dict = accelerator.get_state_dict(policy) if sharded(accelerator) else zero.whole_state_dict(accelerator,
-                                                                                                     policy)
+    state_dict = (accelerator.get_state_dict(policy) if sharded(accelerator)
+                  else zero.whole_state_dict(accelerator, policy, lora=config.lora))
     summary = {}
     if accelerator.is_main_process:
         summary = finish(setup, out, unwrapped, n_trainable=n_trainable, reference_key=key, state_dict=state_dict)

@@ -6,8 +6,8 @@ sort, each already weighted so that their sum is the step's gradient. accelerate
 would step the optimizer inside every ``backward`` and DeepSpeed would divide each backward by its
 accumulation count; so aot drives the engine itself:
 
-- every backward but the step's last is marked as inside the accumulation (DeepSpeed then only
-  accumulates), the last as its boundary (ZeRO reduces and partitions the gradients); none is rescaled;
+- every backward but the step's last is marked as inside the accumulation, the last as its boundary;
+  none is rescaled (ZeRO-2/3 reduce each backward's gradients into their partitions as they come);
 - one ``engine.step()`` per optimizer step clips (at ``--max-grad-norm``, written into DeepSpeed's
   config) and applies the update; aot's learning-rate schedule drives the same parameter groups;
 - checkpoints keep DeepSpeed's own partitioned optimizer state (one file per process, so a resume
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -53,13 +54,34 @@ def check_installed() -> None:
 
 def use_gloo_collectives() -> None:
     """CPU processes: DeepSpeed's collectives over gloo, without compiling its shared-memory kernels."""
-    import deepspeed.ops  # the optional `deepspeed` extra, only imported under a DeepSpeed launch
+    import deepspeed.ops  # the optional `deepspeed` extra: imported only under a DeepSpeed launch
 
     deepspeed.ops.__compatible_ops__[SHARED_MEMORY_OP] = False
 
 
 def check_settings(accelerator, config) -> None:
     """What aot does not run under DeepSpeed, refused before anything is written."""
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    if stage(accelerator) not in (2, 3):
+        raise UserError(f"the launch config asks for DeepSpeed ZeRO stage {stage(accelerator)}; aot train runs under "
+                        "stages 2 and 3: launch with --config_file \"$(aot configs zero2)\" (or zero3)")
+    zero_config = ds.get("zero_optimization", {})
+    for part in ("offload_optimizer", "offload_param"):
+        device = (zero_config.get(part) or {}).get("device", "none")
+        if device not in ("none", None):
+            raise UserError(f"the launch config offloads DeepSpeed's {part.split('_')[1]} to {device}: not run by aot "
+                            "train (accelerate would replace aot's optimizer by DeepSpeed's CPU Adam); set "
+                            f"{part}_device: none")
+    for section in ("optimizer", "scheduler"):
+        if section in ds:
+            raise UserError(f"the DeepSpeed config has its own {section!r} section: aot train builds the {section} "
+                            f"from its flags (--optim, --lr, --lr-scheduler); remove the section")
+    if config.optim == "paged_adamw_8bit":
+        raise UserError("--optim paged_adamw_8bit under DeepSpeed is not run by aot train (ZeRO partitions the "
+                        "optimizer state already); use --optim adamw")
+    if config.load_in_4bit:
+        raise UserError("--load-in-4bit does not run under DeepSpeed in aot train (ZeRO partitions the weights "
+                        "that bitsandbytes packs); train QLoRA on one process")
     if stage(accelerator) == 3 and config.graph_memory > 0:
         raise UserError(f"--graph-memory {config.graph_memory:g} under ZeRO-3: DeepSpeed gathers each layer again "
                         "for every backward, and first-pass graphs kept across later forwards gave wrong gradients "
@@ -68,9 +90,6 @@ def check_settings(accelerator, config) -> None:
     if stage(accelerator) == 3 and copy:
         raise UserError("--ref online under ZeRO-3 keeps a frozen copy of the starting model (--full or "
                         "--init-adapter), which would be whole on every process; use --ref precompute (the default)")
-    if config.load_in_4bit:
-        raise UserError("--load-in-4bit does not run under DeepSpeed in aot train (ZeRO partitions the weights "
-                        "that bitsandbytes packs); train QLoRA on one process")
 
 
 def configure(accelerator, config) -> None:
@@ -87,7 +106,7 @@ def configure(accelerator, config) -> None:
     ds["train_batch_size"] = config.batch_size * config.grad_accum * accelerator.num_processes
     ds["gradient_clipping"] = float(config.max_grad_norm) if config.max_grad_norm > 0 else 0.0
     ds["bf16"], ds["fp16"] = {"enabled": False}, {"enabled": False}
-    ds["zero_allow_untested_optimizer"] = True  # aot's own optimizers (SGD, 8-bit AdamW) run under ZeRO too
+    ds["zero_allow_untested_optimizer"] = True  # aot's own optimizers (AdamW, SGD) run under ZeRO too
     if stage(accelerator) == 3:  # the final artifact gathers the whole weights (whole_state_dict)
         ds.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
     ds.setdefault("steps_per_print", 10**9)  # aot prints progress; DeepSpeed's own lines would repeat it
@@ -125,28 +144,26 @@ def partitioned_weight_norm(accelerator, params: list) -> float:
 
 def trainable_weights(accelerator, model) -> dict[str, torch.Tensor]:
     """The whole trainable weights by name on the main process ({} on the others); every process must
-    call it: under ZeRO-3 each weight is gathered from its partitions."""
+    call it. Under ZeRO-3 each weight is gathered from its partitions one at a time, so no process ever
+    holds more than one whole weight beyond its partitions (the main process copies each to its CPU)."""
+    import deepspeed  # the optional `deepspeed` extra: imported only under a DeepSpeed launch
+
     named = [(name, p) for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
-
-    def copy() -> dict[str, torch.Tensor]:
-        if not accelerator.is_main_process:
-            return {}
-        return {name: p.detach().cpu().clone().contiguous() for name, p in named}
-
-    if stage(accelerator) < 3:
-        return copy()
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters([p for _, p in named]):
-        return copy()
+    weights: dict[str, torch.Tensor] = {}
+    for name, param in named:
+        with deepspeed.zero.GatheredParameters([param]) if stage(accelerator) == 3 else nullcontext():
+            if accelerator.is_main_process:
+                weights[name] = param.detach().cpu().clone().contiguous()
+    return weights
 
 
-def whole_state_dict(accelerator, model) -> dict | None:
-    """ZeRO-3: the model's whole weights gathered on the main process, for the final artifact; None for
-    ZeRO-2, whose processes each hold the whole weights."""
+def whole_state_dict(accelerator, model, *, lora: bool) -> dict | None:
+    """ZeRO-3: the weights of the final artifact on the main process: the LoRA adapter's
+    (:func:`trainable_weights`; peft keeps them by name), or the whole model's, gathered layer by layer
+    by accelerate. None for ZeRO-2, whose processes each hold the whole weights."""
     if stage(accelerator) < 3:
         return None
-    return accelerator.get_state_dict(model)
+    return trainable_weights(accelerator, model) if lora else accelerator.get_state_dict(model)
 
 
 def save_engine_state(model, checkpoint: Path) -> None:

@@ -117,19 +117,40 @@ def test_zero_checkpoint_resumes_like_an_uninterrupted_run(config, tiny_model_di
     # one process, the same global batch: DeepSpeed's partitions cannot be read without it; refused up front
     alone = tmp_path / "alone"
     stage = int(config[-1])
-    with pytest.raises(UserError, match=rf"the checkpoint was made with deepspeed=\{{'zero_stage': {stage}, "
-                                        r"'processes': 2\}, this run has None"):
+    with pytest.raises(UserError, match=rf"was made under DeepSpeed ZeRO-{stage} on 2 processes, this run is without "
+                                        rf"DeepSpeed; .* resume with accelerate launch --config_file "
+                                        rf"\"\$\(aot configs zero{stage}\)\" --num_processes 2 -m aot_cli train ...$"):
         run.run(TrainConfig(model=str(tiny_model_dir), data=paired_data, output=alone, resume=str(checkpoint),
                             **dict(args, batch_size=8)))
     assert not alone.exists()
 
 
-def _under_deepspeed(stage: int):
-    plugin = SimpleNamespace(zero_stage=stage)
+def _under_deepspeed(stage: int, **deepspeed_config):
+    plugin = SimpleNamespace(zero_stage=stage, deepspeed_config=deepspeed_config)
     return SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, state=SimpleNamespace(deepspeed_plugin=plugin))
 
 
+@pytest.mark.parametrize("stage, deepspeed_config, message", [
+    (1, {}, r"^the launch config asks for DeepSpeed ZeRO stage 1; aot train runs under stages 2 and 3: launch with "
+            r"--config_file \"\$\(aot configs zero2\)\" \(or zero3\)$"),
+    (3, {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}},
+     r"^the launch config offloads DeepSpeed's optimizer to cpu: not run by aot train \(accelerate would replace "
+     r"aot's optimizer by DeepSpeed's CPU Adam\); set offload_optimizer_device: none$"),
+    (3, {"zero_optimization": {"offload_param": {"device": "nvme"}}}, r"offloads DeepSpeed's param to nvme"),
+    (2, {"scheduler": {"type": "WarmupLR"}}, r"^the DeepSpeed config has its own 'scheduler' section: aot train builds "
+                                              r"the scheduler from its flags \(--optim, --lr, --lr-scheduler\); remove "
+                                              r"the section$"),
+    (2, {"optimizer": {"type": "Adam"}}, r"its own 'optimizer' section"),
+])
+def test_launch_configs_aot_does_not_run_are_refused(stage, deepspeed_config, message, tmp_path):
+    config = TrainConfig(model="m", data=tmp_path, output=tmp_path / "run")
+    with pytest.raises(UserError, match=message):
+        zero.check_settings(_under_deepspeed(stage, **deepspeed_config), config)
+
+
 @pytest.mark.parametrize("stage, settings, message", [
+    (2, dict(optim="paged_adamw_8bit"), r"^--optim paged_adamw_8bit under DeepSpeed is not run by aot train \(ZeRO "
+                                        r"partitions the optimizer state already\); use --optim adamw$"),
     (2, dict(load_in_4bit=True), r"^--load-in-4bit does not run under DeepSpeed in aot train .* train QLoRA on one "
                                  r"process$"),
     (3, dict(graph_memory=0.5), r"^--graph-memory 0.5 under ZeRO-3: .* gave wrong gradients \(measured\); leave "
