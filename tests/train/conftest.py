@@ -125,11 +125,14 @@ def _held_out_log_ratios(run_dir: Path, data: Path):
 
 
 def cli_flags(args: dict) -> list[str]:
-    """`aot train` flags for Config fields (``lora=True`` / ``False`` -> ``--lora`` / ``--full``)."""
+    """`aot train` flags for Config fields (``lora=True`` / ``False`` -> ``--lora`` / ``--full``; another
+    boolean field set True -> its flag)."""
     flags = []
     for key, value in args.items():
-        if isinstance(value, bool):
+        if key == "lora":
             flags.append("--lora" if value else "--full")
+        elif isinstance(value, bool):
+            flags += ["--" + key.replace("_", "-")] if value else []
         else:
             flags += ["--" + key.replace("_", "-"), str(value)]
     return flags

@@ -60,12 +60,15 @@ def one_process_run(tiny_model_dir, tmp_path_factory, mixed_length_data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["zero2", "zero3"])
-def test_zero_full_update_equals_one_process_and_exports(config, tiny_model_dir, mixed_length_data,
+@pytest.mark.parametrize("config, extra", [("zero2", {}), ("zero3", {}),
+                                           # ZeRO-3 re-gathers each layer for the recomputation too
+                                           ("zero3", {"gradient_checkpointing": True})],
+                         ids=["zero2", "zero3", "zero3-checkpointing"])
+def test_zero_full_update_equals_one_process_and_exports(config, extra, tiny_model_dir, mixed_length_data,
                                                          one_process_run, tmp_path, accelerate_train):
     two = tmp_path / "two"
     result = accelerate_train(config, tiny_model_dir, mixed_length_data, two, cache=tmp_path / "cache", batch_size=4,
-                              lora=False, **ARGS)
+                              lora=False, **ARGS, **extra)
     assert "sort set 16 (global scope)" in result.stderr
     assert "cache hit" not in result.stderr  # the reference log-probs computed under DeepSpeed too
     # DeepSpeed's notes are hidden in aot's processes (accelerate's launcher process still prints its own once)
