@@ -66,12 +66,13 @@ def check_settings(accelerator, config) -> None:
         raise UserError(f"the launch config asks for DeepSpeed ZeRO stage {stage(accelerator)}; aot train runs under "
                         "stages 2 and 3: launch with --config_file \"$(aot configs zero2)\" (or zero3)")
     zero_config = ds.get("zero_optimization", {})
-    for part in ("offload_optimizer", "offload_param"):
+    why = {"offload_optimizer": " (accelerate would replace aot's optimizer by DeepSpeed's CPU Adam)",
+           "offload_param": ""}
+    for part, reason in why.items():
         device = (zero_config.get(part) or {}).get("device", "none")
         if device not in ("none", None):
             raise UserError(f"the launch config offloads DeepSpeed's {part.split('_')[1]} to {device}: not run by aot "
-                            "train (accelerate would replace aot's optimizer by DeepSpeed's CPU Adam); set "
-                            f"{part}_device: none")
+                            f"train{reason}; set {part}_device: none")
     for section in ("optimizer", "scheduler"):
         if section in ds:
             raise UserError(f"the DeepSpeed config has its own {section!r} section: aot train builds the {section} "
