@@ -233,3 +233,22 @@ def test_the_loop_stops_before_a_skipped_deepspeed_update(monkeypatch):
     monkeypatch.setattr(zero, "apply_update", lambda accelerator: pytest.fail("a NaN loss must stop before the step"))
     with pytest.raises(UserError, match=r"^loss is nan at step 4: stopped before applying it"):
         loop.apply_update(state, 3, math.nan, [])
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_aot_settings_replace_the_launch_configs(stage, tmp_path):
+    """What aot writes into DeepSpeed's config before the engine is built (docs/distributed.md)."""
+    launch = {"gradient_clipping": 0.0, "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": 1,
+              "bf16": {"enabled": "auto"}, "zero_optimization": {"stage": stage}}
+    accelerator = _under_deepspeed(stage, **launch)
+    accelerator.num_processes = 4
+    zero.configure(accelerator, TrainConfig(model="m", data=tmp_path, output=tmp_path / "r", batch_size=3,
+                                            grad_accum=5, max_grad_norm=0.5))
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == \
+        (15, 1, 60)  # one DeepSpeed micro-batch per process and step: aot marks its own backward passes
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["bf16"] == {"enabled": False} and ds["fp16"] == {"enabled": False}
+    assert ds["zero_optimization"].get("stage3_gather_16bit_weights_on_model_save") is (True if stage == 3 else None)
+    zero.configure(accelerator, TrainConfig(model="m", data=tmp_path, output=tmp_path / "r", max_grad_norm=0))
+    assert ds["gradient_clipping"] == 0.0  # no clipping
