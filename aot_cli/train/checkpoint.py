@@ -207,11 +207,14 @@ def save_checkpoint(out: Path, step: int, *, model, optimizer, scheduler, state:
         optim = None  # DeepSpeed: each process writes its partition of the optimizer state
         if sharded(accelerator):
             weights, optim = gathered_state(model, optimizer)
-        elif zero.under_deepspeed(accelerator):
-            weights = zero.trainable_weights(accelerator, model)
-            zero.save_engine_state(model, tmp)
+        elif zero.stage(accelerator) == 3:  # every process takes part in gathering the weights
+            weights = zero.gathered_trainable_weights(accelerator, model)
         elif accelerator.is_main_process:
-            weights, optim = trainable_state(accelerator.unwrap_model(model)), optimizer.state_dict()
+            weights = trainable_state(accelerator.unwrap_model(model))
+            if not zero.under_deepspeed(accelerator):
+                optim = optimizer.state_dict()
+        if zero.under_deepspeed(accelerator):
+            zero.save_engine_state(model, tmp)
         if accelerator.is_main_process:
             save_file(weights, str(tmp / TRAINABLE))
             if optim is not None:

@@ -408,12 +408,13 @@ def prepare_model(accelerator, config: Config, model) -> tuple[Any, torch.optim.
     plain torch optimizer inside accelerate's wrapper. DeepSpeed wraps the optimizer in its ZeRO
     optimizer, which updates through the plain one's parameter groups: the learning-rate schedule
     keeps driving the plain one."""
-    if sharded(accelerator) or zero.under_deepspeed(accelerator):
-        if zero.under_deepspeed(accelerator):
-            zero.configure(accelerator, config)
+    deepspeed = zero.under_deepspeed(accelerator)
+    if deepspeed:
+        zero.configure(accelerator, config)
+    if sharded(accelerator) or deepspeed:
         optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
         model, wrapped = accelerator.prepare(model, optimizer)
-        return model, optimizer if zero.under_deepspeed(accelerator) else wrapped.optimizer
+        return model, optimizer if deepspeed else wrapped.optimizer
     model = accelerator.prepare(model)
     return model, make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
 

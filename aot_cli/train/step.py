@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 from aot_cli.losses import kto_reference_point
+from aot_cli.train import zero
 from aot_cli.train.batching import MicroBatch
 from aot_cli.train.logprobs import model_sequence_logps
-from aot_cli.train import zero
 from aot_cli.train.packing import packed_sequence_logps
 
 # (policy A, policy B, reference A, reference B) log-prob vectors -> loss; KTO's loss function takes a fifth

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -143,28 +142,28 @@ def partitioned_weight_norm(accelerator, params: list) -> float:
     return float(total.sqrt())
 
 
-def trainable_weights(accelerator, model) -> dict[str, torch.Tensor]:
-    """The whole trainable weights by name on the main process ({} on the others); every process must
-    call it. Under ZeRO-3 each weight is gathered from its partitions one at a time, so no process ever
-    holds more than one whole weight beyond its partitions (the main process copies each to its CPU)."""
+def gathered_trainable_weights(accelerator, model) -> dict[str, torch.Tensor]:
+    """ZeRO-3: the whole trainable weights by name on the main process ({} on the others); every process
+    must call it. Each weight is gathered from its partitions one at a time, so no process ever holds
+    more than one whole weight beyond its partitions (the main process copies each to its CPU)."""
     import deepspeed  # the optional `deepspeed` extra: imported only under a DeepSpeed launch
 
-    named = [(name, p) for name, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad]
     weights: dict[str, torch.Tensor] = {}
-    for name, param in named:
-        with deepspeed.zero.GatheredParameters([param]) if stage(accelerator) == 3 else nullcontext():
-            if accelerator.is_main_process:
-                weights[name] = param.detach().cpu().clone().contiguous()
+    for name, param in accelerator.unwrap_model(model).named_parameters():
+        if param.requires_grad:
+            with deepspeed.zero.GatheredParameters([param]):
+                if accelerator.is_main_process:
+                    weights[name] = param.detach().cpu().clone().contiguous()
     return weights
 
 
 def whole_state_dict(accelerator, model, *, lora: bool) -> dict | None:
     """ZeRO-3: the weights of the final artifact on the main process: the LoRA adapter's
-    (:func:`trainable_weights`; peft keeps them by name), or the whole model's, gathered layer by layer
+    (:func:`gathered_trainable_weights`; peft keeps them by name), or the whole model's, gathered layer by layer
     by accelerate. None for ZeRO-2, whose processes each hold the whole weights."""
     if stage(accelerator) < 3:
         return None
-    return trainable_weights(accelerator, model) if lora else accelerator.get_state_dict(model)
+    return gathered_trainable_weights(accelerator, model) if lora else accelerator.get_state_dict(model)
 
 
 def save_engine_state(model, checkpoint: Path) -> None:

@@ -161,3 +161,32 @@ def accelerate_train():
         return result
 
     return launch
+
+
+@pytest.fixture(scope="session")
+def same_update_and_export():
+    """Check a full fine-tuning run on several processes (`many`) against one process (`one`): the update of
+    the whole model agrees to 1e-4 relative, and `aot merge` exports the run to a plain Llama directory that
+    holds exactly its trained weights."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from aot_cli.merge import run as merge_run
+    from aot_cli.merge.config import Config as MergeConfig
+
+    def check(base_dir: Path, one: Path, many: Path, merged: Path) -> None:
+        base = load_file(str(base_dir / "model.safetensors"))
+        weights = {name: load_file(str(run / "model" / "model.safetensors")) for name, run in (("one", one),
+                                                                                               ("many", many))}
+        one_delta, many_delta = (torch.cat([(weights[name][k] - base[k]).flatten() for k in sorted(base)])
+                                 for name in ("one", "many"))
+        assert one_delta.norm() > 0
+        assert float((many_delta - one_delta).norm() / one_delta.norm()) < 1e-4
+        merge_run.run(MergeConfig(run=str(many), output=merged))
+        model = AutoModelForCausalLM.from_pretrained(str(merged))
+        assert model.config.architectures == ["LlamaForCausalLM"]
+        state = model.state_dict()
+        assert all(torch.equal(state[k], weights["many"][k]) for k in weights["many"])
+
+    return check

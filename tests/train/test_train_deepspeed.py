@@ -26,11 +26,8 @@ import pytest
 import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
 
 from aot_cli.errors import UserError
-from aot_cli.merge import run as merge_run
-from aot_cli.merge.config import Config as MergeConfig
 from aot_cli.train import loop, run, zero
 from aot_cli.train.checkpoint import checkpoint_problem
 from aot_cli.train.config import Config as TrainConfig
@@ -39,10 +36,6 @@ deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is not installed 
 
 ARGS = dict(optim="sgd", lr=0.05, warmup_ratio=0.0, max_steps=2, grad_accum=2, max_length=64, max_prompt_length=32,
             max_grad_norm=0.02)
-
-
-def _delta(weights: dict, base: dict) -> torch.Tensor:
-    return torch.cat([(weights[k] - base[k]).flatten() for k in sorted(base)])
 
 
 def _grad_norms(run_dir) -> list[float]:
@@ -65,7 +58,8 @@ def one_process_run(tiny_model_dir, tmp_path_factory, mixed_length_data):
                                            ("zero3", {"gradient_checkpointing": True})],
                          ids=["zero2", "zero3", "zero3-checkpointing"])
 def test_zero_full_update_equals_one_process_and_exports(config, extra, tiny_model_dir, mixed_length_data,
-                                                         one_process_run, tmp_path, accelerate_train):
+                                                         one_process_run, tmp_path, accelerate_train,
+                                                         same_update_and_export):
     two = tmp_path / "two"
     result = accelerate_train(config, tiny_model_dir, mixed_length_data, two, cache=tmp_path / "cache", batch_size=4,
                               lora=False, **ARGS, **extra)
@@ -79,17 +73,7 @@ def test_zero_full_update_equals_one_process_and_exports(config, extra, tiny_mod
     assert min(one_norms) > ARGS["max_grad_norm"]
     assert two_norms == pytest.approx(one_norms, rel=1e-4)
 
-    base = load_file(str(tiny_model_dir / "model.safetensors"))
-    one_delta = _delta(load_file(str(one_process_run / "model" / "model.safetensors")), base)
-    two_weights = load_file(str(two / "model" / "model.safetensors"))
-    two_delta = _delta(two_weights, base)
-    assert one_delta.norm() > 0
-    assert float((two_delta - one_delta).norm() / one_delta.norm()) < 1e-4
-
-    merged = tmp_path / "merged"
-    merge_run.run(MergeConfig(run=str(two), output=merged))
-    state = AutoModelForCausalLM.from_pretrained(str(merged)).state_dict()
-    assert all(torch.equal(state[k], two_weights[k]) for k in two_weights)
+    same_update_and_export(tiny_model_dir, one_process_run, two, tmp_path / "merged")
 
 
 @pytest.mark.slow

@@ -13,23 +13,16 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
 
-from aot_cli.merge import run as merge_run
-from aot_cli.merge.config import Config as MergeConfig
 from aot_cli.train import run
 from aot_cli.train.config import Config as TrainConfig
 
 ARGS = dict(optim="sgd", lr=0.05, warmup_ratio=0.0, max_steps=2, grad_accum=2, max_length=64, max_prompt_length=32)
 
 
-def _delta(weights: dict, base: dict) -> torch.Tensor:
-    return torch.cat([(weights[k] - base[k]).flatten() for k in sorted(base)])
-
-
 @pytest.mark.slow
 def test_fsdp_full_update_equals_one_process_and_exports(tiny_model_dir, mixed_length_data, tmp_path,
-                                                          accelerate_train):
+                                                          accelerate_train, same_update_and_export):
     one = tmp_path / "one"
     run.run(TrainConfig(model=str(tiny_model_dir), data=mixed_length_data, output=one, batch_size=8, lora=False,
                         **ARGS))
@@ -37,19 +30,7 @@ def test_fsdp_full_update_equals_one_process_and_exports(tiny_model_dir, mixed_l
     result = accelerate_train("fsdp", tiny_model_dir, mixed_length_data, two, batch_size=4, lora=False, **ARGS)
     assert "sort set 16 (global scope)" in result.stderr
 
-    base = load_file(str(tiny_model_dir / "model.safetensors"))
-    one_delta = _delta(load_file(str(one / "model" / "model.safetensors")), base)
-    two_weights = load_file(str(two / "model" / "model.safetensors"))
-    two_delta = _delta(two_weights, base)
-    assert one_delta.norm() > 0
-    assert float((two_delta - one_delta).norm() / one_delta.norm()) < 1e-4
-
-    merged = tmp_path / "merged"
-    merge_run.run(MergeConfig(run=str(two), output=merged))
-    model = AutoModelForCausalLM.from_pretrained(str(merged))
-    assert model.config.architectures == ["LlamaForCausalLM"]
-    state = model.state_dict()
-    assert all(torch.equal(state[k], two_weights[k]) for k in two_weights)
+    same_update_and_export(tiny_model_dir, one, two, tmp_path / "merged")
 
 
 @pytest.mark.slow
