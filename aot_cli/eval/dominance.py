@@ -55,7 +55,7 @@ def _dataset(config: DominanceConfig, run: RunArtifact) -> Path:
     if run.dataset is None or artifact_kind(run.dataset) != "dataset":
         raise UserError(f"{run.path}: the run's dataset {run.dataset} is gone; pass --data DATASET "
                         "(a directory made by `aot prepare`)")
-    info(f"scoring the test split of the run's dataset {run.dataset} (pass --data to choose another)")
+    info(f"scoring the test split of the run's dataset {as_typed(run.dataset)} (pass --data to choose another)")
     return run.dataset
 
 

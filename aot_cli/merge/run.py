@@ -128,7 +128,7 @@ def checkpoint_dtype(run: RunArtifact) -> str:
             continue
         saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         name = DTYPE_NAMES.get(str(saved).replace("torch.", ""), "fp32")
-        info(f"--dtype auto: {name} ({where} is saved in {saved or 'an unrecorded dtype'})")
+        info(f"--dtype auto: {name} ({as_typed(where)} is saved in {saved or 'an unrecorded dtype'})")
         return name
     raise UserError(error)
 

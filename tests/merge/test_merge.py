@@ -59,6 +59,7 @@ def test_merge_lora_run(aot, lora_run_dir, tiny_model_dir, tmp_path, monkeypatch
     assert result.exit_code == 0, result
     # the manifest's absolute base path, printed as typed from here
     assert f"merged the run's adapter into its base {tiny_model_dir.name} -> {out} (fp32" in result.stdout
+    assert f"--dtype auto: fp32 ({tiny_model_dir.name} is saved in" in result.stderr
     assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
     shards = sorted(p.name for p in out.glob("*.safetensors"))
     assert len(shards) > 1 and (out / "model.safetensors.index.json").is_file()
